@@ -1,0 +1,35 @@
+"""napari-zshard: fast lazy reads and safe writes of sharded Zarr v3 / OME-Zarr 0.5 volumes.
+
+The core (this package minus the ``_``-prefixed napari adapters) imports no napari, Qt or
+magicgui, so it serves notebooks, the ``zshard`` CLI and dask workers alike.
+"""
+
+from .engine import (
+    CoalescePolicy,
+    EngineCache,
+    ShardedArray,
+    default_cache,
+    open_array,
+    set_cache_budget,
+)
+from .errors import (
+    ChecksumError,
+    CorruptDataError,
+    CorruptShardError,
+    DecompressionBombError,
+    MetadataError,
+    RangeNotSupportedError,
+    RemoteReadError,
+    StoreError,
+    UnsafeKeyError,
+    ZShardError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumError", "CoalescePolicy", "CorruptDataError", "CorruptShardError",
+    "DecompressionBombError", "EngineCache", "MetadataError", "RangeNotSupportedError",
+    "RemoteReadError", "ShardedArray", "StoreError", "UnsafeKeyError", "ZShardError",
+    "default_cache", "open_array", "set_cache_budget",
+]

@@ -1,0 +1,149 @@
+"""Bounded LRU caches with in-flight de-duplication, under one memory budget.
+
+A reader *claims* the keys it misses: it alone fetches them, and other readers that want the
+same key wait on its future instead of fetching again. A failed fetch fails the waiters too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class _Entry:
+    value: Any
+    nbytes: int
+    stamp: float
+
+
+class ClaimingLRU:
+    """An LRU bounded by bytes, whose misses can be claimed by exactly one fetcher."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._inflight: dict[Hashable, Future] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def claim(self, keys: Iterable[Hashable], *, max_age: float | None = None
+              ) -> tuple[dict[Hashable, Any], dict[Hashable, Future], list[Hashable]]:
+        """Split ``keys`` into cached values, futures to wait on, and keys this caller must fetch."""
+        hits: dict[Hashable, Any] = {}
+        waits: dict[Hashable, Future] = {}
+        claimed: list[Hashable] = []
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                entry = self._data.get(key)
+                if entry is not None and (max_age is None or now - entry.stamp <= max_age):
+                    self._data.move_to_end(key)
+                    hits[key] = entry.value
+                    self.hits += 1
+                    continue
+                fut = self._inflight.get(key)
+                if fut is not None:
+                    waits[key] = fut
+                    continue
+                self._inflight[key] = Future()
+                claimed.append(key)
+                self.misses += 1
+        return hits, waits, claimed
+
+    def fulfil(self, key: Hashable, value: Any, nbytes: int) -> None:
+        with self._lock:
+            fut = self._inflight.pop(key, None)
+            if nbytes <= self.max_bytes:
+                old = self._data.pop(key, None)
+                if old is not None:
+                    self.nbytes -= old.nbytes
+                self._data[key] = _Entry(value, nbytes, time.monotonic())
+                self.nbytes += nbytes
+                while self.nbytes > self.max_bytes and self._data:
+                    _, evicted = self._data.popitem(last=False)
+                    self.nbytes -= evicted.nbytes
+        if fut is not None:
+            fut.set_result(value)
+
+    def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:
+        futs = []
+        with self._lock:
+            for key in keys:
+                fut = self._inflight.pop(key, None)
+                if fut is not None:
+                    futs.append(fut)
+        for fut in futs:
+            fut.set_exception(error)
+
+    def discard(self, predicate) -> None:
+        """Drop every cached entry whose key satisfies ``predicate`` (used by ``refresh()``)."""
+        with self._lock:
+            for key in [k for k in self._data if predicate(k)]:
+                self.nbytes -= self._data.pop(key).nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.nbytes = 0
+
+
+DEFAULT_BUDGET = 512 * 1024 * 1024
+
+
+class EngineCache:
+    """The engine's one memory budget: an index cache (1/16) and a decoded-chunk cache (rest)."""
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET):
+        self.budget_bytes = int(budget_bytes)
+        index_bytes = min(64 * 1024 * 1024, self.budget_bytes // 16) if budget_bytes else 0
+        self.indexes = ClaimingLRU(max(index_bytes, 1 << 20))  # indexes are always cached a bit
+        self.chunks = ClaimingLRU(self.budget_bytes - index_bytes)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "chunk_cache_bytes": self.chunks.nbytes, "chunk_hits": self.chunks.hits,
+            "chunk_misses": self.chunks.misses, "index_cache_bytes": self.indexes.nbytes,
+            "index_hits": self.indexes.hits, "index_misses": self.indexes.misses,
+        }
+
+
+_default: EngineCache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> EngineCache:
+    """The process-wide cache (budget from ``$NAPARI_ZSHARD_CACHE_BYTES``, default 512 MiB)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                budget = int(os.environ.get("NAPARI_ZSHARD_CACHE_BYTES", DEFAULT_BUDGET))
+                _default = EngineCache(budget)
+    return _default
+
+
+def set_cache_budget(budget_bytes: int) -> EngineCache:
+    """Replace the process-wide cache with one of ``budget_bytes`` (0 turns chunk caching off)."""
+    global _default
+    with _default_lock:
+        _default = EngineCache(budget_bytes)
+    return _default
+
+
+def _reset_after_fork() -> None:
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

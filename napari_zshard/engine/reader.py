@@ -1,0 +1,309 @@
+"""The read path: region → shards → inner chunks → one concurrent fetch batch → parallel decode.
+
+See ../shared/DESIGN.md, "The engine". One :class:`RegionReader` serves one opened array; the
+caches it uses are shared process-wide so that re-opening a volume re-uses what was read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
+from ..store import FullRequest, RangeRequest, Store, SuffixRequest
+from ..store.pool import decode_pool
+from .cache import EngineCache
+from .coalesce import CoalescePolicy, coalesce_ranges
+from .metadata import ArrayMeta
+from .shard_index import ShardIndex, decode_index
+
+log = logging.getLogger(__name__)
+
+Coords = tuple[int, ...]
+
+
+class _Fill:
+    """Marker for a chunk that is not stored: it reads as the fill value."""
+
+    nbytes = 0
+
+    def __repr__(self) -> str:
+        return "FILL"
+
+
+FILL = _Fill()
+_MISSING_SHARD = "missing-shard"
+
+
+@dataclass
+class ReadCounters:
+    """What one opened array did: requests by kind, chunks decoded, cache use."""
+
+    index_requests: int = 0
+    data_requests: int = 0
+    chunks_decoded: int = 0
+    decoded_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {k: getattr(self, k) for k in
+                    ("index_requests", "data_requests", "chunks_decoded", "decoded_bytes")}
+
+    def reset(self) -> None:
+        with self._lock:
+            self.index_requests = self.data_requests = self.chunks_decoded = 0
+            self.decoded_bytes = 0
+
+
+def normalize_region(region: Sequence[slice], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Clip step-1 slices to ``shape``; raise for anything else."""
+    if len(region) != len(shape):
+        raise IndexError(f"region has {len(region)} axes, the array {len(shape)}")
+    out = []
+    for s, n in zip(region, shape, strict=True):
+        start, stop, step = s.indices(n)
+        if step != 1:
+            raise IndexError("read_region takes step-1 slices")
+        out.append(slice(start, max(start, stop)))
+    return tuple(out)
+
+
+class RegionReader:
+    """Reads rectangular regions of one array through the engine."""
+
+    def __init__(self, store: Store, meta: ArrayMeta, *, cache: EngineCache,
+                 coalesce: CoalescePolicy, readahead: bool = True,
+                 index_max_age: float | None = None):
+        self.store = store
+        self.meta = meta
+        self.cache = cache
+        self.coalesce = coalesce
+        self.readahead = readahead
+        self.index_max_age = index_max_age
+        self.counters = ReadCounters()
+        self.token: Hashable = store.url
+        self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
+
+    # -- public ----------------------------------------------------------------------------
+    def read(self, region: Sequence[slice], out: np.ndarray | None = None) -> np.ndarray:
+        meta = self.meta
+        region = normalize_region(region, meta.shape)
+        shape = tuple(s.stop - s.start for s in region)
+        if out is None:
+            out = np.empty(shape, dtype=meta.dtype)
+        elif out.shape != shape:
+            raise ValueError(f"out has shape {out.shape}, the region {shape}")
+        if 0 in shape:
+            return out
+        wanted = self._chunks_in(region)
+        hits, waits, claimed = self.cache.chunks.claim((self.token, c) for c in wanted)
+        pending: dict[Coords, Future] = {k[1]: f for k, f in waits.items()}
+        if claimed:
+            claimed_coords = [k[1] for k in claimed]
+            extra = self._readahead(claimed_coords) if self.readahead else []
+            pending.update(self._fetch_and_decode(claimed_coords, extra))
+        for coords in wanted:
+            value = hits.get((self.token, coords))
+            if value is None:
+                value = pending[coords].result()
+            self._copy(coords, value, region, out)
+        return out
+
+    def refresh(self) -> None:
+        """Forget this array's cached shard indexes and chunks (the store changed)."""
+        self.cache.indexes.discard(lambda k: k[0] == self.token)
+        self.cache.chunks.discard(lambda k: k[0] == self.token)
+
+    # -- planning --------------------------------------------------------------------------
+    def _chunks_in(self, region: tuple[slice, ...]) -> list[Coords]:
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1)
+                  for s, c in zip(region, self.meta.chunk_shape, strict=True)]
+        return list(itertools.product(*ranges))
+
+    def _readahead(self, claimed: list[Coords]) -> list[Coords]:
+        """The rest of each claimed chunk's row: same leading coords, every (y, x) chunk."""
+        meta = self.meta
+        if meta.ndim < 3:
+            return []
+        grid = [-(-s // c) for s, c in zip(meta.shape, meta.chunk_shape, strict=True)]
+        row = grid[-2] * grid[-1]
+        leads = {c[:-2] for c in claimed}
+        if len(leads) * row * self._chunk_nbytes > self.cache.chunks.max_bytes // 4:
+            return []
+        want = set(claimed)
+        extra = [(*lead, y, x) for lead in leads for y in range(grid[-2]) for x in range(grid[-1])
+                 if (*lead, y, x) not in want]
+        if not extra:
+            return []
+        _, _, mine = self.cache.chunks.claim((self.token, c) for c in extra)
+        return [k[1] for k in mine]
+
+    # -- fetching --------------------------------------------------------------------------
+    def _fetch_and_decode(self, claimed: list[Coords], extra: list[Coords]
+                          ) -> dict[Coords, Future]:
+        """Fetch every claimed chunk in one batch, decode in parallel; futures per chunk."""
+        everything = claimed + extra
+        try:
+            sources = self._fetch(everything)
+        except BaseException as e:
+            self.cache.chunks.fail([(self.token, c) for c in everything], e)
+            raise
+        futures: dict[Coords, Future] = {}
+        pool = decode_pool()
+        stored = [(c, src) for c, src in sources.items() if src is not FILL]
+        for coords, src in sources.items():
+            if src is FILL:
+                self.cache.chunks.fulfil((self.token, coords), FILL, 64)
+                f: Future = Future()
+                f.set_result(FILL)
+                futures[coords] = f
+        if len(stored) == 1 and not extra:
+            coords, src = stored[0]
+            f = Future()
+            try:
+                f.set_result(self._decode_one(coords, src))
+            except BaseException as e:
+                f.set_exception(e)
+            futures[coords] = f
+        else:
+            for coords, src in stored:
+                futures[coords] = pool.submit(self._decode_one, coords, src)
+        return futures
+
+    def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview]) -> np.ndarray:
+        key, entry, data = src
+        meta = self.meta
+        try:
+            arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype)
+        except CorruptDataError as e:
+            where = f" (index entry {entry})" if entry >= 0 else ""
+            err = type(e)(f"{self.store.url}/{key}: inner chunk {coords}{where}: {e}")
+            self.cache.chunks.fail([(self.token, coords)], err)
+            raise err from e
+        except BaseException as e:
+            self.cache.chunks.fail([(self.token, coords)], e)
+            raise
+        arr.flags.writeable = False
+        self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
+        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
+        return arr
+
+    def _fetch(self, chunks: list[Coords]) -> dict[Coords, object]:
+        """Raw bytes ``(key, index entry, data)`` of each chunk, or FILL."""
+        meta = self.meta
+        if meta.sharding is None:
+            keys = [meta.object_key(c) for c in chunks]
+            results = self.store.read_many([FullRequest(k) for k in keys])
+            self.counters.add(data_requests=len(keys))
+            return {c: (FILL if r.data is None else (k, -1, memoryview(r.data)))
+                    for c, k, r in zip(chunks, keys, results, strict=True)}
+        cps = meta.chunks_per_object
+        by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
+        for c in chunks:
+            shard = tuple(g // n for g, n in zip(c, cps, strict=True))
+            local = tuple(g % n for g, n in zip(c, cps, strict=True))
+            by_shard[shard].append((c, int(np.ravel_multi_index(local, cps))))
+        indexes = self.shard_indexes(list(by_shard))
+        out: dict[Coords, object] = {}
+        requests: list[RangeRequest] = []
+        request_parts = []
+        for shard, members in by_shard.items():
+            index = indexes[shard]
+            key = meta.object_key(shard)
+            ranges = []
+            for c, flat in members:
+                sl = None if index is None else index.chunk_slice(flat)
+                if sl is None:
+                    out[c] = FILL
+                else:
+                    ranges.append(((c, flat), sl[0], sl[1]))
+            for rng in coalesce_ranges(ranges, self.coalesce):
+                requests.append(RangeRequest(key, rng.start, rng.length))
+                request_parts.append(rng.parts)
+        if not requests:
+            return out
+        try:
+            results = self.store.read_many(requests)
+        except ShortReadError as e:
+            raise CorruptShardError(
+                f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
+                f"{e.start + e.requested - 1} named by its index lie past the end of the file"
+            ) from e
+        self.counters.add(data_requests=len(requests))
+        for req, parts, res in zip(requests, request_parts, results, strict=True):
+            if res.data is None:
+                raise StoreError(f"{self.store.url}/{req.key} disappeared after its index was "
+                                 "read; the store is being rewritten — call refresh()")
+            view = memoryview(res.data)
+            for (c, flat), offset, nbytes in parts:
+                out[c] = (req.key, flat, view[offset:offset + nbytes])
+        return out
+
+    def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
+        """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
+        meta = self.meta
+        spec = meta.sharding
+        assert spec is not None
+        n_chunks = math.prod(meta.chunks_per_object)
+        size = spec.index_nbytes(meta.grid_shape)
+        hits, waits, claimed = self.cache.indexes.claim(
+            ((self.token, "index", s) for s in shards), max_age=self.index_max_age)
+        found: dict[Coords, ShardIndex | None] = {
+            k[2]: (None if v is _MISSING_SHARD else v) for k, v in hits.items()}
+        if claimed:
+            keys = [meta.object_key(k[2]) for k in claimed]
+            reqs = [SuffixRequest(key, size) if spec.index_location == "end"
+                    else RangeRequest(key, 0, size) for key in keys]
+            try:
+                try:
+                    results = self.store.read_many(reqs)
+                except ShortReadError as e:
+                    raise CorruptShardError(f"{self.store.url}/{e.key}: shard has {e.received} "
+                                            f"bytes where its index needs {size}: truncated"
+                                            ) from e
+                self.counters.add(index_requests=len(reqs))
+                decoded = []
+                for ck, key, res in zip(claimed, keys, results, strict=True):
+                    if res.data is None:
+                        decoded.append((ck, None))
+                        continue
+                    decoded.append((ck, decode_index(res.data, spec=spec, n_chunks=n_chunks,
+                                                     key=key, where=self.store.url,
+                                                     object_size=res.object_size)))
+            except BaseException as e:
+                self.cache.indexes.fail(claimed, e)
+                raise
+            for ck, index in decoded:
+                self.cache.indexes.fulfil(ck, _MISSING_SHARD if index is None else index,
+                                          64 if index is None else index.nbytes)
+                found[ck[2]] = index
+        for k, fut in waits.items():
+            v = fut.result()
+            found[k[2]] = None if v is _MISSING_SHARD else v
+        return found
+
+    # -- assembling ------------------------------------------------------------------------
+    def _copy(self, coords: Coords, value, region: tuple[slice, ...], out: np.ndarray) -> None:
+        dst, src = [], []
+        for g, c, s in zip(coords, self.meta.chunk_shape, region, strict=True):
+            lo, hi = max(s.start, g * c), min(s.stop, (g + 1) * c)
+            dst.append(slice(lo - s.start, hi - s.start))
+            src.append(slice(lo - g * c, hi - g * c))
+        if value is FILL:
+            out[tuple(dst)] = self.meta.fill_value
+        else:
+            out[tuple(dst)] = value[tuple(src)]

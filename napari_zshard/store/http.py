@@ -1,0 +1,89 @@
+"""HTTP(S) store: ranged GETs on the aiohttp session of fsspec's HTTP file system."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+
+from ..errors import RangeNotSupportedError, RemoteReadError, ShortReadError, StoreError
+from .keys import validate_key
+from .remote import RemoteStore, check_range_result
+from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
+from .retry import TRANSIENT_HTTP_STATUS, TransientError
+
+
+def range_header(req: ByteRequest) -> str | None:
+    if isinstance(req, RangeRequest):
+        return f"bytes={req.start}-{req.start + req.length - 1}"
+    if isinstance(req, SuffixRequest):
+        return f"bytes=-{req.length}"
+    return None
+
+
+class HTTPStore(RemoteStore):
+    """A URL prefix served over HTTP(S). Read-only unless the server accepts PUT."""
+
+    read_only = True
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None):
+        super().__init__(url.rstrip("/"), options)
+        import fsspec
+
+        self.fs = fsspec.filesystem("https" if url.startswith("https") else "http",
+                                    asynchronous=False, **self.options)
+
+    async def _fetch_once(self, req: ByteRequest) -> ByteResult:
+        session = await self.fs.set_session()
+        headers = dict(self.fs.kwargs.get("headers") or {})
+        rng = range_header(req)
+        if rng:
+            headers["Range"] = rng
+        url = f"{self.url}/{validate_key(req.key)}"
+        kwargs = {k: v for k, v in self.fs.kwargs.items() if k != "headers"}
+        try:
+            async with session.get(url, headers=headers, **kwargs) as r:
+                if r.status in (404, 410):
+                    return ByteResult(None)
+                if r.status in TRANSIENT_HTTP_STATUS:
+                    raise TransientError(f"HTTP {r.status} for {url}")
+                if r.status == 416:
+                    raise ShortReadError(
+                        f"{url}: range {rng} starts past the end of the object "
+                        f"({r.headers.get('Content-Range', 'size unknown')})",
+                        key=req.key, start=getattr(req, "start", 0),
+                        requested=getattr(req, "length", 0), received=0,
+                    )
+                if r.status in (401, 403):
+                    raise StoreError(
+                        f"HTTP {r.status} for {url}: access denied. Check the credentials "
+                        "configured for this URL prefix (see the README, 'Storage options')."
+                    )
+                if r.status >= 400:
+                    raise RemoteReadError(f"HTTP {r.status} for {url}")
+                if rng and r.status != 206:
+                    raise RangeNotSupportedError(
+                        f"{url}: the server answered a byte-range request with HTTP {r.status} "
+                        "instead of 206 Partial Content. Sharded Zarr needs a server that "
+                        "supports Range requests."
+                    )
+                data = await r.read()
+                if isinstance(req, FullRequest):
+                    length = r.headers.get("Content-Length")
+                    if length is not None and int(length) != len(data):
+                        raise TransientError(f"{url}: body {len(data)} of {length} bytes")
+                    return ByteResult(data, object_size=len(data), etag=r.headers.get("ETag"))
+                result = check_range_result(self, req, data, r.headers.get("Content-Range"))
+                return ByteResult(result.data, result.object_size, r.headers.get("ETag"))
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+            raise TransientError(f"{url}: {e!r}") from e
+
+    def write(self, key: str, data: bytes) -> None:
+        raise StoreError(f"{self.url}: plain HTTP stores are read-only")
+
+    def delete(self, key: str) -> None:
+        raise StoreError(f"{self.url}: plain HTTP stores are read-only")
+
+    def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
+        raise StoreError(f"{self.url}: an HTTP server cannot be listed")

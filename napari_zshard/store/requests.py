@@ -1,0 +1,45 @@
+"""Byte requests: what the engine asks a store for, as tiny value objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """``length`` bytes of ``key`` starting at ``start``."""
+
+    key: str
+    start: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SuffixRequest:
+    """The last ``length`` bytes of ``key`` (a shard index at the end)."""
+
+    key: str
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class FullRequest:
+    """The whole object ``key``."""
+
+    key: str
+
+
+ByteRequest = RangeRequest | SuffixRequest | FullRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ByteResult:
+    """The bytes a request returned, plus what the response told about the whole object.
+
+    ``data`` is ``None`` when the object does not exist. ``object_size`` is the object's full
+    size when the transport reported it (a local ``fstat``, HTTP ``Content-Range``), else None.
+    """
+
+    data: bytes | None
+    object_size: int | None = None
+    etag: str | None = None

@@ -1,0 +1,63 @@
+"""From a path or URL to a :class:`Store`. The only place that knows about protocols."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from ..errors import UnsupportedURLError
+from .base import Store
+from .config import options_for
+
+
+def normalize_url(url: str | os.PathLike) -> str:
+    """A canonical address: an absolute local path, or a URL without a trailing slash."""
+    text = os.fspath(url)
+    if "://" not in text:
+        return os.path.abspath(os.path.expanduser(text))
+    if text.startswith("file://"):
+        return os.path.abspath(unquote(urlparse(text).path))
+    return text.rstrip("/")
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Store:
+    """Open the store at ``url`` (a local path, ``file://``, ``http(s)://``, ``s3://``,
+    ``gs://``, ``memory://`` or any fsspec protocol).
+
+    Options configured for the URL's prefix (see :mod:`napari_zshard.store.config`) apply first;
+    ``storage_options`` override them.
+    """
+    address = normalize_url(url)
+    protocol = protocol_of(address)
+    options = {**options_for(address), **(storage_options or {})}
+    if protocol == "file":
+        from .local import LocalStore
+
+        return LocalStore(address, options)
+    if protocol in ("http", "https"):
+        from .http import HTTPStore
+
+        return HTTPStore(address, options)
+    if protocol in ("s3", "s3a"):
+        from .s3 import S3Store
+
+        return S3Store("s3://" + address.split("://", 1)[1], options)
+    if protocol in ("gs", "gcs", "memory") or _is_fsspec_protocol(protocol):
+        from .generic import FsspecStore
+
+        return FsspecStore(address, options)
+    raise UnsupportedURLError(
+        f"cannot open {address}: unknown protocol {protocol!r}. Use a local path or a "
+        "file://, http(s)://, s3:// or gs:// URL."
+    )
+
+
+def _is_fsspec_protocol(protocol: str) -> bool:
+    from fsspec.registry import known_implementations, registry
+
+    return protocol in registry or protocol in known_implementations
