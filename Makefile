@@ -1,0 +1,39 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs the tests.
+# Both set up what a fresh Debian machine lacks: system libraries for a headless napari
+# (Xvfb, Mesa OpenGL, the Qt xcb plugins) and a virtual environment with the package.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEBS := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
+        libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
+        libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test system venv bench lint
+
+system:
+	@dpkg -s $(DEBS) >/dev/null 2>&1 || { \
+	  echo "installing system packages: $(DEBS)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS) >/dev/null; }
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: system venv
+	$(BIN)/python -m napari_zshard.demo
+
+lint: venv
+	$(BIN)/ruff check napari_zshard tests bench
+	$(BIN)/npe2 validate napari-zshard --imports
+
+test: system venv lint
+	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/pytest -q
+
+bench: system venv
+	$(BIN)/pip install -q psutil
+	$(BIN)/python bench/bench_read.py
