@@ -72,7 +72,8 @@ def array_metadata(*, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
     elif compressor == "gzip":
         compressors.append(GzipCodec(level=level))
     elif compressor not in ("none", None):
-        raise ValueError(f"compressor must be 'zstd', 'blosc', 'gzip' or 'none', not {compressor!r}")
+        raise ValueError(
+            f"compressor must be 'zstd', 'blosc', 'gzip' or 'none', not {compressor!r}")
     if checksum:
         compressors.append(Crc32cCodec())
     docs: dict[str, Any] = {}

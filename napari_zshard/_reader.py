@@ -1,0 +1,52 @@
+"""npe2 reader: sniff a path or URL, return lazy multiscale layers (or None, quietly)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._convert import layer_data
+from .multiscale import open_nodes, sniff
+
+log = logging.getLogger(__name__)
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list] | None:
+    """Return :func:`read_zarr` when every path holds Zarr data this plugin opens, else None.
+
+    napari offers every folder to every reader that accepts directories: answer quietly.
+    """
+    paths = path if isinstance(path, list) else [path]
+    if not paths or not all(isinstance(p, str) for p in paths):
+        return None
+    if not all(sniff(p) for p in paths):
+        return None
+    return read_zarr
+
+
+def read_zarr(path: str | list[str]) -> list:
+    """Layers of every image at ``path``. A broken store is reported, the others still open."""
+    paths = path if isinstance(path, list) else [path]
+    layers: list = []
+    errors = []
+    for p in paths:
+        try:
+            layers.extend(layer_data(open_nodes(p)))
+        except Exception as e:  # reported to the user below, never a traceback dump
+            log.debug("cannot open %s", p, exc_info=True)
+            errors.append(f"{p}: {e}")
+    if errors:
+        from napari.utils.notifications import show_error
+
+        show_error("napari-zshard could not open:\n" + "\n".join(errors))
+    for _, kwargs, _ in layers:
+        if kwargs.get("metadata", {}).get("napari_zshard", {}).get("too_big_for_3d"):
+            from napari.utils.notifications import show_warning
+
+            show_warning(
+                f"{kwargs['name']}: the coarsest pyramid level is too large to render in 3D. "
+                "Build a pyramid with `zshard reshard SRC DST --levels N` (or File ▸ Save as "
+                "sharded zarr), then open the result."
+            )
+    return layers

@@ -1,0 +1,209 @@
+"""Opening what a path or URL holds: OME-Zarr 0.5/0.4 images with labels, plain arrays, groups.
+
+``sniff`` tells, cheaply and quietly, whether a location is something this package opens;
+``open_nodes`` returns one :class:`ImageNode` per image found there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine import ShardedArray, open_array
+from ..engine.metadata import parse_json
+from ..errors import MetadataError, StoreError
+from ..ome import Axis, parse_image_label, parse_label_names, parse_multiscales, parse_omero
+from ..store import Store, open_store
+from .node import ImageNode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the metadata at the root of a store says it is."""
+
+    kind: str  # "array" | "group"
+    zarr_format: int
+    attributes: dict[str, Any]
+    doc: dict[str, Any]
+
+
+def read_node(store: Store) -> NodeInfo | None:
+    """Read ``zarr.json`` (v3) or ``.zattrs``/``.zgroup``/``.zarray`` (v2); None if neither."""
+    raw = store.read("zarr.json")
+    if raw is not None:
+        doc = parse_json(raw, f"{store.url}/zarr.json")
+        kind = doc.get("node_type")
+        if kind not in ("array", "group") or doc.get("zarr_format") != 3:
+            raise MetadataError(f"{store.url}/zarr.json: not a Zarr v3 array or group")
+        return NodeInfo(kind, 3, doc.get("attributes") or {}, doc)
+    from ..store import FullRequest
+
+    zarray, zgroup, zattrs = (r.data for r in store.read_many(
+        [FullRequest(".zarray"), FullRequest(".zgroup"), FullRequest(".zattrs")]))
+    if zarray is None and zgroup is None:
+        return None
+    attrs = parse_json(zattrs, f"{store.url}/.zattrs") if zattrs else {}
+    if zarray is not None:
+        return NodeInfo("array", 2, attrs, parse_json(zarray, f"{store.url}/.zarray"))
+    return NodeInfo("group", 2, attrs, parse_json(zgroup, f"{store.url}/.zgroup"))
+
+
+def sniff(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when ``url`` holds a Zarr array or group. Never raises, logs or prints."""
+    try:
+        return read_node(open_store(url, storage_options)) is not None
+    except Exception:
+        return False
+
+
+def _name_of(url: str) -> str:
+    base = url.rstrip("/").rsplit("/", 1)[-1]
+    return base[:-5] if base.endswith(".zarr") else base
+
+
+def _stored_contrast(attrs: dict[str, Any]) -> tuple[float, float] | None:
+    ours = attrs.get("napari_zshard") if isinstance(attrs.get("napari_zshard"), dict) else {}
+    cl = ours.get("contrast_limits")
+    if isinstance(cl, list) and len(cl) == 2 and all(isinstance(v, (int, float)) for v in cl):
+        return float(cl[0]), float(cl[1])
+    return None
+
+
+def open_multiscale(store: Store, info: NodeInfo, *, name: str | None = None,
+                    with_labels: bool = True, **array_options: Any) -> ImageNode:
+    """An OME-Zarr multiscale image group (0.5 or 0.4) as an :class:`ImageNode`."""
+    where = store.url
+    multiscales = parse_multiscales(info.attributes, where)
+    if not multiscales:
+        raise MetadataError(f"{where}: group has no OME multiscales metadata")
+    ms = multiscales[0]
+    arrays = [open_array(store.child(d.path), **array_options) for d in ms.datasets]
+    ndim = arrays[0].ndim
+    for d, a in zip(ms.datasets, arrays, strict=True):
+        if a.ndim != ndim:
+            raise MetadataError(f"{where}: level {d.path!r} has {a.ndim} axes, level 0 {ndim}")
+    axes = ms.axes if len(ms.axes) == ndim else tuple(Axis(n) for n in "tczyx"[-ndim:])
+    node = ImageNode(
+        url=where, name=name or ms.name or _name_of(where), arrays=arrays, axes=axes,
+        scale=ms.datasets[0].scale, translate=ms.datasets[0].translation,
+        channels=parse_omero(info.attributes), image_label=parse_image_label(info.attributes),
+        contrast_limits=_stored_contrast(info.attributes),
+    )
+    if with_labels and not node.is_labels:
+        node.labels = _open_labels(store, **array_options)
+    return node
+
+
+def _open_labels(store: Store, **array_options: Any) -> list[ImageNode]:
+    labels_store = store.child("labels")
+    try:
+        info = read_node(labels_store)
+    except (MetadataError, StoreError) as e:
+        log.warning("ignoring the labels of %s: %s", store.url, e)
+        return []
+    if info is None:
+        return []
+    out = []
+    for label_name in parse_label_names(info.attributes):
+        sub = labels_store.child(label_name)
+        try:
+            sub_info = read_node(sub)
+            if sub_info is None:
+                raise MetadataError(f"{sub.url}: listed in labels/ but not found")
+            node = open_multiscale(sub, sub_info, name=label_name, with_labels=False,
+                                   **array_options)
+        except (MetadataError, StoreError) as e:
+            log.warning("ignoring label image %s: %s", sub.url, e)
+            continue
+        if node.image_label is None:
+            from ..ome import ImageLabel
+
+            node.image_label = ImageLabel()
+        out.append(node)
+    return out
+
+
+def _single_array_node(store: Store, arr: ShardedArray, info: NodeInfo) -> ImageNode:
+    names = arr.meta.dimension_names or ()
+    axes = tuple(Axis(n) if n else Axis("zyx"[-arr.ndim:][i] if arr.ndim <= 3 else f"dim_{i}")
+                 for i, n in enumerate(names or (None,) * arr.ndim))
+    return ImageNode(url=store.url, name=_name_of(store.url), arrays=[arr], axes=axes,
+                     contrast_limits=_stored_contrast(info.attributes))
+
+
+def _child_arrays(store: Store, info: NodeInfo) -> list[str]:
+    consolidated = info.doc.get("consolidated_metadata")
+    if isinstance(consolidated, dict) and isinstance(consolidated.get("metadata"), dict):
+        return sorted(k for k, v in consolidated["metadata"].items()
+                      if "/" not in k and isinstance(v, dict) and v.get("node_type") == "array")
+    try:
+        listing = list(store.list_prefix(""))
+    except StoreError as e:
+        raise MetadataError(f"{store.url}: a group without OME metadata or consolidated "
+                            "metadata cannot be listed here; open one of its arrays by URL"
+                            ) from e
+    names = set()
+    for key, _ in listing:
+        parts = key.split("/")
+        if len(parts) == 2 and parts[1] in ("zarr.json", ".zarray"):
+            names.add(parts[0])
+    return sorted(names)
+
+
+def _is_pyramid(arrays: list[ShardedArray]) -> bool:
+    if len(arrays) < 2:
+        return False
+    a0 = arrays[0]
+    for prev, cur in itertools.pairwise(arrays):
+        if cur.ndim != a0.ndim or cur.dtype != a0.dtype:
+            return False
+        shrinks = all(c <= p for c, p in zip(cur.shape, prev.shape, strict=True))
+        if not shrinks or cur.shape == prev.shape:
+            return False
+    return True
+
+
+def open_nodes(url: str | os.PathLike | Store, *, storage_options: dict[str, Any] | None = None,
+               **array_options: Any) -> list[ImageNode]:
+    """Every image at ``url``: an OME-Zarr image (with its labels), a plain array, or the
+    arrays of a group (one node each, or one multiscale node when they form a pyramid)."""
+    store = url if isinstance(url, Store) else open_store(url, storage_options)
+    info = read_node(store)
+    if info is None:
+        raise MetadataError(f"{store.url}: no Zarr array or group here")
+    if info.kind == "array":
+        return [_single_array_node(store, open_array(store, **array_options), info)]
+    if parse_multiscales(info.attributes, store.url):
+        return [open_multiscale(store, info, **array_options)]
+    names = _child_arrays(store, info)
+    if not names:
+        raise MetadataError(f"{store.url}: group holds no arrays and no OME multiscales")
+    arrays = [open_array(store.child(n), **array_options) for n in names]
+    order = sorted(range(len(arrays)), key=lambda i: -arrays[i].size)
+    ranked = [arrays[i] for i in order]
+    if _is_pyramid(ranked):
+        node = _single_array_node(store, ranked[0], info)
+        node.arrays = ranked
+        return [node]
+    nodes = []
+    for n, arr in zip(names, arrays, strict=True):
+        node = _single_array_node(store.child(n), arr, info)
+        node.name = f"{_name_of(store.url)}/{n}"
+        nodes.append(node)
+    return nodes
+
+
+def open_image(url: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
+               **array_options: Any) -> ImageNode:
+    """The (first) image at ``url``, with its levels, metadata and labels. napari-free.
+
+    >>> node = open_image("https://example.org/cells.zarr")    # doctest: +SKIP
+    >>> node.levels()            # list of dask arrays, largest first
+    >>> node.scale, node.axes, node.channels, node.labels
+    """
+    return open_nodes(url, storage_options=storage_options, **array_options)[0]
