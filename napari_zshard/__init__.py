@@ -27,9 +27,23 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # napari adapters load only when asked for, so `import napari_zshard` stays napari-free.
+    if name == "view_path":
+        from ._viewer import view_path
+
+        return view_path
+    if name in ("open_image", "open_nodes", "ImageNode"):
+        from . import multiscale
+
+        return getattr(multiscale, name)
+    raise AttributeError(f"module 'napari_zshard' has no attribute {name!r}")
+
+
 __all__ = [
     "ChecksumError", "CoalescePolicy", "CorruptDataError", "CorruptShardError",
     "DecompressionBombError", "EngineCache", "MetadataError", "RangeNotSupportedError",
     "RemoteReadError", "ShardedArray", "StoreError", "UnsafeKeyError", "ZShardError",
-    "default_cache", "open_array", "set_cache_budget",
+    "default_cache", "open_array", "open_image", "open_nodes", "set_cache_budget", "view_path",
 ]

@@ -18,7 +18,7 @@ from .ome import Axis, Dataset, Multiscale
 from .store import Store, open_store
 
 SAMPLE_SHAPE = (128, 512, 512)
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -28,7 +28,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-zshard"
 
 
-def make_cells(shape: Sequence[int] = SAMPLE_SHAPE, *, n_cells: int = 60, seed: int = 0
+def make_cells(shape: Sequence[int] = SAMPLE_SHAPE, *, n_cells: int = 300, seed: int = 0
                ) -> tuple[np.ndarray, np.ndarray]:
     """A uint16 volume of bright ellipsoidal cells on textured background, and their labels."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,30 @@
+"""Notebook one-liner: what ``napari.view_path`` used to be, opening with this plugin."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+LAYER_KEYS = {"name", "contrast_limits", "colormap", "opacity", "blending", "visible",
+              "gamma", "rendering"}
+
+
+def view_path(path: str | os.PathLike | list, **kwargs: Any):
+    """Open ``path`` (a local path or URL, or a list of them) in a new napari viewer.
+
+    Keyword arguments that napari's ``Viewer`` takes (``title``, ``ndisplay``, ``show``...) go to
+    the viewer; the rest go to ``viewer.open`` as layer keyword arguments.
+
+    >>> viewer = napari_zshard.view_path("s3://bucket/volume.zarr")   # doctest: +SKIP
+    """
+    import inspect
+
+    import napari
+
+    viewer_params = set(inspect.signature(napari.Viewer).parameters)
+    viewer_kwargs = {k: v for k, v in kwargs.items() if k in viewer_params}
+    layer_kwargs = {k: v for k, v in kwargs.items() if k not in viewer_params}
+    viewer = napari.Viewer(**viewer_kwargs)
+    paths = [os.fspath(p) for p in path] if isinstance(path, list) else os.fspath(path)
+    viewer.open(paths, plugin="napari-zshard", **layer_kwargs)
+    return viewer
