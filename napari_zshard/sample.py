@@ -81,11 +81,12 @@ def write_image_pyramid(store: Store, levels: list[np.ndarray], *, name: str,
     for i, level in enumerate(levels):
         sub = store.child(str(i))
         f = 2.0 ** i
+        lchunks = tuple(min(c, n) for c, n in zip(chunks, level.shape, strict=True))
+        # whole chunks per shard, no more than the level needs
+        lshards = tuple(lc * min(s // c, -(-n // lc)) for lc, s, c, n in
+                        zip(lchunks, shards, chunks, level.shape, strict=True))
         sub_store, meta = create_array(
-            sub, shape=level.shape, dtype=level.dtype,
-            chunks=tuple(min(c, n) for c, n in zip(chunks, level.shape, strict=True)),
-            shards=tuple(min(s, -(-n // c) * c) for s, c, n in
-                         zip(shards, chunks, level.shape, strict=True)),
+            sub, shape=level.shape, dtype=level.dtype, chunks=lchunks, shards=lshards,
             dimension_names=[a.name for a in axes], overwrite=True)
         for _ in write_array_data(sub_store, meta, level):
             pass
