@@ -1,0 +1,89 @@
+"""In a real napari window (under Xvfb): the pixels on screen, drag-and-drop, the menu command."""
+
+import numpy as np
+import pytest
+
+from napari_zshard.engine.create import create_array
+from napari_zshard.engine.shard_writer import write_array_data
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+
+def left_right_volume(n_planes=64, size=128):
+    """Plane z shows 40+3z on its left half and 250-3z on its right half."""
+    z = np.arange(n_planes, dtype=np.uint16)[:, None, None]
+    vol = np.empty((n_planes, size, size), np.uint8)
+    vol[:, :, : size // 2] = (40 + 3 * z)
+    vol[:, :, size // 2:] = (250 - 3 * z)
+    return vol
+
+
+@pytest.fixture
+def volume_store(tmp_path):
+    vol = left_right_volume()
+    store, meta = create_array(tmp_path / "planes.zarr", shape=vol.shape, dtype=vol.dtype,
+                               chunks=(16, 32, 32), shards=(32, 64, 64))
+    for _ in write_array_data(store, meta, vol):
+        pass
+    return tmp_path / "planes.zarr", vol
+
+
+def screen_halves(viewer):
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    row = shot[shot.shape[0] // 2]
+    content = np.flatnonzero(row.sum(axis=1) > 0)
+    lo, hi = content[0], content[-1]
+    width = hi - lo
+    return row[lo + width // 4].mean(), row[lo + 3 * width // 4].mean()
+
+
+def test_moving_the_z_slider_shows_that_plane_on_screen(make_napari_viewer, volume_store, qtbot):
+    path, vol = volume_store
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin="napari-zshard", contrast_limits=(0, 255))
+    for z in (10, 50, 63, 0):
+        viewer.dims.set_current_step(0, z)
+        expected = (vol[z, 0, 0], vol[z, 0, -1])
+
+        def shows_plane(expected=expected):
+            left, right = screen_halves(viewer)
+            return abs(left - expected[0]) <= 3 and abs(right - expected[1]) <= 3
+
+        qtbot.waitUntil(shows_plane, timeout=5000)
+
+
+def test_dropping_a_zarr_folder_opens_it_with_napari_zshard(make_napari_viewer, volume_store):
+    from napari.settings import get_settings
+    from qtpy.QtCore import QMimeData, QPointF, Qt, QUrl
+    from qtpy.QtGui import QDropEvent
+
+    from napari_zshard._commands import use_as_default_zarr_reader
+
+    path, vol = volume_store
+    viewer = make_napari_viewer(show=True)
+    use_as_default_zarr_reader()
+    readers = get_settings().plugins.extension2reader
+    assert readers["*.zarr/"] == readers["*.zarr"] == "napari-zshard"
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    viewer.window._qt_viewer.dropEvent(event)
+    (layer,) = viewer.layers
+    assert layer.data.shape == vol.shape
+    assert layer.metadata["napari_zshard"]["url"].endswith("planes.zarr")
+    np.testing.assert_array_equal(np.asarray(layer.data[5]), vol[5])
+
+
+def test_plugin_menu_entries_and_sample_are_registered(make_napari_viewer):
+    import npe2
+
+    viewer = make_napari_viewer()
+    pm = npe2.PluginManager.instance()
+    manifest = pm.get_manifest("napari-zshard")
+    io_menu = manifest.contributions.menus["napari/file/io_utilities"]
+    assert any(m.command == "napari-zshard.use_as_default_zarr_reader" for m in io_menu)
+    assert [s.key for s in manifest.contributions.sample_data] == ["cells"]
+    assert viewer is not None
