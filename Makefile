@@ -9,7 +9,8 @@ DEBS := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libx
         libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test system venv bench lint
+VENV06 := .venv-napari06
+.PHONY: demo test system venv bench lint test-napari06
 
 system:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { \
@@ -31,7 +32,17 @@ lint: venv
 	$(BIN)/ruff check napari_zshard tests bench
 	$(BIN)/npe2 validate napari-zshard --imports
 
-test: system venv lint
+# napari 0.6.x still has napari.view_path: prove once, in a small second environment, that
+# `napari.view_path(url, plugin="napari-zshard")` works there.
+$(VENV06)/bin/python:
+	$(PY) -m venv $(VENV06)
+	$(VENV06)/bin/pip install -q --upgrade pip
+	$(VENV06)/bin/pip install -q 'napari[pyqt6]==0.6.6' -e .
+
+test-napari06: system $(VENV06)/bin/python
+	xvfb-run -a $(VENV06)/bin/python .ci/check_napari06.py
+
+test: system venv lint test-napari06
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/pytest -q
 
 bench: system venv
