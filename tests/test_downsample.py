@@ -1,0 +1,45 @@
+"""Pyramid levels: labels keep real label values, images average, anisotropic data evens out."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from napari_zshard.multiscale.downsample import downsample, level_factors
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint32, st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
+              elements=st.integers(0, 5)))
+def test_label_mode_only_ever_yields_values_from_its_own_block(labels):
+    coarse = downsample(labels, (2, 2, 2), "mode")
+    assert coarse.shape == tuple(-(-n // 2) for n in labels.shape)
+    for idx in np.ndindex(coarse.shape):
+        block = labels[tuple(slice(2 * i, 2 * i + 2) for i in idx)]
+        values, counts = np.unique(block, return_counts=True)
+        assert coarse[idx] in values
+        assert counts[list(values).index(coarse[idx])] == counts.max()
+
+
+def test_mode_prefers_the_majority_not_the_mean():
+    block = np.array([[[7, 7], [7, 1]], [[1, 9], [7, 7]]], dtype=np.uint16)
+    assert downsample(block, (2, 2, 2), "mode").item() == 7
+    assert downsample(block, (2, 2, 2), "mean").item() == round(block.mean())
+
+
+def test_mean_of_integer_images_rounds_and_keeps_the_dtype():
+    data = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    out = downsample(data, (2, 2), "mean")
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, [[2, 4], [10, 12]])  # 2.5 → 2, 4.5 → 4 (to even)
+
+
+@pytest.mark.parametrize(("shape", "scale", "expected"), [
+    ((512, 1024, 1024), None, [(2, 2, 2), (2, 2, 2)]),
+    # 4 µm z, 0.5 µm xy: only xy is halved until the voxels are roughly cubic
+    ((64, 2048, 2048), (4, 0.5, 0.5), [(1, 2, 2)] * 3),
+    ((200, 200, 200), None, []),
+])
+def test_levels_stop_at_a_coarsest_level_napari_can_render_in_3d(shape, scale, expected):
+    assert level_factors(shape, scale) == expected
