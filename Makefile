@@ -25,8 +25,15 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
+# Opens napari on the generated sample. Without a display (or with SCREENSHOT=file.png) it
+# runs under Xvfb, saves what the canvas shows and exits.
+SCREENSHOT ?=
 demo: system venv
-	$(BIN)/python -m napari_zshard.demo
+	$(BIN)/zshard demo
+	@if [ -n "$(SCREENSHOT)" ] || [ -z "$$DISPLAY" ]; then \
+	  shot="$(or $(SCREENSHOT),zshard-sample.png)"; \
+	  xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/zshard view --screenshot "$$shot"; \
+	else $(BIN)/zshard view; fi
 
 lint: venv
 	$(BIN)/ruff check napari_zshard tests bench
