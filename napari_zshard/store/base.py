@@ -10,16 +10,23 @@ from .requests import ByteRequest, ByteResult, FullRequest
 from .stats import RequestStats
 
 # Option names whose values are secrets: never in reprs, logs, pickles or dask graphs.
-_SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "auth", "headers")
-_SECRET_NAMES = {"key", "access_key", "aws_access_key_id", "account_key", "sas_token"}
+_SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "auth", "headers",
+                 "connection_string")
+# "session": a botocore/aiobotocore session object carries resolved credentials.
+_SECRET_NAMES = {"aws_access_key_id", "session", "sas_token"}
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return (lowered in _SECRET_NAMES or lowered.endswith("key")  # key, access_key, private_key
+            or any(word in lowered for word in _SECRET_WORDS))
 
 
 def public_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` without anything that could be a credential (recursively)."""
     out: dict[str, Any] = {}
     for name, value in options.items():
-        lowered = name.lower()
-        if lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS):
+        if _is_secret(name):
             continue
         out[name] = public_options(value) if isinstance(value, dict) else value
     return out

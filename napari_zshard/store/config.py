@@ -66,25 +66,48 @@ def _check_mapping(data: Any, source: str) -> dict[str, dict[str, Any]]:
 
 def load_prefix_options() -> dict[str, dict[str, Any]]:
     """Every configured prefix with its options (file first, the environment on top)."""
-    options = dict(_load_file(config_path()))
+    sources = [_load_file(config_path())]
     raw = os.environ.get(ENV_OPTIONS)
     if raw:
         try:
             env = json.loads(raw)
         except ValueError as e:
             raise StorageConfigError(f"${ENV_OPTIONS} is not valid JSON: {e}") from e
-        for prefix, opts in _check_mapping(env, f"${ENV_OPTIONS}").items():
-            options[prefix] = {**options.get(prefix, {}), **opts}
+        sources.append(_check_mapping(env, f"${ENV_OPTIONS}"))
+    options: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        for prefix, opts in source.items():
+            key = _normal_prefix(prefix)
+            options[key] = {**options.get(key, {}), **opts}
     return options
+
+
+def prefix_matches(prefix: str, url: str) -> bool:
+    """Whether ``url`` is ``prefix`` or lies below it, on a ``/`` boundary.
+
+    ``s3://lab`` (or ``s3://lab/``) matches ``s3://lab`` and ``s3://lab/vol.zarr`` but not
+    ``s3://lab-public/...``, and ``https://data.lab.org`` does not match
+    ``https://data.lab.org.example.net/``: options often hold credentials, which must never
+    reach another bucket or host.
+    """
+    base = _normal_prefix(prefix)
+    if base.endswith("://") or not base:  # a bare "s3://": every URL of the protocol
+        return url.startswith(base)
+    return url == base or url.startswith(base + "/")
+
+
+def _normal_prefix(prefix: str) -> str:
+    """``prefix`` without trailing slashes (except a bare ``protocol://``)."""
+    stripped = prefix.rstrip("/")
+    return stripped + "//" if stripped.endswith(":") else stripped
 
 
 def options_for(url: str) -> dict[str, Any]:
     """The configured storage options of the longest prefix of ``url``, or ``{}``."""
-    best = ""
-    for prefix in load_prefix_options():
-        if url.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
-    if not best:
+    configured = load_prefix_options()
+    matching = [p for p in configured if prefix_matches(p, url)]
+    if not matching:
         return {}
+    best = max(matching, key=len)
     log.debug("storage options for %s come from the configured prefix %s", url, best)
-    return dict(load_prefix_options()[best])
+    return dict(configured[best])

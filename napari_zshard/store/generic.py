@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -73,10 +74,8 @@ class FsspecStore(Store):
         self.fs.pipe_file(path, data)
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
-            pass
 
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = f"{self.root}/{prefix}".rstrip("/") if self.root else prefix

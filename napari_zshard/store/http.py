@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
+import yarl
 
 from ..errors import RangeNotSupportedError, RemoteReadError, ShortReadError, StoreError
 from .keys import validate_key
-from .remote import RemoteStore, check_range_result
+from .remote import RemoteStore, check_range_result, parse_content_range
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
 from .retry import TRANSIENT_HTTP_STATUS, TransientError
 
@@ -22,12 +25,30 @@ def range_header(req: ByteRequest) -> str | None:
     return None
 
 
+def split_userinfo(url: str) -> tuple[str, str | None]:
+    """``https://user:pw@host/path`` → (``https://host/path``, its ``Authorization`` header).
+
+    The store's address (its repr, errors, pickles, dask graphs) never carries the password.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
+
+
 class HTTPStore(RemoteStore):
     """A URL prefix served over HTTP(S). Read-only unless the server accepts PUT."""
 
     read_only = True
 
     def __init__(self, url: str, options: dict[str, Any] | None = None):
+        url, authorization = split_userinfo(url)
+        if authorization is not None:  # explicit headers win over the URL's user:password
+            options = dict(options or {})
+            options["headers"] = {"Authorization": authorization, **(options.get("headers") or {})}
         super().__init__(url.rstrip("/"), options)
         import fsspec
 
@@ -41,14 +62,21 @@ class HTTPStore(RemoteStore):
         if rng:
             headers["Range"] = rng
         url = f"{self.url}/{validate_key(req.key)}"
+        # Percent-encode the key's segments: a key holding '#', '?' or '%' must name that very
+        # object, not a fragment, a query or another (decoded) name.
+        target = yarl.URL(self.url).joinpath(*req.key.split("/"))
         kwargs = {k: v for k, v in self.fs.kwargs.items() if k != "headers"}
         try:
-            async with session.get(url, headers=headers, **kwargs) as r:
+            async with session.get(target, headers=headers, **kwargs) as r:
                 if r.status in (404, 410):
                     return ByteResult(None)
                 if r.status in TRANSIENT_HTTP_STATUS:
                     raise TransientError(f"HTTP {r.status} for {url}")
                 if r.status == 416:
+                    _, _, size = parse_content_range(r.headers.get("Content-Range"))
+                    if isinstance(req, SuffixRequest) and size == 0:
+                        # The last n bytes of an empty object: nothing (as a local file gives).
+                        return ByteResult(b"", object_size=0, etag=r.headers.get("ETag"))
                     raise ShortReadError(
                         f"{url}: range {rng} starts past the end of the object "
                         f"({r.headers.get('Content-Range', 'size unknown')})",
@@ -77,7 +105,7 @@ class HTTPStore(RemoteStore):
                 result = check_range_result(self, req, data, r.headers.get("Content-Range"))
                 return ByteResult(result.data, result.object_size, r.headers.get("ETag"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise TransientError(f"{url}: {e!r}") from e
+            raise TransientError(f"{url}: {type(e).__name__}: {e}") from e
 
     def write(self, key: str, data: bytes) -> None:
         raise StoreError(f"{self.url}: plain HTTP stores are read-only")

@@ -35,6 +35,8 @@ class LocalStore(Store):
             return [(i, ByteResult(None)) for i, _ in requests]
         except PermissionError as e:
             raise StoreError(f"permission denied reading {self._path(key)}: {e.strerror}") from e
+        except OSError as e:
+            raise StoreError(f"cannot read {self._path(key)}: {e.strerror or e}") from e
         out = []
         try:
             size = os.fstat(fd).st_size
@@ -46,7 +48,10 @@ class LocalStore(Store):
                     start = size - length
                 else:
                     start, length = req.start, req.length
-                data = os.pread(fd, length, start) if length else b""
+                try:
+                    data = os.pread(fd, length, start) if length else b""
+                except OSError as e:  # EIO on a failing disk or a cluster file system
+                    raise StoreError(f"cannot read {self._path(key)}: {e.strerror or e}") from e
                 if isinstance(req, RangeRequest) and len(data) != length:
                     raise ShortReadError(
                         f"{self.url}/{key}: asked for bytes {start}..{start + length - 1}, "
@@ -81,17 +86,19 @@ class LocalStore(Store):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except PermissionError as e:
-            raise StoreError(f"permission denied writing {path}: {e.strerror}") from e
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, OSError):  # disk full, target is a folder, ...
+                raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
             raise
         _fsync_dir(path.parent)
 

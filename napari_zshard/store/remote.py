@@ -38,7 +38,8 @@ def check_range_result(store: Store, req: ByteRequest, data: bytes, content_rang
     first, last, size = parse_content_range(content_range)
     if first is not None and last is not None and len(data) != last - first + 1:
         # The server promised more bytes than arrived: a dropped connection, worth a retry.
-        raise TransientError(f"{req.key}: body has {len(data)} bytes, Content-Range {content_range}")
+        raise TransientError(
+            f"{req.key}: body has {len(data)} bytes, Content-Range {content_range}")
     if isinstance(req, RangeRequest) and len(data) != req.length:
         if size is not None and req.start + len(data) >= size:
             raise ShortReadError(
@@ -88,14 +89,27 @@ class RemoteStore(Store):
                 last = e
                 self.stats.record(0)
                 log.debug("transient failure reading %s/%s (try %d): %s",
-                          self.url, req.key, attempt + 1, e)
+                          self.url, req.key, attempt + 1, self._describe(e))
         raise RemoteReadError(
-            f"could not read {self.url}/{req.key} after {self.retry.tries} tries: {last!r}"
+            f"could not read {self.url}/{req.key} after {self.retry.tries} tries; last failure: "
+            f"{self._describe(last)}"
         ) from last
+
+    def _describe(self, error: BaseException | None) -> str:
+        if isinstance(error, asyncio.TimeoutError):
+            return f"no answer within {self.retry.timeout:g} s"
+        return str(error) or type(error).__name__
 
     async def _gather(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
         limit = asyncio.Semaphore(self.max_concurrency)
-        return list(await asyncio.gather(*(self._fetch(r, limit) for r in requests)))
+        tasks = [asyncio.ensure_future(self._fetch(r, limit)) for r in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # One request failed for good: the batch is lost, stop retrying the others.
+            for task in tasks:
+                task.cancel()
+            raise
 
     def read_many(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
         if not requests:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from ..errors import UnsupportedURLError
 from .base import Store
@@ -34,7 +34,7 @@ def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = 
     """
     address = normalize_url(url)
     protocol = protocol_of(address)
-    options = {**options_for(address), **(storage_options or {})}
+    options = {**options_for(_without_userinfo(address)), **(storage_options or {})}
     if protocol == "file":
         from .local import LocalStore
 
@@ -55,6 +55,14 @@ def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = 
         f"cannot open {address}: unknown protocol {protocol!r}. Use a local path or a "
         "file://, http(s)://, s3:// or gs:// URL."
     )
+
+
+def _without_userinfo(url: str) -> str:
+    """``https://user:pw@host/x`` → ``https://host/x``: configured prefixes name hosts only."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _is_fsspec_protocol(protocol: str) -> bool:

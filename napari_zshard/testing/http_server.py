@@ -1,0 +1,293 @@
+"""A loopback HTTP server with byte-range support that counts requests and injects faults.
+
+It stands in for an object store or a static web server in tests and benchmarks::
+
+    with RangeHTTPServer(tmp_path, latency=0.03) as server:
+        arr = open_array(f"{server.url}/volume.zarr")
+        ...
+        assert server.count("/c/") == 4          # data requests the read made
+        server.inject("503", times=2)             # the next two requests fail
+
+Only ``GET`` and ``HEAD`` of one byte range are implemented (``bytes=a-b``, ``bytes=a-``,
+``bytes=-n``), which is all a sharded-Zarr reader sends. It binds to 127.0.0.1 only and never
+serves anything outside ``root``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["FAULTS", "RangeHTTPServer", "RequestRecord"]
+
+#: faults :meth:`RangeHTTPServer.inject` understands
+FAULTS = frozenset({"500", "502", "503", "504", "408", "429", "drop", "truncate", "hang"})
+
+_HANG_SECONDS = 60.0
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the server answered (or deliberately did not).
+
+    ``status`` is 0 for a dropped or hung connection; ``nbytes`` counts body bytes sent.
+    """
+
+    method: str
+    path: str
+    range_header: str | None
+    status: int
+    nbytes: int
+
+
+@dataclass
+class _Fault:
+    kind: str
+    remaining: int
+    contains: str | None
+
+
+class _Unsatisfiable(Exception):
+    pass
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive ``(first, last)`` byte positions a ``Range`` header selects.
+
+    None means "ignore the header and send the whole file" (a syntax we do not implement, as
+    RFC 9110 allows); :class:`_Unsatisfiable` means answer 416.
+    """
+    match = _RANGE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":  # suffix: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise _Unsatisfiable
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = size - 1 if last == "" else int(last)
+    if end < start:
+        return None
+    if start >= size:
+        raise _Unsatisfiable
+    return start, min(end, size - 1)
+
+
+class RangeHTTPServer:
+    """Serve the files below ``root`` on ``http://127.0.0.1:<free port>``.
+
+    Parameters
+    ----------
+    root
+        Folder to serve.
+    latency
+        Seconds slept before each response, like an object store's time to first byte.
+        Can be changed while the server runs.
+    """
+
+    def __init__(self, root: str | Path, *, latency: float = 0.0):
+        self.root = Path(root).resolve()
+        self.latency = latency
+        self.ignore_range = False
+        self.log: list[RequestRecord] = []
+        self.url = ""
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> RangeHTTPServer:
+        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self._stopping.clear()
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="RangeHTTPServer", daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection (a dead server, not an idle one)."""
+        if self._httpd is None:
+            return
+        self._stopping.set()  # wakes "hang" and latency sleeps
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join()
+        self._httpd = None
+
+    def __enter__(self) -> RangeHTTPServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- request log -----------------------------------------------------------------------
+    def count(self, contains: str | None = None, *, method: str = "GET") -> int:
+        """Number of logged ``method`` requests whose path contains ``contains``."""
+        with self._lock:
+            return sum(1 for r in self.log
+                       if r.method == method and (contains is None or contains in r.path))
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.log.clear()
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._lock:
+            self.log.append(record)
+
+    # -- faults ----------------------------------------------------------------------------
+    def inject(self, fault: str, *, times: int = 1, contains: str | None = None) -> None:
+        """Answer the next ``times`` requests (whose path contains ``contains``) with ``fault``.
+
+        ``fault`` is an HTTP status (``"500"``, ``"502"``, ``"503"``, ``"504"``, ``"408"``,
+        ``"429"``), ``"drop"`` (close without answering), ``"truncate"`` (correct headers, half
+        the body, close) or ``"hang"`` (answer nothing for 60 s, to test timeouts).
+        """
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; choose one of {sorted(FAULTS)}")
+        with self._lock:
+            self._faults.append(_Fault(fault, times, contains))
+
+    def _take_fault(self, path: str) -> str | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and (fault.contains is None or fault.contains in path):
+                    fault.remaining -= 1
+                    return fault.kind
+            return None
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of concurrent range requests must not overflow the backlog
+    owner: RangeHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections to object stores
+    server: _Server
+    timeout = 30
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.owner._lock:
+            self.server.owner._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.owner._lock:
+            self.server.owner._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args) -> None:  # keep test output clean
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    # ---------------------------------------------------------------------------------------
+    def _serve(self, *, body: bool) -> None:
+        owner = self.server.owner
+        path = unquote(urlsplit(self.path).path)
+        range_header = self.headers.get("Range")
+
+        def record(status: int, nbytes: int = 0) -> None:
+            owner._record(RequestRecord(self.command, path, range_header, status, nbytes))
+
+        # Every request is logged before its answer leaves, so a client that has its answer
+        # can count it.
+        owner._sleep(owner.latency)
+        fault = owner._take_fault(path)
+        if fault in ("drop", "hang"):
+            record(0)
+            if fault == "hang":
+                owner._sleep(_HANG_SECONDS)
+            self.close_connection = True
+            return
+        if fault is not None and fault != "truncate":
+            record(int(fault))
+            self._send_empty(int(fault))
+            return
+
+        file = self._resolve(path)
+        if file is None or not file.is_file():
+            status = 403 if file is None else 404
+            record(status)
+            self._send_empty(status)
+            return
+        stat = file.stat()
+        size = stat.st_size
+        use_range = bool(range_header) and not owner.ignore_range
+        try:
+            span = _parse_range(range_header, size) if use_range else None
+        except _Unsatisfiable:
+            record(416)
+            self._send_empty(416, {"Content-Range": f"bytes */{size}"})
+            return
+        first, last = span if span is not None else (0, size - 1)
+        length = last - first + 1
+        status = 206 if span is not None else 200
+        data = b""
+        if body:
+            with open(file, "rb") as f:
+                f.seek(first)
+                data = f.read(length)
+            if fault == "truncate":
+                data = data[: len(data) // 2]
+                self.close_connection = True
+        record(status, len(data))
+
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "none" if owner.ignore_range else "bytes")
+        self.send_header("ETag", f'"{size:x}-{stat.st_mtime_ns:x}"')
+        if span is not None:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        if fault == "truncate":
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _resolve(self, path: str) -> Path | None:
+        """The file ``path`` names below the root, or None when it would escape the root."""
+        if "\x00" in path:
+            return None
+        root = self.server.owner.root
+        candidate = (root / path.lstrip("/")).resolve()
+        return candidate if candidate.is_relative_to(root) else None
+
+    def _send_empty(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()

@@ -1,0 +1,203 @@
+"""Local folders (and fsspec's in-memory file system): byte reads, atomic writes, safe keys."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import uuid
+
+import pytest
+
+from napari_zshard.errors import ShortReadError, StoreError, UnsafeKeyError
+from napari_zshard.store import FullRequest, RangeRequest, SuffixRequest, open_store
+from napari_zshard.store.local import LocalStore
+
+PAYLOAD = bytes(range(256)) * 4  # 1 KiB, every byte value at a known position
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path):
+    """A writable store: a local folder, or a folder of fsspec's memory file system."""
+    if request.param == "local":
+        return open_store(tmp_path / "vol.zarr")
+    return open_store(f"memory://zshard-tests/{uuid.uuid4().hex}/vol.zarr")
+
+
+def test_open_store_gives_a_local_store_for_paths_and_file_urls(tmp_path):
+    by_path = open_store(tmp_path / "vol.zarr")
+    by_url = open_store((tmp_path / "vol.zarr").as_uri())
+    assert isinstance(by_path, LocalStore) and isinstance(by_url, LocalStore)
+    assert by_path.root == by_url.root == tmp_path / "vol.zarr"
+    assert repr(by_path) == f"LocalStore({(tmp_path / 'vol.zarr').as_uri()!r})"
+
+
+def test_ranged_suffix_and_full_reads_return_the_bytes_and_the_object_size(store):
+    store.write("c/0/0", PAYLOAD)
+
+    ranged, suffix, full = store.read_many([
+        RangeRequest("c/0/0", 100, 50), SuffixRequest("c/0/0", 16), FullRequest("c/0/0"),
+    ])
+
+    assert ranged.data == PAYLOAD[100:150]
+    assert suffix.data == PAYLOAD[-16:]
+    assert full.data == PAYLOAD
+    assert ranged.object_size == suffix.object_size == full.object_size == len(PAYLOAD)
+    assert store.read("c/0/0") == PAYLOAD
+
+
+def test_a_batch_over_many_objects_comes_back_in_request_order(store):
+    for i in range(8):
+        store.write(f"c/{i}", bytes([i]) * 64)
+
+    results = store.read_many([RangeRequest(f"c/{i}", i, 4) for i in reversed(range(8))])
+
+    assert [r.data for r in results] == [bytes([i]) * 4 for i in reversed(range(8))]
+
+
+def test_a_suffix_longer_than_the_object_returns_the_whole_object(store):
+    store.write("small", b"abc")
+
+    (result,) = store.read_many([SuffixRequest("small", 1024)])
+
+    assert result.data == b"abc"
+    assert result.object_size == 3
+
+
+def test_a_missing_key_reads_as_none(store):
+    store.write("zarr.json", b"{}")
+
+    results = store.read_many([FullRequest("c/9/9"), RangeRequest("c/9/9", 0, 10),
+                               SuffixRequest("c/9/9", 10), FullRequest("zarr.json")])
+
+    assert [r.data for r in results[:3]] == [None, None, None]
+    assert results[3].data == b"{}"
+    assert store.read("nothing/here") is None
+
+
+def test_a_range_past_the_end_of_an_object_is_a_short_read(store):
+    store.write("shard", PAYLOAD)
+
+    with pytest.raises(ShortReadError) as partly_past:
+        store.read_many([RangeRequest("shard", len(PAYLOAD) - 10, 20)])
+    with pytest.raises(ShortReadError) as wholly_past:
+        store.read_many([RangeRequest("shard", len(PAYLOAD) + 5, 20)])
+
+    assert partly_past.value.key == "shard"
+    assert (partly_past.value.requested, partly_past.value.received) == (20, 10)
+    assert wholly_past.value.received == 0
+    assert "shard" in str(partly_past.value)
+
+
+@pytest.mark.parametrize("key", ["../outside", "/etc/passwd", "c//0", "c/./0", "a\x00b", "c\\0"])
+def test_keys_that_could_escape_the_store_are_refused(store, key):
+    with pytest.raises(UnsafeKeyError):
+        store.read_many([FullRequest(key)])
+    with pytest.raises(UnsafeKeyError):
+        store.write(key, b"x")
+
+
+def test_list_prefix_finds_written_objects_with_their_sizes(store):
+    store.write("zarr.json", b"{}")
+    store.write("c/0/0", b"x" * 10)
+    store.write("c/0/1", b"y" * 20)
+
+    assert sorted(store.list_prefix("c")) == [("c/0/0", 10), ("c/0/1", 20)]
+    assert sorted(k for k, _ in store.list_prefix("")) == ["c/0/0", "c/0/1", "zarr.json"]
+    assert list(store.list_prefix("nothing")) == []
+
+
+def test_delete_removes_an_object_and_ignores_a_missing_one(store):
+    store.write("c/0/0", b"x")
+
+    store.delete("c/0/0")
+    store.delete("c/0/0")
+
+    assert store.read("c/0/0") is None
+
+
+def test_a_store_pickles_to_the_same_place(store):
+    store.write("zarr.json", b"{}")
+
+    clone = pickle.loads(pickle.dumps(store))
+
+    assert type(clone) is type(store) and clone.url == store.url
+    assert clone.read("zarr.json") == b"{}"
+
+
+# -- atomic writes to a local folder ----------------------------------------------------------
+def test_a_write_replaces_the_object_and_leaves_no_temporary_file(tmp_path):
+    store = LocalStore(tmp_path / "vol.zarr")
+
+    store.write("c/0/0", b"old")
+    store.write("c/0/0", b"new")
+
+    assert store.read("c/0/0") == b"new"
+    assert os.listdir(tmp_path / "vol.zarr" / "c" / "0") == ["0"]
+
+
+def test_readers_see_the_old_or_the_new_bytes_never_a_mix(tmp_path):
+    store = LocalStore(tmp_path / "vol.zarr")
+    versions = [bytes([v]) * 256 * 1024 for v in (1, 2)]
+    store.write("shard", versions[0])
+    seen: list[bytes | None] = []
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            seen.append(store.read("shard"))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(40):
+            store.write("shard", versions[i % 2])
+    finally:
+        done.set()
+        thread.join()
+
+    assert seen and all(data in versions for data in seen)
+
+
+def test_a_failed_write_keeps_the_old_state_and_names_the_path(tmp_path):
+    store = LocalStore(tmp_path / "vol.zarr")
+    (tmp_path / "vol.zarr" / "c" / "0").mkdir(parents=True)  # a folder where a shard should go
+
+    with pytest.raises(StoreError, match="c/0"):
+        store.write("c/0", b"shard bytes")
+
+    assert (tmp_path / "vol.zarr" / "c" / "0").is_dir()
+    assert os.listdir(tmp_path / "vol.zarr" / "c") == ["0"]  # no temporary file left behind
+
+
+def test_writing_below_a_file_is_a_store_error_naming_the_path(tmp_path):
+    store = LocalStore(tmp_path / "vol.zarr")
+    store.write("c", b"a file, not a folder")
+
+    with pytest.raises(StoreError, match=r"vol\.zarr/c/0/0"):
+        store.write("c/0/0", b"x")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into read-only folders anyway; covered by the tests "
+                           "above, which fail the same code path without permissions")
+def test_writing_into_a_read_only_folder_is_a_store_error_naming_the_path(tmp_path):
+    folder = tmp_path / "vol.zarr"
+    folder.mkdir()
+    store = LocalStore(folder)
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(StoreError, match=r"vol\.zarr/zarr\.json"):
+            store.write("zarr.json", b"{}")
+    finally:
+        folder.chmod(0o755)
+    assert os.listdir(folder) == []
+
+
+def test_a_store_opened_read_only_refuses_writes(tmp_path):
+    store = LocalStore(tmp_path / "vol.zarr")
+    store.read_only = True
+
+    with pytest.raises(StoreError, match="read-only"):
+        store.write("zarr.json", b"{}")
+    assert not (tmp_path / "vol.zarr" / "zarr.json").exists()
