@@ -2,40 +2,16 @@
 
 import numpy as np
 import pytest
-
-from napari_zshard.engine.create import create_array
-from napari_zshard.engine.shard_writer import write_array_data
+from screen_checks import left_right_volume, shows_plane, write_volume
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 
-def left_right_volume(n_planes=64, size=128):
-    """Plane z shows 40+3z on its left half and 250-3z on its right half."""
-    z = np.arange(n_planes, dtype=np.uint16)[:, None, None]
-    vol = np.empty((n_planes, size, size), np.uint8)
-    vol[:, :, : size // 2] = (40 + 3 * z)
-    vol[:, :, size // 2:] = (250 - 3 * z)
-    return vol
-
-
 @pytest.fixture
 def volume_store(tmp_path):
     vol = left_right_volume()
-    store, meta = create_array(tmp_path / "planes.zarr", shape=vol.shape, dtype=vol.dtype,
-                               chunks=(16, 32, 32), shards=(32, 64, 64))
-    for _ in write_array_data(store, meta, vol):
-        pass
-    return tmp_path / "planes.zarr", vol
-
-
-def screen_halves(viewer):
-    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
-    row = shot[shot.shape[0] // 2]
-    content = np.flatnonzero(row.sum(axis=1) > 0)
-    lo, hi = content[0], content[-1]
-    width = hi - lo
-    return row[lo + width // 4].mean(), row[lo + 3 * width // 4].mean()
+    return write_volume(tmp_path / "planes.zarr", vol), vol
 
 
 def test_moving_the_z_slider_shows_that_plane_on_screen(make_napari_viewer, volume_store, qtbot):
@@ -44,13 +20,7 @@ def test_moving_the_z_slider_shows_that_plane_on_screen(make_napari_viewer, volu
     viewer.open(str(path), plugin="napari-zshard", contrast_limits=(0, 255))
     for z in (10, 50, 63, 0):
         viewer.dims.set_current_step(0, z)
-        expected = (vol[z, 0, 0], vol[z, 0, -1])
-
-        def shows_plane(expected=expected):
-            left, right = screen_halves(viewer)
-            return abs(left - expected[0]) <= 3 and abs(right - expected[1]) <= 3
-
-        qtbot.waitUntil(shows_plane, timeout=5000)
+        qtbot.waitUntil(lambda z=z: shows_plane(viewer, vol, z), timeout=5000)
 
 
 def test_dropping_a_zarr_folder_opens_it_with_napari_zshard(make_napari_viewer, volume_store):
