@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MetadataError, UnsupportedCodecError
+from ..errors import MetadataError, UnsupportedCodecError, ZShardError
 from ..store import Store, open_store
 from .cache import EngineCache, default_cache
 from .coalesce import CoalescePolicy
@@ -25,14 +26,28 @@ def read_array_meta(store: Store) -> ArrayMeta:
     """Read and parse the array metadata at the root of ``store`` (v3 first, then v2)."""
     raw = store.read("zarr.json")
     if raw is not None:
-        return parse_v3(parse_json(raw, f"{store.url}/zarr.json"), f"{store.url}/zarr.json")
+        where = f"{store.url}/zarr.json"
+        with _malformed_is_metadata_error(where):
+            return parse_v3(parse_json(raw, where), where)
     raw = store.read(".zarray")
     if raw is not None:
         where = f"{store.url}/.zarray"
         attrs_raw = store.read(".zattrs")
-        attrs = parse_json(attrs_raw, f"{store.url}/.zattrs") if attrs_raw else {}
-        return parse_v2(parse_json(raw, where), where, attrs)
+        with _malformed_is_metadata_error(where):
+            attrs = parse_json(attrs_raw, f"{store.url}/.zattrs") if attrs_raw else {}
+            return parse_v2(parse_json(raw, where), where, attrs)
     raise MetadataError(f"{store.url}: no Zarr array here (neither zarr.json nor .zarray)")
+
+
+@contextlib.contextmanager
+def _malformed_is_metadata_error(where: str):
+    """Metadata is untrusted: a field of the wrong JSON type is a MetadataError, not a crash."""
+    try:
+        yield
+    except ZShardError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
+        raise MetadataError(f"{where}: malformed metadata ({type(e).__name__}: {e})") from e
 
 
 class ShardedArray:
@@ -226,18 +241,23 @@ def open_array(url: str | os.PathLike | Store, *, storage_options: dict[str, Any
         meta = read_array_meta(store)
         reason = None
     except UnsupportedCodecError as e:
-        meta, reason = _meta_for_fallback(store), str(e)
+        meta, reason = _meta_for_fallback(store, str(e)), str(e)
     return ShardedArray(store, meta, cache=cache, coalesce=coalesce, readahead=readahead,
                         index_max_age=index_max_age, fallback_reason=reason)
 
 
-def _meta_for_fallback(store: Store) -> ArrayMeta:
+def _meta_for_fallback(store: Store, reason: str) -> ArrayMeta:
     """Shape, dtype and grid of an array whose codecs the engine does not implement."""
-    from .fallback import zarr_store_for
-
     import zarr
 
-    arr = zarr.open_array(store=zarr_store_for(store), mode="r")
+    from .fallback import zarr_store_for
+
+    try:
+        arr = zarr.open_array(store=zarr_store_for(store), mode="r")
+    except (TypeError, ValueError, AttributeError, KeyError, NotImplementedError) as e:
+        # Garbage metadata, not a codec chain zarr-python knows: say what the engine saw.
+        raise MetadataError(f"{reason}; zarr-python cannot open it either "
+                            f"({type(e).__name__}: {e})") from e
     shards = getattr(arr, "shards", None)
     return ArrayMeta(zarr_format=arr.metadata.zarr_format, shape=tuple(arr.shape),
                      dtype=np.dtype(arr.dtype), fill_value=arr.fill_value,

@@ -37,7 +37,7 @@ class ClaimingLRU:
 
     def claim(self, keys: Iterable[Hashable], *, max_age: float | None = None
               ) -> tuple[dict[Hashable, Any], dict[Hashable, Future], list[Hashable]]:
-        """Split ``keys`` into cached values, futures to wait on, and keys this caller must fetch."""
+        """Split ``keys`` into cached values, futures to wait on, and keys the caller must fetch."""
         hits: dict[Hashable, Any] = {}
         waits: dict[Hashable, Future] = {}
         claimed: list[Hashable] = []

@@ -235,8 +235,8 @@ class ChunkCodecs:
         sizes: list[int | None] = [n]
         for codec in self.bytes_codecs:
             prev = sizes[-1]
-            sizes.append(prev + codec.size_delta if prev is not None and codec.size_delta is not None
-                         else None)
+            known = prev is not None and codec.size_delta is not None
+            sizes.append(prev + codec.size_delta if known else None)
         buf = data
         if self.filters:
             sizes[0] = None  # v2 filters may change the size (e.g. a packing filter)

@@ -23,10 +23,11 @@ def napari_blocks(shape: tuple[int, ...], chunks: tuple[int, ...], tile: int = N
                   ) -> tuple[int, ...]:
     """One plane deep along leading axes; the last two axes a chunk-aligned tile of ~``tile``."""
     if len(shape) < 2:
-        return tuple(max(1, min(n, max(c, tile * tile))) for n, c in zip(shape, chunks))
+        return tuple(max(1, min(n, max(c, tile * tile)))
+                     for n, c in zip(shape, chunks, strict=True))
     lead = (1,) * (len(shape) - 2)
     yx = tuple(max(1, min(n, c * max(1, tile // c) if c < tile else c))
-               for n, c in zip(shape[-2:], chunks[-2:]))
+               for n, c in zip(shape[-2:], chunks[-2:], strict=True))
     return lead + yx
 
 
@@ -35,9 +36,10 @@ def block_shape(array: ShardedArray, blocks: str | Sequence[int]) -> tuple[int, 
         if blocks == "napari":
             return napari_blocks(array.shape, array.chunks)
         if blocks == "shards":
-            return tuple(min(n, s) or 1 for n, s in zip(array.shape, array.shards or array.chunks))
+            return tuple(min(n, s) or 1 for n, s in zip(array.shape, array.shards or array.chunks,
+                                                        strict=True))
         if blocks == "chunks":
-            return tuple(min(n, c) or 1 for n, c in zip(array.shape, array.chunks))
+            return tuple(min(n, c) or 1 for n, c in zip(array.shape, array.chunks, strict=True))
         raise ValueError(f"blocks must be 'napari', 'shards', 'chunks' or a shape, not {blocks!r}")
     shape = tuple(int(b) for b in blocks)
     if len(shape) != array.ndim or any(b <= 0 for b in shape):

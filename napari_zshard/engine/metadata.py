@@ -43,7 +43,8 @@ class ShardingSpec:
         return tuple(s // c for s, c in zip(shard_shape, self.chunk_shape, strict=True))
 
     def index_nbytes(self, shard_shape: tuple[int, ...]) -> int:
-        return math.prod(self.chunks_per_shard(shard_shape)) * 16 + (4 if self.index_checksum else 0)
+        checksum = 4 if self.index_checksum else 0
+        return math.prod(self.chunks_per_shard(shard_shape)) * 16 + checksum
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def parse_fill_value(value: Any, dtype: np.dtype, where: str) -> Any:
     """A Zarr fill value as a numpy scalar of ``dtype`` (NaN/Infinity/hex forms included)."""
     if value is None:
         return dtype.type(0)
+    if isinstance(value, dict) or (isinstance(value, list) and dtype.kind != "c"):
+        raise _fail(where, f"fill_value {value!r} is not a scalar of dtype {dtype}")
     try:
         if dtype.kind == "b":
             return np.bool_(bool(value))
@@ -183,7 +186,8 @@ def parse_v3(doc: dict[str, Any], where: str) -> ArrayMeta:
         raise _fail(where, "codecs must be a non-empty list")
     sharding = None
     codecs = None
-    if codecs_doc[0].get("name") == "sharding_indexed" if isinstance(codecs_doc[0], dict) else False:
+    first = codecs_doc[0]
+    if isinstance(first, dict) and first.get("name") == "sharding_indexed":
         if len(codecs_doc) != 1:
             raise UnsupportedCodecError(f"{where}: codecs around sharding_indexed")
         sharding = _parse_sharding(codecs_doc[0].get("configuration") or {}, grid_shape, dtype,

@@ -13,7 +13,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 
 import numpy as np
 
@@ -69,6 +69,23 @@ class ReadCounters:
             self.decoded_bytes = 0
 
 
+def cache_token(store: Store, meta: ArrayMeta) -> Hashable:
+    """What cache entries of this array are keyed by: the store and the array's layout.
+
+    The caches are process-wide, so an array rewritten at the same URL with another shape,
+    dtype, grid or codec chain must never meet the entries of the old one (stale indexes of
+    another size, chunks of another shape or dtype).
+    """
+    codecs = meta.chunk_codecs
+    spec = meta.sharding
+    return (store.url, meta.zarr_format, meta.shape, meta.dtype.str, repr(meta.fill_value),
+            meta.grid_shape, meta.chunk_shape, meta.key_prefix, meta.key_separator,
+            codecs.endian, codecs.order, tuple(repr(f) for f in codecs.filters),
+            tuple(repr(c) if is_dataclass(c) else type(c).__name__ for c in codecs.bytes_codecs),
+            None if spec is None else (spec.index_location, spec.index_checksum,
+                                       spec.index_endian))
+
+
 def normalize_region(region: Sequence[slice], shape: tuple[int, ...]) -> tuple[slice, ...]:
     """Clip step-1 slices to ``shape``; raise for anything else."""
     if len(region) != len(shape):
@@ -95,7 +112,7 @@ class RegionReader:
         self.readahead = readahead
         self.index_max_age = index_max_age
         self.counters = ReadCounters()
-        self.token: Hashable = store.url
+        self.token: Hashable = cache_token(store, meta)
         self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
 
     # -- public ----------------------------------------------------------------------------
@@ -110,7 +127,9 @@ class RegionReader:
         if 0 in shape:
             return out
         wanted = self._chunks_in(region)
-        hits, waits, claimed = self.cache.chunks.claim((self.token, c) for c in wanted)
+        # A chunk is as fresh as the index it was found through: it expires with it.
+        hits, waits, claimed = self.cache.chunks.claim(((self.token, c) for c in wanted),
+                                                       max_age=self.index_max_age)
         pending: dict[Coords, Future] = {k[1]: f for k, f in waits.items()}
         if claimed:
             claimed_coords = [k[1] for k in claimed]
@@ -149,7 +168,8 @@ class RegionReader:
                  if (*lead, y, x) not in want]
         if not extra:
             return []
-        _, _, mine = self.cache.chunks.claim((self.token, c) for c in extra)
+        _, _, mine = self.cache.chunks.claim(((self.token, c) for c in extra),
+                                             max_age=self.index_max_age)
         return [k[1] for k in mine]
 
     # -- fetching --------------------------------------------------------------------------
@@ -158,7 +178,7 @@ class RegionReader:
         """Fetch every claimed chunk in one batch, decode in parallel; futures per chunk."""
         everything = claimed + extra
         try:
-            sources = self._fetch(everything)
+            sources = self._fetch(everything, optional=set(extra))
         except BaseException as e:
             self.cache.chunks.fail([(self.token, c) for c in everything], e)
             raise
@@ -202,8 +222,13 @@ class RegionReader:
         self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
         return arr
 
-    def _fetch(self, chunks: list[Coords]) -> dict[Coords, object]:
-        """Raw bytes ``(key, index entry, data)`` of each chunk, or FILL."""
+    def _fetch(self, chunks: list[Coords], optional: set[Coords] = frozenset()
+               ) -> dict[Coords, object]:
+        """Raw bytes ``(key, index entry, data)`` of each chunk, or FILL.
+
+        ``optional`` chunks are read-ahead: when their shard's index is corrupt they are left
+        out (their claims failed) instead of failing the chunks that were asked for.
+        """
         meta = self.meta
         if meta.sharding is None:
             keys = [meta.object_key(c) for c in chunks]
@@ -217,7 +242,11 @@ class RegionReader:
             shard = tuple(g // n for g, n in zip(c, cps, strict=True))
             local = tuple(g % n for g, n in zip(c, cps, strict=True))
             by_shard[shard].append((c, int(np.ravel_multi_index(local, cps))))
-        indexes = self.shard_indexes(list(by_shard))
+        optional_shards = {shard for shard, members in by_shard.items()
+                           if all(c in optional for c, _ in members)}
+        indexes, errors = self._read_indexes(list(by_shard), optional_shards)
+        for shard, error in errors.items():
+            self.cache.chunks.fail([(self.token, c) for c, _ in by_shard.pop(shard)], error)
         out: dict[Coords, object] = {}
         requests: list[RangeRequest] = []
         request_parts = []
@@ -255,6 +284,13 @@ class RegionReader:
 
     def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
         """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
+        found, _ = self._read_indexes(shards, frozenset())
+        return found
+
+    def _read_indexes(self, shards: list[Coords], optional: set[Coords]
+                      ) -> tuple[dict[Coords, ShardIndex | None], dict[Coords, CorruptDataError]]:
+        """Indexes of ``shards`` and, for ``optional`` shards only, the corruption errors that
+        left them out; a corrupt index of any other shard raises."""
         meta = self.meta
         spec = meta.sharding
         assert spec is not None
@@ -264,37 +300,57 @@ class RegionReader:
             ((self.token, "index", s) for s in shards), max_age=self.index_max_age)
         found: dict[Coords, ShardIndex | None] = {
             k[2]: (None if v is _MISSING_SHARD else v) for k, v in hits.items()}
-        if claimed:
+        errors: dict[Coords, CorruptDataError] = {}
+        while claimed:
             keys = [meta.object_key(k[2]) for k in claimed]
             reqs = [SuffixRequest(key, size) if spec.index_location == "end"
                     else RangeRequest(key, 0, size) for key in keys]
             try:
-                try:
-                    results = self.store.read_many(reqs)
-                except ShortReadError as e:
-                    raise CorruptShardError(f"{self.store.url}/{e.key}: shard has {e.received} "
-                                            f"bytes where its index needs {size}: truncated"
-                                            ) from e
-                self.counters.add(index_requests=len(reqs))
-                decoded = []
-                for ck, key, res in zip(claimed, keys, results, strict=True):
-                    if res.data is None:
-                        decoded.append((ck, None))
-                        continue
-                    decoded.append((ck, decode_index(res.data, spec=spec, n_chunks=n_chunks,
-                                                     key=key, where=self.store.url,
-                                                     object_size=res.object_size)))
+                results = self.store.read_many(reqs)
+            except ShortReadError as e:
+                error = CorruptShardError(f"{self.store.url}/{e.key}: shard has {e.received} "
+                                          f"bytes where its index needs {size}: truncated")
+                error.__cause__ = e
+                short = [ck for ck, key in zip(claimed, keys, strict=True) if key == e.key]
+                if not short or short[0][2] not in optional:
+                    self.cache.indexes.fail(claimed, error)
+                    raise error from e
+                # A read-ahead shard is truncated: leave it out, fetch the others again.
+                self.cache.indexes.fail(short, error)
+                errors[short[0][2]] = error
+                claimed = [ck for ck in claimed if ck != short[0]]
+                continue
             except BaseException as e:
                 self.cache.indexes.fail(claimed, e)
                 raise
-            for ck, index in decoded:
+            self.counters.add(index_requests=len(reqs))
+            for ck, key, res in zip(claimed, keys, results, strict=True):
+                try:
+                    index = None if res.data is None else decode_index(
+                        res.data, spec=spec, n_chunks=n_chunks, key=key, where=self.store.url,
+                        object_size=res.object_size)
+                except CorruptDataError as e:
+                    self.cache.indexes.fail([ck], e)
+                    errors[ck[2]] = e
+                    continue
+                except BaseException as e:
+                    self.cache.indexes.fail(claimed, e)  # releases the ones still in flight
+                    raise
                 self.cache.indexes.fulfil(ck, _MISSING_SHARD if index is None else index,
                                           64 if index is None else index.nbytes)
                 found[ck[2]] = index
+            break
         for k, fut in waits.items():
-            v = fut.result()
+            try:
+                v = fut.result()
+            except CorruptDataError as e:
+                errors[k[2]] = e
+                continue
             found[k[2]] = None if v is _MISSING_SHARD else v
-        return found
+        for shard, error in errors.items():
+            if shard not in optional:
+                raise error
+        return found, errors
 
     # -- assembling ------------------------------------------------------------------------
     def _copy(self, coords: Coords, value, region: tuple[slice, ...], out: np.ndarray) -> None:

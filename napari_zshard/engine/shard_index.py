@@ -73,9 +73,17 @@ def decode_index(raw: bytes, *, spec: ShardingSpec, n_chunks: int, key: str, whe
                                 f"{int(length[i])} bytes) is out of range")
     end = off + length
     index_bytes = np.uint64(expected)
+    # Past the end first: such an entry also "overlaps" an index stored at the end, but the
+    # file being too short is what the user must hear about.
+    if object_size is not None:
+        past = np.flatnonzero(used & (end > np.uint64(object_size)))
+        if past.size:
+            i = int(past[0])
+            raise CorruptShardError(f"{where}/{key}: index entry {i} points past the end of the "
+                                    f"file (offset {int(off[i])} + {int(length[i])} bytes > "
+                                    f"{object_size})")
     if spec.index_location == "start":
         overlap = np.flatnonzero(used & (off < index_bytes))
-        data_end = object_size
     else:
         data_end = None if object_size is None else object_size - expected
         overlap = (np.flatnonzero(used & (end > np.uint64(data_end))) if data_end is not None
@@ -84,13 +92,6 @@ def decode_index(raw: bytes, *, spec: ShardingSpec, n_chunks: int, key: str, whe
         i = int(overlap[0])
         raise CorruptShardError(f"{where}/{key}: index entry {i} (offset {int(off[i])}, "
                                 f"{int(length[i])} bytes) overlaps the shard index")
-    if object_size is not None:
-        past = np.flatnonzero(used & (end > np.uint64(object_size)))
-        if past.size:
-            i = int(past[0])
-            raise CorruptShardError(f"{where}/{key}: index entry {i} points past the end of the "
-                                    f"file (offset {int(off[i])} + {int(length[i])} bytes > "
-                                    f"{object_size})")
     return ShardIndex(key=key, entries=np.ascontiguousarray(entries), object_size=object_size)
 
 

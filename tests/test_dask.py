@@ -1,0 +1,215 @@
+"""Dask arrays over the engine, as napari, notebooks and clusters compute them.
+
+napari computes each block a view touches whole, with task fusion off: the default blocks are one
+plane deep and a chunk-aligned tile wide, so showing one plane decodes only the inner chunks that
+touch it. Notebook users ask for shard-aligned blocks. The same dask array computes with the
+threaded scheduler, on a ``dask.distributed`` cluster of worker processes reading over HTTP, and
+from inside a running asyncio loop (Jupyter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import napari_zshard
+from napari_zshard import EngineCache
+
+SHAPE, SHARD, CHUNK = (6, 300, 520), (4, 128, 256), (2, 64, 64)
+CHUNKS_PER_PLANE = math.ceil(300 / 64) * math.ceil(520 / 64)
+NO_FUSION = {"optimization.fuse.active": False}  # how napari computes dask arrays
+
+
+@pytest.fixture
+def volume(tmp_path):
+    """A sharded volume with partial edge shards, written by tensorstore; (path, numpy data)."""
+    import tensorstore as ts
+
+    data = np.random.default_rng(0).integers(0, 60000, size=SHAPE, dtype="uint16")
+    data[:, 128:256, 256:512] = 0  # one shard column holds only fill value: never written
+    metadata = {
+        "shape": list(SHAPE), "data_type": "uint16", "fill_value": 0,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(SHARD)}},
+        "chunk_key_encoding": {"name": "default"},
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": list(CHUNK),
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "zstd", "configuration": {"level": 1, "checksum": False}}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                             {"name": "crc32c"}],
+            "index_location": "end"}}],
+    }
+    path = tmp_path / "vol.zarr"
+    store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)},
+                     "metadata": metadata, "create": True, "delete_existing": True}).result()
+    store[...].write(data).result()
+    return path, data
+
+
+def boundaries(chunks: tuple[tuple[int, ...], ...]) -> list[list[int]]:
+    """Where blocks start along each axis."""
+    return [list(itertools.accumulate((0, *c[:-1]))) for c in chunks]
+
+
+def test_default_blocks_are_one_plane_deep_chunk_aligned_tiles(volume):
+    path, data = volume
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+
+    d = arr.to_dask()
+
+    assert d.shape == SHAPE and d.dtype == np.uint16
+    assert d.chunksize[0] == 1
+    assert d.chunksize[1:] == (256, 256)  # about a canvas tile
+    assert d.chunks[0] == (1,) * SHAPE[0]
+    for starts, c in zip(boundaries(d.chunks)[1:], CHUNK[1:], strict=True):
+        assert all(s % c == 0 for s in starts)  # tiles never split an inner chunk
+    assert np.array_equal(d.compute(), data)
+
+
+def test_showing_one_plane_decodes_only_the_chunks_that_touch_it(volume):
+    path, data = volume
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    d = arr.to_dask()
+
+    with dask.config.set(NO_FUSION):
+        plane = d[3].compute()
+
+    assert np.array_equal(plane, data[3])
+    # Plane 3 lies in the second row of 2-deep inner chunks: one chunk per (y, x) position,
+    # including those of the missing shard column (read as fill value, not decoded).
+    missing = (128 // 64) * (256 // 64)
+    assert arr.counters["chunks_decoded"] == CHUNKS_PER_PLANE - missing
+    assert arr.counters["decoded_bytes"] == (CHUNKS_PER_PLANE - missing) * 2 * 64 * 64 * 2
+
+    # The next plane shares those chunks: nothing more to decode.
+    with dask.config.set(NO_FUSION):
+        assert np.array_equal(d[2].compute(), data[2])
+    assert arr.counters["chunks_decoded"] == CHUNKS_PER_PLANE - missing
+
+
+def test_a_tile_of_a_plane_computes_only_its_blocks(volume):
+    path, data = volume
+    arr = napari_zshard.open_array(path, cache=EngineCache(), readahead=False)
+    d = arr.to_dask()
+
+    with dask.config.set(NO_FUSION):
+        tile = d[1, 0:100, 0:100].compute()
+
+    assert np.array_equal(tile, data[1, 0:100, 0:100])
+    # The one 256x256 block it touches: 4 x 4 inner chunks, each 2 planes deep.
+    assert arr.counters["chunks_decoded"] == 16
+
+
+def test_shard_blocks_for_notebooks(volume):
+    path, data = volume
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+
+    d = arr.to_dask("shards")
+
+    assert d.chunksize == SHARD
+    for starts, s in zip(boundaries(d.chunks), SHARD, strict=True):
+        assert all(start % s == 0 for start in starts)
+    assert d.numblocks == (2, 3, 3)
+    assert np.array_equal(d.compute(), data)
+    assert np.array_equal(d[::2, 100:200, -50:].compute(), data[::2, 100:200, -50:])
+    assert np.array_equal(d[5, ::-7, 3].compute(), data[5, ::-7, 3])
+
+
+def test_the_threaded_scheduler_computes_reductions(volume):
+    path, data = volume
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    d = arr.to_dask()
+
+    total = d.astype("uint64").sum(axis=0).compute(scheduler="threads", num_workers=4)
+    top = da.max(d[:, :150], axis=(1, 2)).compute(scheduler="threads")
+
+    assert np.array_equal(total, data.astype("uint64").sum(axis=0))
+    assert np.array_equal(top, data[:, :150].max(axis=(1, 2)))
+
+
+@pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")
+def test_dask_array_of_a_fallback_array(tmp_path):
+    import zarr
+    from zarr.codecs.numcodecs import Delta
+
+    data = np.arange(4 * 30 * 40, dtype="int32").reshape(4, 30, 40)
+    z = zarr.create_array(store=str(tmp_path / "odd.zarr"), shape=data.shape, chunks=(1, 8, 8),
+                          shards=(2, 16, 16), dtype="int32", filters=[Delta(dtype="int32")],
+                          fill_value=0)
+    z[...] = data
+    arr = napari_zshard.open_array(tmp_path / "odd.zarr", cache=EngineCache())
+
+    assert arr.uses_fallback
+    with dask.config.set(NO_FUSION):
+        assert np.array_equal(arr.to_dask()[2].compute(), data[2])
+
+
+@pytest.mark.slow
+def test_a_local_cluster_of_worker_processes_reads_over_http(volume, http_server):
+    from distributed import Client, LocalCluster
+
+    _, data = volume
+    arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache())
+    d = arr.to_dask("shards")
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        total = client.compute(d.astype("uint64").sum(axis=(1, 2))).result()
+        plane = client.compute(arr.to_dask()[4]).result()
+        workers = {w["host"] for w in client.scheduler_info()["workers"].values()}
+
+    assert np.array_equal(total, data.astype("uint64").sum(axis=(1, 2)))
+    assert np.array_equal(plane, data[4])
+    assert workers  # the work ran in the workers' processes
+    assert http_server.count("/c/") > 0
+
+
+@pytest.mark.parametrize("transport", ["local", "http"])
+def test_reads_work_inside_a_running_asyncio_loop_like_jupyter(transport, volume, request):
+    path, data = volume
+    url = str(path)
+    if transport == "http":
+        url = f"{request.getfixturevalue('http_server').url}/vol.zarr"
+    opened_outside = napari_zshard.open_array(url, cache=EngineCache())
+
+    async def notebook_cell():
+        # A notebook cell runs inside the kernel's loop and calls the synchronous API.
+        assert asyncio.get_running_loop().is_running()
+        opened_inside = napari_zshard.open_array(url, cache=EngineCache())
+        return (opened_outside[2, 10:200], opened_inside[5],
+                opened_inside.to_dask()[1].compute(), opened_outside.to_dask("shards").sum()
+                .compute())
+
+    tile, plane, dask_plane, total = asyncio.run(notebook_cell())
+
+    assert np.array_equal(tile, data[2, 10:200])
+    assert np.array_equal(plane, data[5])
+    assert np.array_equal(dask_plane, data[1])
+    assert total == data.sum()
+
+
+@pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")
+def test_a_fallback_array_reads_inside_a_running_asyncio_loop(tmp_path):
+    import zarr
+    from zarr.codecs.numcodecs import Delta
+
+    data = np.arange(2 * 16 * 16, dtype="int32").reshape(2, 16, 16)
+    z = zarr.create_array(store=str(tmp_path / "odd.zarr"), shape=data.shape, chunks=(1, 8, 8),
+                          shards=(2, 16, 16), dtype="int32", filters=[Delta(dtype="int32")],
+                          fill_value=0)
+    z[...] = data
+
+    async def notebook_cell():
+        arr = napari_zshard.open_array(tmp_path / "odd.zarr", cache=EngineCache())
+        return arr.uses_fallback, arr[1], arr.to_dask()[0].compute()
+
+    uses_fallback, plane, dask_plane = asyncio.run(notebook_cell())
+
+    assert uses_fallback
+    assert np.array_equal(plane, data[1]) and np.array_equal(dask_plane, data[0])

@@ -1,0 +1,281 @@
+"""What a plane read costs over the network, counted by the server itself.
+
+A user scrolls through a sharded volume served over HTTP. On a cold engine a plane costs one
+index request per shard it touches, and — when the shard stores a plane's inner chunks next to
+each other, as tensorstore does (C order) — one data request per shard. Scrolling back costs
+nothing: indexes and chunks are cached. ``refresh()`` and ``index_max_age`` make the engine look
+again. zarr-python stores inner chunks in Morton order instead; the engine then merges whatever
+byte ranges are close enough, and the test says exactly how many requests that makes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import napari_zshard
+from napari_zshard import CoalescePolicy, EngineCache
+
+SHAPE, SHARD, CHUNK = (8, 64, 64), (4, 32, 32), (1, 16, 16)
+SHARDS_PER_PLANE = (64 // 32) * (64 // 32)
+N_CHUNKS = 4 * 2 * 2  # inner chunks per shard
+INDEX_BYTES = N_CHUNKS * 16 + 4
+
+
+def volume(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 60000, size=SHAPE, dtype="uint16")
+
+
+def codecs(index_location: str = "end") -> list[dict]:
+    return [{"name": "sharding_indexed", "configuration": {
+        "chunk_shape": list(CHUNK),
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                         {"name": "crc32c"}],
+        "index_location": index_location}}]
+
+
+def write_with_tensorstore(path, data, index_location="end"):
+    import tensorstore as ts
+
+    metadata = {"shape": list(data.shape), "data_type": "uint16", "fill_value": 0,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(SHARD)}},
+                "chunk_key_encoding": {"name": "default"}, "codecs": codecs(index_location)}
+    store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)},
+                     "metadata": metadata, "create": True, "delete_existing": True}).result()
+    store[...].write(data).result()
+
+
+def write_with_zarr_python(path, data):
+    import zarr
+
+    z = zarr.create(store=str(path), shape=data.shape, chunks=SHARD, dtype=data.dtype,
+                    codecs=codecs(), fill_value=0, zarr_format=3, overwrite=True)
+    z[...] = data
+
+
+def stored_index(path, shard_key: str, index_location: str = "end") -> np.ndarray:
+    """The (offset, nbytes) entries of one shard, shaped like its chunk grid."""
+    raw = (path / shard_key).read_bytes()
+    body = raw[-INDEX_BYTES:-4] if index_location == "end" else raw[:INDEX_BYTES - 4]
+    return np.frombuffer(body, "<u8").reshape(4, 2, 2, 2)
+
+
+def shard_requests(server) -> list:
+    return [r for r in server.log if r.method == "GET" and "/c/" in r.path]
+
+
+def index_request_count(server, index_location: str = "end") -> int:
+    ranges = ("bytes=-" if index_location == "end" else f"bytes=0-{INDEX_BYTES - 1}")
+    return sum(1 for r in shard_requests(server) if (r.range_header or "").startswith(ranges))
+
+
+@pytest.fixture
+def served(http_server, tmp_path):
+    """Write a volume with tensorstore, serve it, open it on a cold engine."""
+
+    def _served(index_location: str = "end", **options):
+        data = volume()
+        write_with_tensorstore(tmp_path / "vol.zarr", data, index_location)
+        arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache(),
+                                       **options)
+        http_server.reset_log()
+        return arr, data
+
+    return _served
+
+
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_cold_plane_costs_one_index_and_one_data_request_per_shard(
+        index_location, served, http_server, tmp_path):
+    arr, data = served(index_location)
+    # tensorstore stores inner chunks in C order: one plane's chunks are contiguous in a shard.
+    index = stored_index(tmp_path / "vol.zarr", "c/0/0/0", index_location)
+    offsets = index[..., 0].reshape(-1)
+    assert (np.diff(offsets.astype(np.int64)) > 0).all()
+
+    plane = arr[5]
+
+    assert np.array_equal(plane, data[5])
+    assert index_request_count(http_server, index_location) == SHARDS_PER_PLANE
+    assert len(shard_requests(http_server)) == 2 * SHARDS_PER_PLANE
+    per_shard = {r.path for r in shard_requests(http_server)}
+    assert len(per_shard) == SHARDS_PER_PLANE
+    assert arr.counters["index_requests"] == SHARDS_PER_PLANE
+    assert arr.counters["data_requests"] == SHARDS_PER_PLANE
+    assert arr.counters["chunks_decoded"] == 4 * 4  # the plane's 16x16 chunks, nothing else
+
+
+def test_a_tile_without_readahead_touches_one_shard(served, http_server):
+    arr, data = served(readahead=False)
+
+    tile = arr[2, 40:60, 0:30]
+
+    assert np.array_equal(tile, data[2, 40:60, 0:30])
+    assert http_server.count("/c/0/1/0") == 2 and http_server.count("/c/") == 2
+    assert arr.counters == {"index_requests": 1, "data_requests": 1, "chunks_decoded": 4,
+                            "decoded_bytes": 4 * 16 * 16 * 2}
+
+
+def test_a_tile_with_readahead_fetches_the_whole_plane_row_in_one_batch(served, http_server):
+    arr, data = served()
+
+    assert np.array_equal(arr[2, 40:60, 0:30], data[2, 40:60, 0:30])
+    assert http_server.count("/c/") == 2 * SHARDS_PER_PLANE
+    http_server.reset_log()
+
+    # Panning across the same plane afterwards costs nothing.
+    assert np.array_equal(arr[2], data[2])
+    assert http_server.count() == 0
+
+
+def test_warm_engine_rereads_nothing(served, http_server):
+    arr, data = served()
+    arr[5]
+    http_server.reset_log()
+    arr.reset_counters()
+
+    # The same plane: indexes and chunks are cached — no request at all.
+    assert np.array_equal(arr[5], data[5])
+    assert http_server.count() == 0
+    assert arr.counters["index_requests"] == 0 and arr.counters["data_requests"] == 0
+
+    # The next plane lies in the same shards: no index request, one data request per shard.
+    assert np.array_equal(arr[6], data[6])
+    assert index_request_count(http_server) == 0
+    assert http_server.count("/c/") == SHARDS_PER_PLANE
+    assert arr.counters["index_requests"] == 0
+
+
+def test_without_a_chunk_cache_a_warm_engine_still_makes_no_index_requests(http_server, tmp_path):
+    data = volume()
+    write_with_tensorstore(tmp_path / "vol.zarr", data)
+    arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache(0))
+    arr[5]
+    http_server.reset_log()
+
+    assert np.array_equal(arr[5], data[5])
+    assert index_request_count(http_server) == 0
+    assert http_server.count("/c/") == SHARDS_PER_PLANE
+
+
+def test_refresh_rereads_indexes_and_sees_a_rewritten_store(served, http_server, tmp_path):
+    arr, data = served()
+    arr[5]
+    new = volume(seed=1)
+    write_with_tensorstore(tmp_path / "vol.zarr", new)
+    http_server.reset_log()
+
+    # Trusted cache: the opened volume keeps showing what it read, without asking.
+    assert np.array_equal(arr[5], data[5])
+    assert http_server.count() == 0
+
+    arr.refresh()
+
+    assert np.array_equal(arr[5], new[5])
+    assert index_request_count(http_server) == SHARDS_PER_PLANE
+    assert http_server.count("/c/") == 2 * SHARDS_PER_PLANE
+
+
+def test_index_max_age_expiry_rereads(served, http_server, tmp_path):
+    arr, data = served(index_max_age=0.5)
+    arr[5]
+    http_server.reset_log()
+
+    arr[5]
+    assert http_server.count() == 0  # younger than max age: trusted
+
+    time.sleep(0.6)
+    assert np.array_equal(arr[5], data[5])
+    assert index_request_count(http_server) == SHARDS_PER_PLANE
+
+
+def test_a_shard_written_during_acquisition_appears_after_index_max_age(http_server, tmp_path):
+    data = volume()
+    write_with_tensorstore(tmp_path / "vol.zarr", np.zeros_like(data))  # no shard yet
+    arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache(),
+                                   index_max_age=1.0)
+    assert not arr[1].any()
+
+    write_with_tensorstore(tmp_path / "vol.zarr", data)  # the microscope wrote the shards
+    assert not arr[1].any()  # still trusted
+    time.sleep(1.1)
+
+    assert np.array_equal(arr[1], data[1])
+
+
+def test_two_readers_wanting_the_same_plane_fetch_it_once(served, http_server):
+    arr, data = served()
+    http_server.latency = 0.05
+    results = [None, None]
+
+    def read(i):
+        results[i] = arr[3]
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert all(np.array_equal(r, data[3]) for r in results)
+    assert http_server.count("/c/") == 2 * SHARDS_PER_PLANE
+
+
+def _runs(ranges: list[tuple[int, int]], max_gap: int) -> int:
+    """How many requests byte ranges make when ranges at most ``max_gap`` apart merge."""
+    runs, end = 0, None
+    for offset, nbytes in sorted(ranges):
+        if end is None or offset - end > max_gap:
+            runs += 1
+        end = offset + nbytes if end is None else max(end, offset + nbytes)
+    return runs
+
+
+@pytest.mark.parametrize("max_gap", [0, 512, 256 * 1024])
+def test_zarr_python_morton_order_is_coalesced_where_ranges_are_close(
+        max_gap, http_server, tmp_path):
+    data = volume()
+    write_with_zarr_python(tmp_path / "vol.zarr", data)
+    arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache(),
+                                   coalesce=CoalescePolicy(max_gap=max_gap))
+    http_server.reset_log()
+
+    assert np.array_equal(arr[1], data[1])
+
+    # Where the plane's chunks lie in each shard (Morton order scatters them) decides the count.
+    expected = 0
+    for y in range(2):
+        for x in range(2):
+            index = stored_index(tmp_path / "vol.zarr", f"c/0/{y}/{x}")
+            expected += _runs([tuple(map(int, e)) for e in index[1].reshape(-1, 2)], max_gap)
+    assert arr.counters["index_requests"] == SHARDS_PER_PLANE
+    assert arr.counters["data_requests"] == expected
+    assert http_server.count("/c/") == SHARDS_PER_PLANE + expected
+    if max_gap == 0:
+        assert expected > SHARDS_PER_PLANE  # scattered: not one request per shard
+    else:
+        assert expected == SHARDS_PER_PLANE  # one chunk apart: merged
+
+
+def test_reopening_a_store_rewritten_with_another_layout_never_uses_the_old_cache(tmp_path):
+    import zarr
+
+    cache = EngineCache()  # one process-wide cache, as napari and notebooks share
+    old = volume()
+    write_with_tensorstore(tmp_path / "vol.zarr", old)
+    assert np.array_equal(napari_zshard.open_array(tmp_path / "vol.zarr", cache=cache)[...], old)
+
+    # The user saves over the same path with other inner chunks and another dtype.
+    new = volume(seed=2).astype("int16")
+    z = zarr.create_array(store=str(tmp_path / "vol.zarr"), shape=SHAPE, chunks=(2, 8, 8),
+                          shards=SHARD, dtype="int16", fill_value=0, overwrite=True)
+    z[...] = new
+    arr = napari_zshard.open_array(tmp_path / "vol.zarr", cache=cache)
+
+    assert arr.dtype == np.int16
+    assert np.array_equal(arr[...], new)
+    assert np.array_equal(arr[5], new[5])
