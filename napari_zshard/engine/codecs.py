@@ -95,6 +95,9 @@ def _decode_into(codec, data, size: int, out: np.ndarray | None):
     try:
         codec.decode(data, out=target)
     except (ValueError, RuntimeError) as e:
+        if "too small" in str(e):  # the stream expands past the chunk: stopped, not allocated
+            raise DecompressionBombError(
+                f"compressed chunk expands beyond the {size} bytes the chunk holds") from e
         raise CorruptDataError(f"cannot decompress chunk: {e}") from e
     return target if out is None or out.nbytes != size else out
 
