@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MetadataError, UnsupportedCodecError, ZShardError
-from ..store import Store, open_store
+from ..store import FullRequest, Store, open_store
 from .cache import EngineCache, default_cache
 from .coalesce import CoalescePolicy
 from .fallback import ZarrFallbackReader
@@ -22,17 +22,20 @@ from .reader import RegionReader
 log = logging.getLogger(__name__)
 
 
-def read_array_meta(store: Store) -> ArrayMeta:
-    """Read and parse the array metadata at the root of ``store`` (v3 first, then v2)."""
-    raw = store.read("zarr.json")
+def read_array_meta(store: Store, *, zarr_json: bytes | None = None) -> ArrayMeta:
+    """Read and parse the array metadata at the root of ``store`` (v3 first, then v2).
+
+    ``zarr_json`` is the root's ``zarr.json`` when the caller already fetched it.
+    """
+    raw = zarr_json if zarr_json is not None else store.read("zarr.json")
     if raw is not None:
         where = f"{store.url}/zarr.json"
         with _malformed_is_metadata_error(where):
             return parse_v3(parse_json(raw, where), where)
-    raw = store.read(".zarray")
+    raw, attrs_raw = (r.data for r in store.read_many([FullRequest(".zarray"),
+                                                       FullRequest(".zattrs")]))
     if raw is not None:
         where = f"{store.url}/.zarray"
-        attrs_raw = store.read(".zattrs")
         with _malformed_is_metadata_error(where):
             attrs = parse_json(attrs_raw, f"{store.url}/.zattrs") if attrs_raw else {}
             return parse_v2(parse_json(raw, where), where, attrs)
@@ -237,13 +240,26 @@ def open_array(url: str | os.PathLike | Store, *, storage_options: dict[str, Any
         Seconds after which a cached shard index is re-read; None trusts it until ``refresh()``.
     """
     store = url if isinstance(url, Store) else open_store(url, storage_options)
+    return _open(store, None, cache=cache, coalesce=coalesce, readahead=readahead,
+                 index_max_age=index_max_age)
+
+
+def _open(store: Store, zarr_json: bytes | None, **options: Any) -> ShardedArray:
     try:
-        meta = read_array_meta(store)
+        meta = read_array_meta(store, zarr_json=zarr_json)
         reason = None
     except UnsupportedCodecError as e:
         meta, reason = _meta_for_fallback(store, str(e)), str(e)
-    return ShardedArray(store, meta, cache=cache, coalesce=coalesce, readahead=readahead,
-                        index_max_age=index_max_age, fallback_reason=reason)
+    return ShardedArray(store, meta, fallback_reason=reason, **options)
+
+
+def open_arrays(store: Store, paths: Sequence[str], **options: Any) -> list[ShardedArray]:
+    """Open the arrays at ``paths`` below ``store`` (pyramid levels), fetching all their
+    ``zarr.json`` in one concurrent batch instead of one round trip each."""
+    paths = [p.strip("/") for p in paths]
+    found = store.read_many([FullRequest(f"{p}/zarr.json" if p else "zarr.json") for p in paths])
+    return [_open(store.child(p) if p else store, res.data, **options)
+            for p, res in zip(paths, found, strict=True)]
 
 
 def _meta_for_fallback(store: Store, reason: str) -> ArrayMeta:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import ShardedArray, open_array
+from ..engine import ShardedArray, open_arrays
 from ..engine.metadata import parse_json
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, parse_image_label, parse_label_names, parse_multiscales, parse_omero
@@ -53,12 +54,33 @@ def read_node(store: Store) -> NodeInfo | None:
     return NodeInfo("group", 2, attrs, parse_json(zgroup, f"{store.url}/.zgroup"))
 
 
+# napari asks a reader whether it can open a path, then asks it to open it: what the first
+# question read is kept for a few seconds so the second does not fetch it again.
+_SNIFFED_TTL = 10.0
+_sniffed: dict[str, tuple[float, Store, NodeInfo]] = {}
+
+
 def sniff(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bool:
     """True when ``url`` holds a Zarr array or group. Never raises, logs or prints."""
     try:
-        return read_node(open_store(url, storage_options)) is not None
+        store = open_store(url, storage_options)
+        info = read_node(store)
     except Exception:
         return False
+    if info is None:
+        return False
+    now = time.monotonic()
+    for key in [k for k, (t, _, _) in _sniffed.items() if now - t > _SNIFFED_TTL]:
+        _sniffed.pop(key, None)
+    _sniffed[store.url] = (now, store, info)
+    return True
+
+
+def _recently_sniffed(store: Store) -> NodeInfo | None:
+    entry = _sniffed.pop(store.url, None)
+    if entry is None or time.monotonic() - entry[0] > _SNIFFED_TTL:
+        return None
+    return entry[2]
 
 
 def _name_of(url: str) -> str:
@@ -82,7 +104,7 @@ def open_multiscale(store: Store, info: NodeInfo, *, name: str | None = None,
     if not multiscales:
         raise MetadataError(f"{where}: group has no OME multiscales metadata")
     ms = multiscales[0]
-    arrays = [open_array(store.child(d.path), **array_options) for d in ms.datasets]
+    arrays = open_arrays(store, [d.path for d in ms.datasets], **array_options)
     ndim = arrays[0].ndim
     for d, a in zip(ms.datasets, arrays, strict=True):
         if a.ndim != ndim:
@@ -173,17 +195,18 @@ def open_nodes(url: str | os.PathLike | Store, *, storage_options: dict[str, Any
     """Every image at ``url``: an OME-Zarr image (with its labels), a plain array, or the
     arrays of a group (one node each, or one multiscale node when they form a pyramid)."""
     store = url if isinstance(url, Store) else open_store(url, storage_options)
-    info = read_node(store)
+    info = _recently_sniffed(store) or read_node(store)
     if info is None:
         raise MetadataError(f"{store.url}: no Zarr array or group here")
     if info.kind == "array":
-        return [_single_array_node(store, open_array(store, **array_options), info)]
+        (arr,) = open_arrays(store, [""], **array_options)
+        return [_single_array_node(store, arr, info)]
     if parse_multiscales(info.attributes, store.url):
         return [open_multiscale(store, info, **array_options)]
     names = _child_arrays(store, info)
     if not names:
         raise MetadataError(f"{store.url}: group holds no arrays and no OME multiscales")
-    arrays = [open_array(store.child(n), **array_options) for n in names]
+    arrays = open_arrays(store, names, **array_options)
     order = sorted(range(len(arrays)), key=lambda i: -arrays[i].size)
     ranked = [arrays[i] for i in order]
     if _is_pyramid(ranked):
