@@ -64,6 +64,9 @@ def sniff(url: str | os.PathLike, storage_options: dict[str, Any] | None = None)
     """True when ``url`` holds a Zarr array or group. Never raises, logs or prints."""
     try:
         store = open_store(url, storage_options)
+        recent = _sniffed.get(store.url)
+        if recent is not None and time.monotonic() - recent[0] <= _SNIFFED_TTL:
+            return True
         info = read_node(store)
     except Exception:
         return False
