@@ -108,6 +108,17 @@ class EngineCache:
         self.indexes = ClaimingLRU(max(index_bytes, 1 << 20))  # indexes are always cached a bit
         self.chunks = ClaimingLRU(self.budget_bytes - index_bytes)
 
+    def forget(self, url_prefix: str) -> None:
+        """Drop every entry of arrays at or below ``url_prefix`` (a writer just replaced them)."""
+        prefix = url_prefix.rstrip("/")
+
+        def below(key) -> bool:
+            url = key[0][0] if isinstance(key[0], tuple) else key[0]
+            return isinstance(url, str) and (url == prefix or url.startswith(prefix + "/"))
+
+        self.indexes.discard(below)
+        self.chunks.discard(below)
+
     def stats(self) -> dict[str, int]:
         return {
             "chunk_cache_bytes": self.chunks.nbytes, "chunk_hits": self.chunks.hits,

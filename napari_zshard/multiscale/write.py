@@ -1,0 +1,402 @@
+"""Writing images as sharded OME-Zarr 0.5 pyramids: streaming, shard by shard, in parallel.
+
+Level 0 is written from the source (numpy, dask or any sliceable array) one destination shard
+at a time; each coarser level is computed from the level just written, again one destination
+shard at a time and in slabs, so memory holds a few shards per worker whatever the volume size.
+A local store is written into a hidden sibling folder and renamed into place at the end; on an
+object store the root ``zarr.json`` (which makes the image visible) is written last. Either way
+a cancelled or crashed save never leaves a store that claims to be complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine import default_cache, open_array
+from ..engine.create import SUPPORTED_KINDS, create_array, default_layout
+from ..engine.metadata import ArrayMeta
+from ..engine.shard_writer import iter_shards, shard_region, write_shard
+from ..errors import MetadataError, StoreError
+from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
+from ..store import Store, open_store, validate_name
+from .downsample import downsample, level_factors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSpec:
+    """What to write besides the pixels: how the image is named, placed and shown."""
+
+    name: str = "image"
+    axes: Sequence[Axis] | None = None  # default: last axes z/y/x, earlier t/c
+    scale: Sequence[float] | None = None
+    translate: Sequence[float] | None = None
+    kind: str = "image"  # "image" | "labels"
+    contrast_limits: tuple[float, float] | None = None
+    channels: list[Channel] = field(default_factory=list)
+    image_label: ImageLabel | None = None
+    method: str | None = None  # downsampling; default mean for images, mode for labels
+
+
+@dataclass
+class WriteOptions:
+    """Layout and behaviour of a save (every field optional)."""
+
+    chunks: Sequence[int] | None = None
+    shards: Sequence[int] | None = None
+    compressor: str = "zstd"
+    level: int = 3
+    checksum: bool = True
+    levels: int | None = None  # number of pyramid levels; None: down to a 3D-viewable level
+    overwrite: bool = False
+    workers: int | None = None  # threads; default: one per core
+    client: Any = None  # a dask.distributed Client: run the shard tasks on its cluster
+
+
+@dataclass(frozen=True)
+class WriteProgress:
+    done: int
+    total: int
+    message: str
+
+
+def default_axes(ndim: int) -> tuple[Axis, ...]:
+    names = "tczyx"[-ndim:] if ndim <= 5 else tuple(f"dim_{i}" for i in range(ndim))
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    return tuple(Axis(n, kinds.get(n)) for n in names)
+
+
+def _check_source(data: Any, kind: str) -> None:
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in SUPPORTED_KINDS:
+        raise MetadataError(f"cannot save {kind} data of dtype {dtype}: only booleans, integers "
+                            "and floating point numbers can be stored")
+    if math.prod(data.shape) == 0:
+        raise MetadataError(f"cannot save an empty {kind} (shape {tuple(data.shape)})")
+    if not 2 <= len(data.shape) <= 5:
+        raise MetadataError(f"cannot save {len(data.shape)}D data: OME-Zarr images have 2 to 5 "
+                            "axes")
+
+
+# -- the tasks (module-level functions: they travel to dask workers) -------------------------
+def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard) -> int:
+    region = shard_region(meta, shard)
+    block = source[region]
+    if hasattr(block, "compute"):
+        block = block.compute(scheduler="sync")  # parallelism comes from the shard tasks
+    return write_shard(store, meta, shard, np.asarray(block, dtype=meta.dtype))
+
+
+def _write_downsampled(store: Store, meta: ArrayMeta, previous: Store, factors, method: str,
+                       shard) -> int:
+    """One shard of a coarser level from the level before it, in slabs along axis 0."""
+    source = open_array(previous, readahead=False)
+    region = shard_region(meta, shard)
+    out = np.empty(tuple(s.stop - s.start for s in region), dtype=meta.dtype)
+    step = meta.chunk_shape[0]
+    for lo in range(region[0].start, region[0].stop, step):
+        hi = min(lo + step, region[0].stop)
+        piece = (slice(lo, hi), *region[1:])
+        src = tuple(slice(s.start * f, min(n, s.stop * f))
+                    for s, f, n in zip(piece, factors, source.shape, strict=True))
+        out[lo - region[0].start:hi - region[0].start] = downsample(source[src], factors, method)
+    return write_shard(store, meta, shard, out)
+
+
+# -- the run ----------------------------------------------------------------------------------
+class _Runner:
+    """Runs shard tasks on threads or a dask cluster, in bounded batches (bounded memory)."""
+
+    def __init__(self, options: WriteOptions):
+        self.client = options.client
+        self.workers = options.workers or os.cpu_count() or 1
+        self.pool = None if self.client else ThreadPoolExecutor(self.workers,
+                                                                thread_name_prefix="zshard-save")
+
+    def run(self, fn, args_list: list[tuple]) -> Iterator[int]:
+        """Yield once per finished task; at most twice as many tasks as workers in flight."""
+        pending: set[Future] = set()
+        todo = iter(args_list)
+        limit = 2 * (self.workers if self.client is None else
+                     max(1, sum(self.client.nthreads().values())))
+        try:
+            while True:
+                for args in todo:
+                    pending.add(self._submit(fn, args))
+                    if len(pending) >= limit:
+                        break
+                if not pending:
+                    return
+                done, pending = self._wait(pending)
+                for fut in done:
+                    fut.result()
+                    yield 1
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def _submit(self, fn, args):
+        if self.client is not None:
+            return self.client.submit(fn, *args, pure=False)
+        return self.pool.submit(fn, *args)
+
+    def _wait(self, pending):
+        if self.client is not None:
+            from distributed import wait as dwait
+
+            result = dwait(list(pending), return_when="FIRST_COMPLETED")
+            return set(result.done), set(result.not_done)
+        return wait(pending, return_when=FIRST_COMPLETED)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _level_shapes(shape, factors_list):
+    shapes = [tuple(shape)]
+    for factors in factors_list:
+        shapes.append(tuple(-(-n // f) for n, f in zip(shapes[-1], factors, strict=True)))
+    return shapes
+
+
+def _layout(shape, dtype, options: WriteOptions):
+    chunks, shards = default_layout(shape, dtype)
+    if options.chunks is not None:
+        chunks = tuple(min(int(c), n) for c, n in zip(options.chunks, shape, strict=True))
+        shards = tuple(c * max(1, -(-s // c)) for c, s in zip(chunks, shards, strict=True))
+    if options.shards is not None:
+        shards = tuple(min(int(s), -(-n // c) * c)
+                       for s, c, n in zip(options.shards, chunks, shape, strict=True))
+    return tuple(chunks), tuple(shards)
+
+
+@dataclass
+class _ImagePlan:
+    """One multiscale image, its arrays created and its shard tasks known."""
+
+    name: str
+    store: Store
+    levels_data: list[Any]
+    given: bool  # the caller supplied every level
+    metas: list[ArrayMeta]
+    stores: list[Store]
+    factors: list[tuple[int, ...]]
+    method: str
+    attributes: dict[str, Any]
+
+    @property
+    def n_shards(self) -> int:
+        return sum(math.prod(m.grid_extent()) for m in self.metas)
+
+
+def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
+               options: WriteOptions) -> _ImagePlan:
+    """Create the level arrays of one image in ``store`` and describe the work to fill them."""
+    source = levels_data[0]
+    ndim = len(source.shape)
+    axes = tuple(spec.axes) if spec.axes else default_axes(ndim)
+    if len(axes) != ndim:
+        raise MetadataError(f"{len(axes)} axis names for {ndim}D data")
+    scale = tuple(float(s) for s in (spec.scale or (1.0,) * ndim))
+    given = len(levels_data) > 1
+    if given:
+        factors_list = [tuple(max(1, round(a / b)) for a, b in
+                              zip(levels_data[i].shape, levels_data[i + 1].shape, strict=True))
+                        for i in range(len(levels_data) - 1)]
+        shapes = [tuple(d.shape) for d in levels_data]
+    else:
+        factors_list = level_factors(source.shape, scale,
+                                     spatial=[a.type == "space" for a in axes])
+        if options.levels is not None:
+            factors_list = factors_list[:max(0, options.levels - 1)]
+        shapes = _level_shapes(source.shape, factors_list)
+    dtype = np.dtype(source.dtype)
+    metas, stores = [], []
+    for i, shape in enumerate(shapes):
+        chunks, shards = _layout(shape, dtype, options)
+        level_store, meta = create_array(
+            store.child(str(i)), shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+            compressor=options.compressor, level=options.level, checksum=options.checksum,
+            dimension_names=[a.name for a in axes], overwrite=True)
+        metas.append(meta)
+        stores.append(level_store)
+    return _ImagePlan(
+        name=spec.name, store=store, levels_data=list(levels_data), given=given, metas=metas,
+        stores=stores, factors=factors_list,
+        method=spec.method or ("mode" if spec.kind == "labels" else "mean"),
+        attributes=_group_attributes(spec, axes, scale, shapes, dtype))
+
+
+def _group_attributes(spec: ImageSpec, axes, scale, shapes, dtype) -> dict[str, Any]:
+    ndim = len(axes)
+    cumulative = [1.0] * ndim
+    datasets = []
+    base = tuple(spec.translate) if spec.translate else (0.0,) * ndim
+    for i, shape in enumerate(shapes):
+        if i:
+            cumulative = [c * (a / b) for c, a, b in
+                          zip(cumulative, shapes[i - 1], shape, strict=True)]
+        level_scale = tuple(s * c for s, c in zip(scale, cumulative, strict=True))
+        # a coarse voxel's centre sits half a (coarse - fine) voxel further along each axis
+        translation = tuple(b + (c - 1) / 2 * s
+                            for b, c, s in zip(base, cumulative, scale, strict=True))
+        datasets.append(Dataset(str(i), level_scale, translation if any(translation) else None))
+    ms = Multiscale(axes=tuple(axes), datasets=tuple(datasets), name=spec.name)
+    ome: dict[str, Any] = {"version": "0.5", "multiscales": [ms.to_json()]}
+    if spec.kind == "labels":
+        ome["image-label"] = (spec.image_label or ImageLabel()).to_json()
+    elif spec.channels or spec.contrast_limits:
+        channels = spec.channels or [Channel(label=spec.name, color="FFFFFF",
+                                             window=spec.contrast_limits)]
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        rng = (float(info.min), float(info.max)) if info else None
+        ome["omero"] = {"channels": [c.to_json(rng) for c in channels]}
+    attributes: dict[str, Any] = {"ome": ome}
+    if spec.contrast_limits is not None:
+        attributes["napari_zshard"] = {"contrast_limits": list(spec.contrast_limits)}
+    return attributes
+
+
+def run_plan(plan: _ImagePlan, runner: _Runner) -> Iterator[str]:
+    """Fill the levels of ``plan`` shard by shard, yielding a message per finished shard."""
+    for i, (meta, level_store) in enumerate(zip(plan.metas, plan.stores, strict=True)):
+        shards = list(iter_shards(meta))
+        if i == 0 or plan.given:
+            tasks = runner.run(_write_from_source,
+                               [(level_store, meta, plan.levels_data[i], s) for s in shards])
+        else:
+            tasks = runner.run(_write_downsampled,
+                               [(level_store, meta, plan.stores[i - 1], plan.factors[i - 1],
+                                 plan.method, s) for s in shards])
+        for _ in tasks:
+            yield f"{plan.name}: level {i} of {len(plan.metas) - 1}"
+
+
+def group_json(attributes: dict[str, Any]) -> bytes:
+    """A group's ``zarr.json``, produced by zarr-python's metadata model."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    docs: dict = {}
+    zarr.create_group(MemoryStore(docs), attributes=attributes, zarr_format=3)
+    return docs["zarr.json"].to_bytes()
+
+
+@contextlib.contextmanager
+def _staged_target(url: str | os.PathLike, options: WriteOptions,
+                   storage_options: dict[str, Any] | None):
+    """Where to write: a hidden sibling folder for local targets (renamed into place on
+    success, removed on failure), the target itself on object stores."""
+    target = open_store(url, storage_options)
+    exists = target.read("zarr.json") is not None or target.read(".zattrs") is not None \
+        or target.read(".zarray") is not None
+    if exists and not options.overwrite:
+        raise StoreError(f"{target.url} already exists; choose another name or allow "
+                         "overwriting")
+    root = getattr(target, "root", None)
+    if isinstance(root, Path):
+        if root.exists() and not exists and any(root.iterdir()) and not options.overwrite:
+            raise StoreError(f"{root} exists and is not an empty folder")
+        try:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            staging = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+        except OSError as e:
+            raise StoreError(f"cannot write to {root.parent}: {e.strerror or e}") from e
+        try:
+            yield open_store(staging, storage_options)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if root.exists():
+            trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(root, trash)
+            os.replace(staging, root)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, root)
+    else:
+        if exists:
+            target.delete("zarr.json")  # from now on the old store no longer claims to be whole
+        yield target
+    default_cache().forget(target.url)
+
+
+def write_image(url: str | os.PathLike, data: Any | Sequence[Any], spec: ImageSpec | None = None,
+                *, labels: dict[str, tuple[Any, ImageSpec]] | None = None,
+                options: WriteOptions | None = None,
+                storage_options: dict[str, Any] | None = None) -> Iterator[WriteProgress]:
+    """Save ``data`` (an array, or a list of pyramid levels largest first) and optional label
+    images as a sharded OME-Zarr 0.5 image at ``url``; yields progress as shards complete.
+
+    Closing the generator early (a cancel) stops the work and leaves no complete-looking store.
+    """
+    spec = spec or ImageSpec()
+    options = options or WriteOptions()
+    levels = list(data) if isinstance(data, (list, tuple)) else [data]
+    _check_source(levels[0], spec.kind)
+    for name, (label_data, _) in (labels or {}).items():
+        validate_name(name, what="label name")
+        _check_source(label_data[0] if isinstance(label_data, (list, tuple)) else label_data,
+                      "labels")
+    with _staged_target(url, options, storage_options) as store:
+        # in-flight shard tasks finish (or are cancelled) before a failed save is cleaned up
+        runner = _Runner(options)
+        try:
+            plans = []
+            label_root = store.child("labels")
+            for name, (label_data, label_spec) in (labels or {}).items():
+                label_levels = list(label_data) if isinstance(label_data, (list, tuple)) \
+                    else [label_data]
+                plans.append(plan_image(label_root.child(name), label_levels, label_spec,
+                                        options))
+            plans.append(plan_image(store, levels, spec, options))
+            total = sum(p.n_shards for p in plans)
+            done = 0
+            for plan in plans:
+                for message in run_plan(plan, runner):
+                    done += 1
+                    yield WriteProgress(done, total, message)
+                if plan.store is not store:
+                    plan.store.write("zarr.json", group_json(plan.attributes))
+            if labels:
+                label_root.write("zarr.json", group_json(
+                    {"ome": {"version": "0.5", "labels": list(labels)}}))
+            store.write("zarr.json", group_json(plans[-1].attributes))  # last: now complete
+        finally:
+            runner.close()
+
+
+def save_image(url: str | os.PathLike, data: Any, spec: ImageSpec | None = None, *,
+               progress: bool = False, **kwargs: Any) -> str:
+    """:func:`write_image` run to the end (with a tqdm bar when ``progress``); returns the URL."""
+    steps = write_image(url, data, spec, **kwargs)
+    if progress:
+        from tqdm import tqdm
+
+        bar = None
+        for p in steps:
+            if bar is None:
+                bar = tqdm(total=p.total, unit="shard", desc="saving")
+            bar.update(p.done - bar.n)
+            bar.set_postfix_str(p.message, refresh=False)
+        if bar is not None:
+            bar.close()
+    else:
+        for _ in steps:
+            pass
+    return os.fspath(url)
