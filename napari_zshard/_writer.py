@@ -1,0 +1,135 @@
+"""npe2 writers ("sharded zarr" in File ▸ Save Layers) and the layer → OME-Zarr mapping that the
+"Save as sharded zarr…" widget shares. The saving itself is napari-free: multiscale.write."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import MetadataError
+from .multiscale.write import ImageSpec, WriteOptions, save_image, write_image
+from .ome import Axis, Channel, ImageLabel
+
+LayerTuple = tuple[Any, dict[str, Any], str]
+SAVABLE = ("image", "labels")
+
+
+def zarr_path(path: str) -> str:
+    """napari passes the name exactly as typed: append ``.zarr`` when it is missing."""
+    path = os.fspath(path).rstrip("/")
+    return path if path.endswith(".zarr") else path + ".zarr"
+
+
+def _axes(meta: dict[str, Any], ndim: int) -> tuple[Axis, ...]:
+    labels = list(meta.get("axis_labels") or [])[-ndim:]
+    units = [str(u) if u is not None else None for u in (meta.get("units") or [])][-ndim:]
+    default = "tczyx"[-ndim:] if ndim <= 5 else [f"dim_{i}" for i in range(ndim)]
+    names = [lab if lab and not lab.startswith("axis ") and not lab.lstrip("-").isdigit()
+             else default[i] for i, lab in enumerate(labels or default)]
+    if len(set(names)) != len(names):
+        names = list(default)
+    axes = []
+    for i, name in enumerate(names):
+        kind = {"t": "time", "c": "channel"}.get(name.lower(), "space")
+        unit = units[i] if i < len(units) and kind == "space" and units[i] != "pixel" else None
+        axes.append(Axis(name, kind, unit))
+    return tuple(axes)
+
+
+def _color_of(colormap: Any) -> str | None:
+    """The top color of an image colormap, as omero ``RRGGBB``."""
+    colors = colormap.get("colors") if isinstance(colormap, dict) else None
+    if colors is None:
+        return None
+    rgba = np.asarray(colors)[-1]
+    return "".join(f"{round(float(c) * 255):02X}" for c in rgba[:3])
+
+
+def _label_info(meta: dict[str, Any]) -> ImageLabel:
+    colors = {}
+    color_dict = getattr(meta.get("colormap"), "color_dict", None)
+    if color_dict:
+        for value, rgba in color_dict.items():
+            if value is not None and value != 0:
+                colors[int(value)] = tuple(float(c) for c in np.asarray(rgba)[:4])
+    properties = []
+    features = meta.get("features")
+    if features is not None and len(features) and "index" in features:
+        for row in features.to_dict("records"):
+            entry = {"label-value": int(row.pop("index"))}
+            entry.update({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            properties.append(entry)
+    return ImageLabel(colors=colors, properties=properties)
+
+
+def _levels(data: Any, meta: dict[str, Any]) -> list[Any]:
+    return list(data) if meta.get("multiscale") else [data]
+
+
+def layer_spec(data: Any, meta: dict[str, Any], layer_type: str) -> tuple[list[Any], ImageSpec]:
+    """A napari layer (data, meta, type) → the levels and :class:`ImageSpec` to save."""
+    if layer_type not in SAVABLE:
+        raise MetadataError(f"{meta.get('name', 'this layer')!r} is a {layer_type} layer: "
+                            "sharded zarr saves image and labels layers only")
+    levels = _levels(data, meta)
+    ndim = len(levels[0].shape)
+    spec = ImageSpec(
+        name=str(meta.get("name") or layer_type), axes=_axes(meta, ndim),
+        scale=tuple(float(s) for s in meta["scale"]) if meta.get("scale") is not None else None,
+        translate=tuple(float(t) for t in meta["translate"])
+        if meta.get("translate") is not None else None,
+        kind=layer_type)
+    if layer_type == "labels":
+        spec.image_label = _label_info(meta)
+    elif meta.get("contrast_limits") is not None:
+        lo, hi = (float(v) for v in meta["contrast_limits"])
+        spec.contrast_limits = (lo, hi)
+        spec.channels = [Channel(label=spec.name, color=_color_of(meta.get("colormap")),
+                                 window=(lo, hi))]
+    return levels, spec
+
+
+def plan_save(path: str, layers: Sequence[LayerTuple]):
+    """Which layer becomes the image and which become its ``labels/``, as save arguments."""
+    for _, meta, layer_type in layers:
+        if layer_type not in SAVABLE:
+            raise MetadataError(f"{meta.get('name', 'a layer')!r} is a {layer_type} layer: "
+                                "sharded zarr saves image and labels layers only")
+    images = [t for t in layers if t[2] == "image"]
+    labels = [t for t in layers if t[2] == "labels"]
+    if len(images) > 1:
+        raise MetadataError("sharded zarr saves one image (with any number of labels) per "
+                            "store: save the other images separately")
+    root = images[0] if images else labels.pop(0)
+    levels, spec = layer_spec(*root)
+    label_specs = {}
+    for data, meta, layer_type in labels:
+        label_levels, label_spec = layer_spec(data, meta, layer_type)
+        name = _safe_label_name(label_spec.name, label_specs)
+        label_specs[name] = (label_levels, label_spec)
+    return zarr_path(path), levels, spec, label_specs
+
+
+def _safe_label_name(name: str, taken: dict) -> str:
+    clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "labels"
+    candidate, i = clean, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{clean}_{i}"
+    return candidate
+
+
+def write_layers(path: str, layer_data: list[LayerTuple]) -> list[str]:
+    """File ▸ Save Layers ▸ sharded zarr: images and labels → one OME-Zarr 0.5 image."""
+    target, levels, spec, labels = plan_save(path, layer_data)
+    save_image(target, levels, spec, labels=labels or None, options=WriteOptions())
+    return [target]
+
+
+def save_steps(path: str, layer_data: list[LayerTuple], options: WriteOptions):
+    """The same save as a generator of progress (for the widget's background worker)."""
+    target, levels, spec, labels = plan_save(path, layer_data)
+    return target, write_image(target, levels, spec, labels=labels or None, options=options)
