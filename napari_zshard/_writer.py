@@ -129,7 +129,11 @@ def write_layers(path: str, layer_data: list[LayerTuple]) -> list[str]:
     return [target]
 
 
-def save_steps(path: str, layer_data: list[LayerTuple], options: WriteOptions):
-    """The same save as a generator of progress (for the widget's background worker)."""
+def save_steps(path: str, layer_data: list[LayerTuple], options: WriteOptions,
+               image_method: str | None = None):
+    """The same save as a generator of progress (for the widget's background worker).
+    ``image_method`` downsamples the image's pyramid (labels always use the mode)."""
     target, levels, spec, labels = plan_save(path, layer_data)
+    if spec.kind == "image" and image_method:
+        spec.method = image_method
     return target, write_image(target, levels, spec, labels=labels or None, options=options)

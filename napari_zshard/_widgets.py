@@ -1,0 +1,162 @@
+"""Dock widgets. "Save as sharded zarr…": the same save as File ▸ Save Layers, but in the
+background, with a progress bar in napari's activity dock and a working Cancel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+)
+
+from .multiscale.write import WriteOptions
+
+if TYPE_CHECKING:
+    import napari
+
+
+def parse_shape(text: str, what: str) -> tuple[int, ...] | None:
+    """``"auto"``/empty → None; ``"64, 64, 64"`` → (64, 64, 64); anything else: a clear error."""
+    text = text.strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be 'auto' or integers like 64,64,64, not {text!r}") \
+            from None
+    if not shape or any(v <= 0 for v in shape):
+        raise ValueError(f"{what} must be positive integers, not {text!r}")
+    return shape
+
+
+class SaveShardedWidget(Container):
+    """Pick layers, a target and options; save in a background thread; cancel any time."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.layer_select = Select(label="layers", choices=self._layer_choices)
+        self.target = FileEdit(label="save as", mode="w", filter="*.zarr")
+        self.chunks = LineEdit(label="chunk shape", value="auto")
+        self.shards = LineEdit(label="shard shape", value="auto")
+        self.compressor = ComboBox(label="codec", choices=["zstd", "blosc", "gzip", "none"],
+                                   value="zstd")
+        self.method = ComboBox(label="pyramid (images)",
+                               choices=["mean", "max", "min", "nearest"], value="mean")
+        self.levels = SpinBox(label="levels (0 = auto)", min=0, max=16, value=0)
+        self.overwrite = CheckBox(label="overwrite", value=False)
+        self.save_button = PushButton(text="Save")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([self.layer_select, self.target, self.chunks, self.shards, self.compressor,
+                     self.method, self.levels, self.overwrite, self.save_button,
+                     self.cancel_button, self.status])
+        self.save_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self.layer_select.reset_choices)
+        viewer.layers.events.removed.connect(self.layer_select.reset_choices)
+        self.worker = None
+        self.saved: list[str] = []
+
+    def _layer_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if type(layer).__name__ in ("Image", "Labels")]
+
+    def options(self) -> WriteOptions:
+        levels = self.levels.value or None
+        return WriteOptions(chunks=parse_shape(self.chunks.value, "chunk shape"),
+                            shards=parse_shape(self.shards.value, "shard shape"),
+                            compressor=self.compressor.value, levels=levels,
+                            overwrite=self.overwrite.value)
+
+    def start(self) -> None:
+        """Validate the form, then save in a worker thread."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        from ._writer import save_steps
+
+        layers = list(self.layer_select.value) or [
+            layer for _, layer in self._layer_choices()][:1]
+        if not layers:
+            show_error("Save as sharded zarr: there is no image or labels layer to save")
+            return
+        if not str(self.target.value) or str(self.target.value) == ".":
+            show_error("Save as sharded zarr: choose where to save")
+            return
+        try:
+            tuples = [layer.as_layer_data_tuple() for layer in layers]
+            target, steps = save_steps(str(self.target.value), tuples, self.options(),
+                                       image_method=self.method.value)
+        except Exception as e:  # the form's values are wrong: say so, save nothing
+            show_error(f"Save as sharded zarr: {e}")
+            return
+        self.worker = create_worker(self._run, steps, target, _start_thread=False)
+        self.worker.returned.connect(self._done)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self.save_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"saving {target}…"
+        self.worker.start()
+
+    @staticmethod
+    def _run(steps, target):
+        """The worker: drive the save, feeding napari's activity dock; stop when asked."""
+        from napari.utils import progress
+
+        bar = None
+        try:
+            for step in steps:
+                if bar is None:
+                    bar = progress(total=step.total, desc=f"saving {target}")
+                bar.update(step.done - bar.n)
+                bar.set_description(f"saving {step.message}")
+                yield step
+        finally:
+            steps.close()  # a cancel ends here: the save cleans up what it started
+            if bar is not None:
+                bar.close()
+        return target
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.status.value = "cancelling…"
+            self.worker.quit()
+
+    def _done(self, target: str) -> None:
+        from napari.utils.notifications import show_info
+
+        if target is None:
+            return
+        self.saved.append(target)
+        self.status.value = f"saved {target}"
+        show_info(f"Saved {target}")
+
+    def _failed(self, error: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.value = f"failed: {error}"
+        show_error(f"Save as sharded zarr failed: {error}")
+
+    def _finished(self) -> None:
+        if self.status.value.startswith("cancelling"):
+            self.status.value = "cancelled: nothing was saved"
+        self.save_button.enabled = True
+        self.cancel_button.enabled = False
+        self.worker = None
+
+
+def open_save_widget(viewer: napari.viewer.Viewer) -> None:
+    """File ▸ IO utilities ▸ Save as sharded zarr…: dock the save widget."""
+    viewer.window.add_dock_widget(SaveShardedWidget(viewer), name="Save as sharded zarr",
+                                  area="right")

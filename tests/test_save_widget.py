@@ -1,0 +1,63 @@
+"""Save as sharded zarr… in a real viewer: the save runs in the background, shows progress in
+the activity dock, and Cancel stops it leaving nothing that looks like a store."""
+
+import numpy as np
+import pytest
+
+import napari_zshard as nz
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    from napari_zshard._widgets import SaveShardedWidget
+
+    viewer = make_napari_viewer()
+    return SaveShardedWidget(viewer)
+
+
+def test_save_runs_in_the_background_and_the_result_reads_back(widget, tmp_path, qtbot):
+    rng = np.random.default_rng(0)
+    image = widget.viewer.add_image(rng.integers(0, 900, (48, 96, 96), dtype=np.uint16),
+                                    name="raw", contrast_limits=(0, 800))
+    labels = widget.viewer.add_labels((image.data > 700).astype(np.uint8), name="bright")
+    widget.layer_select.value = [image, labels]
+    widget.target.value = tmp_path / "out"
+    widget.chunks.value = "16,32,32"
+    widget.shards.value = "32,64,64"
+    with qtbot.waitSignal(widget.save_button.native.clicked, timeout=1000):
+        widget.save_button.native.click()
+    assert widget.worker is not None  # the save is running off the Qt thread
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.status.value == f"saved {tmp_path / 'out.zarr'}"
+    node = nz.open_image(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(node.arrays[0][:], image.data)
+    assert node.arrays[0].chunks == (16, 32, 32) and node.arrays[0].shards == (32, 64, 64)
+    np.testing.assert_array_equal(node.labels[0].arrays[0][:], labels.data)
+
+
+def test_cancel_stops_the_save_and_leaves_nothing(widget, tmp_path, qtbot):
+    data = np.random.default_rng(1).integers(0, 60000, (128, 256, 256), dtype=np.uint16)
+    widget.viewer.add_image(data, name="big")
+    widget.target.value = tmp_path / "big.zarr"
+    widget.chunks.value = "8,32,32"
+    widget.shards.value = "8,64,64"  # many small shards: plenty of time to cancel
+    widget.save_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is not None, timeout=5000)
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.status.value == "cancelled: nothing was saved"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wrong_shape_is_reported_not_saved(widget, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    widget.viewer.add_image(np.zeros((4, 8, 8), np.uint8))
+    widget.target.value = tmp_path / "x.zarr"
+    widget.chunks.value = "sixty-four"
+    widget.save_button.native.click()
+    assert shown and "chunk shape" in shown[0]
+    assert widget.worker is None and list(tmp_path.iterdir()) == []
