@@ -72,6 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     fsck.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     fsck.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fsck.set_defaults(run=cmd_fsck)
+    convert = commands.add_parser(
+        "convert", parents=[common], help="write a store as sharded OME-Zarr 0.5",
+        description="Convert a Zarr v2/v3 array or an OME-Zarr 0.4/0.5 image (with its labels) "
+        "into a sharded OME-Zarr 0.5 image. The source is not modified.")
+    convert.add_argument("src", metavar="SRC", help="source array or image (path or URL)")
+    convert.add_argument("dst", metavar="DST", help="destination (path or URL)")
+    convert.add_argument("--chunks", help="inner chunk shape, e.g. 64,64,64 (default: auto)")
+    convert.add_argument("--shards", help="shard shape, e.g. 256,256,256 (default: auto)")
+    convert.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
+    convert.add_argument("--codec-level", type=int, default=3)
+    convert.add_argument("--no-checksum", action="store_true",
+                         help="leave out the inner crc32c checksums")
+    convert.add_argument("--levels", type=int,
+                         help="rebuild the pyramid with this many levels (default: keep the "
+                              "source's levels)")
+    convert.add_argument("--rebuild-pyramid", action="store_true",
+                         help="build a new pyramid from level 0 down to a 3D-viewable level")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    convert.add_argument("--dst-option", dest="dst_options", action="append",
+                         type=_storage_option, default=[], metavar="NAME=VALUE",
+                         help="transport option for DST (-o applies to SRC)")
+    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(run=cmd_convert)
     view = commands.add_parser(
         "view", parents=[common], help="open napari on a store (default: the sample volume)",
         description="Open napari on URL, or on the generated sample volume. With --screenshot "
@@ -87,6 +110,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("path", nargs="?", help="where to write the sample (default: cache)")
     demo.set_defaults(run=cmd_demo)
     return parser
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .multiscale.convert import convert
+    from .multiscale.write import WriteOptions
+
+    def shape(text: str | None, what: str):
+        if not text:
+            return None
+        try:
+            return tuple(int(v) for v in text.replace("x", ",").split(","))
+        except ValueError:
+            raise ValueError(f"{what} must look like 64,64,64, not {text!r}") from None
+
+    options = WriteOptions(chunks=shape(args.chunks, "--chunks"),
+                           shards=shape(args.shards, "--shards"), compressor=args.codec,
+                           level=args.codec_level, checksum=not args.no_checksum,
+                           levels=args.levels, overwrite=args.overwrite)
+    steps = convert(args.src, args.dst, options=options,
+                    rebuild=args.rebuild_pyramid or args.levels is not None,
+                    src_options=dict(args.options), dst_options=dict(args.dst_options))
+    show = not args.quiet and sys.stderr.isatty()
+    bar = None
+    try:
+        for step in steps:
+            if show and bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=step.total, unit="shard", file=sys.stderr)
+            if bar is not None:
+                bar.update(step.done - bar.n)
+                bar.set_description(step.message)
+    except KeyboardInterrupt:
+        steps.close()
+        print(f"zshard: interrupted; nothing was written to {args.dst}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {args.dst}")
+    return EXIT_OK
 
 
 def cmd_view(args: argparse.Namespace) -> int:

@@ -177,7 +177,8 @@ def _layout(shape, dtype, options: WriteOptions):
     chunks, shards = default_layout(shape, dtype)
     if options.chunks is not None:
         chunks = tuple(min(int(c), n) for c, n in zip(options.chunks, shape, strict=True))
-        shards = tuple(c * max(1, -(-s // c)) for c, s in zip(chunks, shards, strict=True))
+        shards = tuple(c * max(1, min(-(-s // c), -(-n // c)))
+                       for c, s, n in zip(chunks, shards, shape, strict=True))
     if options.shards is not None:
         shards = tuple(min(int(s), -(-n // c) * c)
                        for s, c, n in zip(options.shards, chunks, shape, strict=True))
