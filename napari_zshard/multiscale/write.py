@@ -31,7 +31,7 @@ from ..engine.shard_writer import iter_shards, shard_region, write_shard
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
 from ..store import Store, open_store, validate_name
-from .downsample import downsample, level_factors
+from .downsample import COARSEST_EDGE, downsample, level_factors
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,10 @@ def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
                         for i in range(len(levels_data) - 1)]
         shapes = [tuple(d.shape) for d in levels_data]
     else:
+        # an explicit number of levels is honoured even below a 3D-viewable size
         factors_list = level_factors(source.shape, scale,
-                                     spatial=[a.type == "space" for a in axes])
+                                     spatial=[a.type == "space" for a in axes],
+                                     coarsest_edge=1 if options.levels else COARSEST_EDGE)
         if options.levels is not None:
             factors_list = factors_list[:max(0, options.levels - 1)]
         shapes = _level_shapes(source.shape, factors_list)
