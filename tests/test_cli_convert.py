@@ -58,7 +58,7 @@ def test_convert_keeps_data_levels_scales_and_labels(ome_04, tmp_path):
 
 
 def test_rebuilding_the_pyramid(ome_04, tmp_path):
-    src, data, _ = ome_04
+    src, _, _ = ome_04
     dst = tmp_path / "re.zarr"
     assert main(["convert", str(src), str(dst), "--levels", "3", "-q"]) == 0
     # 2 µm z, 0.5 µm y/x: only y and x are halved until the voxels are cubic
