@@ -15,6 +15,22 @@ class UnsupportedURLError(StoreError, ValueError):
     """The URL's protocol is unknown or its backend is not installed."""
 
 
+class ConcurrentUpdateError(StoreError):
+    """A read-modify-write of one object met a concurrent writer on every try and gave up.
+
+    Nothing of this update was committed; the object holds what the other writers wrote.
+    """
+
+    def __init__(self, message: str, *, key: str, tries: int):
+        super().__init__(message)
+        self.key = key
+        self.tries = tries
+
+
+class UpdateNotSupportedError(StoreError, NotImplementedError):
+    """This store (protocol or platform) cannot do a concurrency-safe read-modify-write."""
+
+
 class RemoteReadError(StoreError, OSError):
     """A remote read still failed after every retry."""
 
@@ -47,7 +63,7 @@ class UnsupportedCodecError(ZShardError):
 
 
 class CorruptDataError(ZShardError):
-    """Stored bytes are inconsistent: a corrupt shard index, a bad checksum, an undecodable chunk."""
+    """Stored bytes are inconsistent: a corrupt shard index, bad checksum, undecodable chunk."""
 
 
 class CorruptShardError(CorruptDataError):

@@ -1,13 +1,27 @@
-"""The store contract: batched byte reads, atomic writes, a credential-free identity."""
+"""The store contract: batched byte reads, atomic writes, concurrency-safe read-modify-writes,
+a credential-free identity."""
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+import threading
+import time
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..errors import ConcurrentUpdateError, StoreError, UpdateNotSupportedError
+from .keys import validate_key
 from .requests import ByteRequest, ByteResult, FullRequest
 from .stats import RequestStats
+
+log = logging.getLogger(__name__)
+
+#: ``modify(current) -> new`` of :meth:`Store.update`; None stands for an absent object.
+Modify = Callable[[bytes | None], bytes | None]
 
 # Option names whose values are secrets: never in reprs, logs, pickles or dask graphs.
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "auth", "headers",
@@ -73,6 +87,77 @@ class Store(ABC):
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every object below ``prefix`` (for fsck and info)."""
 
+    # -- concurrent writers ----------------------------------------------------------------
+    def update(self, key: str, modify: Modify, *, tries: int = 10) -> bytes | None:
+        """Replace ``key`` with ``modify(current)``, atomically with respect to other writers.
+
+        The result is committed only if nobody else committed to ``key`` since it was read;
+        otherwise the object is read again and ``modify`` called again (after a randomised,
+        growing pause). No concurrent update is ever silently lost.
+
+        Parameters
+        ----------
+        key
+            The object to update.
+        modify
+            Gets the object's current bytes (None when it does not exist) and returns the new
+            bytes, or None to delete the object (or leave it absent). It may be called several
+            times, so it must be a pure function of its argument; and since a commit whose
+            answer was lost is retried from a fresh read, applying it to its own result must
+            change nothing more (merging a region into a shard is such a function).
+        tries
+            Attempts before giving up. Stores that lock (local, ``memory://``) never conflict.
+
+        Returns
+        -------
+        bytes or None
+            What ``key`` now holds (None: absent).
+
+        Raises
+        ------
+        ConcurrentUpdateError
+            Another writer committed between read and commit on every one of ``tries``
+            attempts; nothing of this update was written.
+        UpdateNotSupportedError
+            This store cannot update safely (a protocol or platform without a primitive for it).
+        """
+        validate_key(key)
+        if tries < 1:
+            raise ValueError(f"tries must be at least 1, got {tries}")
+        if self.read_only:
+            raise StoreError(f"{self.url} is read-only: cannot update {key}")
+        for attempt in range(tries):
+            began = time.perf_counter()
+            result = self._update_once(key, modify)
+            if result is not CONFLICT:
+                return result  # type: ignore[return-value]
+            log.debug("%s/%s: another writer committed first (try %d of %d)", self.url, key,
+                      attempt + 1, tries)
+            if attempt + 1 < tries:
+                self.stats.record_retry()
+                time.sleep(conflict_backoff(attempt, time.perf_counter() - began))
+        raise ConcurrentUpdateError(
+            f"{self.url}/{key}: another writer committed to this object between read and write "
+            f"on each of {tries} tries; this update was not written. Try again, or pass a "
+            "larger tries= when many writers share a shard.", key=key, tries=tries)
+
+    def _update_once(self, key: str, modify: Modify) -> bytes | _Conflict | None:
+        """One attempt of :meth:`update`: read, modify, commit unless someone committed in
+        between. Returns what was committed, or :data:`CONFLICT`."""
+        raise UpdateNotSupportedError(
+            f"{self.url}: {type(self).__name__} has no concurrency-safe read-modify-write; "
+            "write whole objects instead")
+
+    def overwrite(self, key: str, data: bytes | None) -> None:
+        """Replace (``data`` None: delete) ``key`` whole without reading it, ordered with
+        concurrent :meth:`update` calls so that neither loses the other's write.
+
+        Stores whose updates are compare-and-swap write blindly (an updater in flight sees the
+        change and retries); stores that lock write under the same lock. This default goes
+        through :meth:`update`: correct wherever updates are, at the cost of a read.
+        """
+        self.update(key, lambda _current: data)
+
     # -- identity --------------------------------------------------------------------------
     def child(self, path: str) -> Store:
         """The store rooted at ``path`` below this one (same transport and options)."""
@@ -89,3 +174,54 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+class _Conflict:
+    def __repr__(self) -> str:
+        return "CONFLICT"
+
+
+#: Returned by :meth:`Store._update_once` when another writer committed first.
+CONFLICT = _Conflict()
+
+
+def conflict_backoff(attempt: int, duration: float) -> float:
+    """Seconds to wait after conflict number ``attempt + 1`` of an update whose read-modify-
+    write took ``duration`` seconds.
+
+    "Full jitter" (uniform up to an exponentially growing bound) spreads writers who collided
+    instead of sending them back in lockstep; the bound starts at the duration of one attempt,
+    because that is the window in which another writer's commit makes ours fail: a 100 MiB
+    shard backs off in seconds, a small one in milliseconds.
+    """
+    base = max(0.01, duration)
+    return random.uniform(0, min(max(1.0, 8 * base), base * 2**attempt))
+
+
+class KeyLocks:
+    """One :class:`threading.Lock` per name, process-wide; a lock nobody refers to is dropped."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+    def get(self, name: str) -> threading.Lock:
+        """The lock for ``name`` (hold a reference while using it: that keeps it alive)."""
+        with self._guard:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = threading.Lock()
+                self._locks[name] = lock
+            return lock
+
+    def _after_fork(self) -> None:
+        # A lock held by another thread at fork time would stay held forever in the child.
+        self._guard = threading.Lock()
+        self._locks = weakref.WeakValueDictionary()
+
+
+#: Per-object locks of the stores that serialise updates inside this process.
+process_key_locks = KeyLocks()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=process_key_locks._after_fork)

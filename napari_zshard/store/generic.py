@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import RemoteReadError, ShortReadError, UnsupportedURLError
-from .base import Store
+from ..errors import RemoteReadError, ShortReadError, UnsupportedURLError, UpdateNotSupportedError
+from .base import Modify, Store, process_key_locks
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -76,6 +76,49 @@ class FsspecStore(Store):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
+
+    def update(self, key: str, modify: Modify, *, tries: int = 10) -> bytes | None:
+        """Read-modify-write ``key`` (see :meth:`Store.update`).
+
+        ``memory://``: under a lock per object held by this process — the memory file system
+        lives inside one process, so that is every writer there is. Any other protocol
+        (``gs://`` etc.) raises :class:`UpdateNotSupportedError`: conditional writes (GCS
+        generation preconditions) are not implemented for it yet.
+        """
+        return super().update(key, modify, tries=tries)
+
+    def _update_once(self, key: str, modify: Modify) -> bytes | None:
+        if not self._in_memory:
+            raise UpdateNotSupportedError(
+                f"{self.url}: concurrency-safe updates are not implemented for "
+                f"{self.url.partition('://')[0]}:// yet (they need the object store's "
+                "conditional writes, e.g. GCS generation preconditions); write whole shards")
+        with process_key_locks.get(self._lock_name(key)):
+            current = self.read(key)
+            new = modify(current)
+            if new is None:
+                self.delete(key)
+            elif new != current:
+                self.write(key, new)
+        return new
+
+    def overwrite(self, key: str, data: bytes | None) -> None:
+        # Elsewhere no update can be in flight (there are none), so a plain write is ordered.
+        with (process_key_locks.get(self._lock_name(key)) if self._in_memory
+              else contextlib.nullcontext()):
+            if data is None:
+                self.delete(key)
+            else:
+                self.write(key, data)
+
+    @property
+    def _in_memory(self) -> bool:
+        protocol = self.fs.protocol
+        return "memory" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+    def _lock_name(self, key: str) -> str:
+        # memory://a/b and memory:///a/b are one object: name the lock by the normalised path
+        return "memory:///" + self._path(key).lstrip("/")
 
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = f"{self.root}/{prefix}".rstrip("/") if self.root else prefix

@@ -1,4 +1,5 @@
-"""Local file system store: concurrent ``os.pread`` from a thread pool, atomic commits."""
+"""Local file system store: concurrent ``os.pread`` from a thread pool, atomic commits, and
+read-modify-writes under a per-object lock file."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import ShortReadError, StoreError
-from .base import Store
+from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
+from .base import Modify, Store, process_key_locks
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 class LocalStore(Store):
@@ -106,14 +112,111 @@ class LocalStore(Store):
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
+    def update(self, key: str, modify: Modify, *, tries: int = 10) -> bytes | None:
+        """Read-modify-write ``key`` under an exclusive lock (see :meth:`Store.update`).
+
+        Writers take ``fcntl.flock(LOCK_EX)`` on a hidden sibling file ``.<name>.lock`` (made on
+        first use and left in place), plus a lock per object inside this process, then read,
+        call ``modify`` once, and commit atomically (temp file, fsync, rename, fsync of the
+        folder). So ``modify`` always sees the last committed bytes and ``tries`` is unused.
+
+        What is guaranteed:
+
+        * processes and threads on one machine, any local file system: updates of one object
+          are serialised, none is lost;
+        * NFS: only where locks reach the server — NFSv4, or v3 with a lock manager (Linux
+          turns ``flock`` into POSIX byte-range locks over NFS since 2.6.12); the data read
+          after locking relies on NFS close-to-open consistency. A mount without locking
+          (``nolock``; ``local_lock=flock``) protects one client only;
+        * Lustre: only when mounted with ``-o flock``; ``-o localflock`` locks per client node
+          (writers on different nodes are *not* excluded) and ``noflock`` makes the lock call
+          fail, which raises here;
+        * Windows has no ``fcntl``: :class:`UpdateNotSupportedError`, never an unsafe write.
+        """
+        return super().update(key, modify, tries=tries)
+
+    def _update_once(self, key: str, modify: Modify) -> bytes | None:
+        path = self._path(key)
+        with self._locked(path):
+            current = self.read(key)
+            new = modify(current)
+            if new is None:
+                if current is not None:
+                    self._remove(path)
+            elif new != current:
+                self.write(key, new)
+        return new
+
+    def overwrite(self, key: str, data: bytes | None) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.url} is opened read-only")
+        path = self._path(key)
+        if fcntl is None:
+            # No update can be in flight where none is possible: a plain write is ordered.
+            if data is None:
+                self.delete(key)
+            else:
+                self.write(key, data)
+            return
+        with self._locked(path):
+            if data is None:
+                self._remove(path)
+            else:
+                self.write(key, data)
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        """Hold the object's lock: first the in-process one, then the lock file's."""
+        if fcntl is None:
+            raise UpdateNotSupportedError(
+                f"{self.url}: concurrency-safe updates need fcntl.flock, which this platform "
+                "(Windows) lacks. Update from Linux or macOS, or write whole shards only.")
+        lock_path = path.with_name(f".{path.name}.lock")
+        # flock excludes other open file descriptions, so threads that open the file each on
+        # their own exclude each other on a local disk; but over NFS flock becomes a POSIX
+        # lock, which belongs to the whole process: threads of one process must queue here.
+        with process_key_locks.get(str(lock_path)):
+            try:
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                # Read-write: a POSIX lock (flock over NFS) needs a descriptor open for writing.
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                             0o666)
+            except OSError as e:
+                raise StoreError(f"cannot create the lock file {lock_path}: "
+                                 f"{e.strerror or e}") from e
+            # The lock file is never deleted. flock locks an inode, not a name: were it
+            # unlinked by a writer on its way out, a writer already waiting on the old inode
+            # would go on holding that one while a newcomer creates and locks a new file
+            # under the same name: two writers inside the read-modify-write at once.
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as e:  # ENOLCK (NFS without lockd), ENOSYS (Lustre noflock)
+                    raise UpdateNotSupportedError(
+                        f"{lock_path}: the file system refused a lock ({e.strerror or e}); "
+                        "concurrency-safe updates need working flock (NFS with locking, "
+                        "Lustre mounted with -o flock)") from e
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+    def _remove(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot delete {path}: {e.strerror or e}") from e
+        _fsync_dir(path.parent)
+
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".") and name.endswith(".tmp"):
-                    continue
+                if name.startswith(".") and name.endswith((".tmp", ".lock")):
+                    continue  # commits in progress, update locks: not objects
                 full = Path(dirpath) / name
                 yield full.relative_to(self.root).as_posix(), full.stat().st_size
 
