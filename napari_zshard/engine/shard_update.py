@@ -22,10 +22,10 @@ import numpy as np
 
 from ..errors import CorruptDataError, CorruptShardError
 from ..store import Store
-from .metadata import ArrayMeta, ShardingSpec
+from .metadata import ArrayMeta
 from .reader import normalize_region
-from .shard_index import EMPTY, decode_index, encode_index
-from .shard_writer import encode_shard, is_fill, shard_region
+from .shard_index import decode_index
+from .shard_writer import assemble_shard, encode_shard, is_fill, shard_region
 
 Coords = tuple[int, ...]
 #: Stored bytes of one inner chunk, or None for a chunk that is not stored (fill value).
@@ -135,23 +135,6 @@ def split_shard(current: bytes | None, meta: ArrayMeta, *, key: str, where: str
         entry = index.chunk_slice(flat)
         out.append(None if entry is None else view[entry[0]:entry[0] + entry[1]])
     return out
-
-
-def assemble_shard(spec: ShardingSpec, shard_shape: tuple[int, ...],
-                   chunks: Sequence[RawChunk]) -> bytes | None:
-    """One shard from its encoded inner chunks (C order; None = not stored) and their index;
-    None when no chunk is stored."""
-    if all(c is None for c in chunks):
-        return None
-    entries = np.full((len(chunks), 2), EMPTY, dtype=np.uint64)
-    offset = spec.index_nbytes(shard_shape) if spec.index_location == "start" else 0
-    for flat, chunk in enumerate(chunks):
-        if chunk is not None:
-            entries[flat] = (offset, len(chunk))
-            offset += len(chunk)
-    stored = [c for c in chunks if c is not None]
-    index = encode_index(entries, spec)
-    return b"".join([index, *stored] if spec.index_location == "start" else [*stored, index])
 
 
 def _decode(raw: RawChunk, meta: ArrayMeta, *, key: str, where: str, local: Coords,

@@ -7,7 +7,6 @@ written at all (and an existing one is deleted), as zarr-python does.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from ..store import Store
 from ..store.pool import decode_pool
-from .metadata import ArrayMeta
+from .metadata import ArrayMeta, ShardingSpec
 from .shard_index import EMPTY, encode_index
 
 Coords = tuple[int, ...]
@@ -65,19 +64,24 @@ def encode_shard(meta: ArrayMeta, block: np.ndarray, *, parallel: bool = True) -
 
     encoded = list(decode_pool().map(encode, chunks)) if parallel and len(chunks) > 1 \
         else [encode(c) for c in chunks]
-    if all(e is None for e in encoded):
+    return assemble_shard(spec, meta.grid_shape, encoded)
+
+
+def assemble_shard(spec: ShardingSpec, shard_shape: tuple[int, ...],
+                   chunks: Sequence[bytes | memoryview | None]) -> bytes | None:
+    """One shard from its encoded inner chunks (C order; None = not stored) and their index;
+    None when no chunk is stored."""
+    if all(c is None for c in chunks):
         return None
-    n = math.prod(cps)
-    entries = np.full((n, 2), EMPTY, dtype=np.uint64)
-    index_size = spec.index_nbytes(meta.grid_shape)
-    offset = index_size if spec.index_location == "start" else 0
-    for flat, data in enumerate(encoded):
-        if data is not None:
-            entries[flat] = (offset, len(data))
-            offset += len(data)
-    body = b"".join(e for e in encoded if e is not None)
+    entries = np.full((len(chunks), 2), EMPTY, dtype=np.uint64)
+    offset = spec.index_nbytes(shard_shape) if spec.index_location == "start" else 0
+    for flat, chunk in enumerate(chunks):
+        if chunk is not None:
+            entries[flat] = (offset, len(chunk))
+            offset += len(chunk)
+    stored = [c for c in chunks if c is not None]
     index = encode_index(entries, spec)
-    return index + body if spec.index_location == "start" else body + index
+    return b"".join([index, *stored] if spec.index_location == "start" else [*stored, index])
 
 
 def write_shard(store: Store, meta: ArrayMeta, shard: Coords, block: np.ndarray) -> int:
