@@ -16,7 +16,11 @@ import numpy as np
 if TYPE_CHECKING:
     from .array import ShardedArray
 
-NAPARI_TILE = 256  # pixels along each of the last two axes (measured: reaches the render floor)
+# Pixels along each of the last two axes. Measured: dask costs ~19 ms per 1024² plane with 256²
+# blocks (16 tasks), ~7.5 ms with 512², ~4 ms with one block per plane, against ~10 ms for the
+# engine's own warm plane; 512² keeps the dask path near the raw engine while a block stays a
+# canvas tile (a zoomed-in view of a huge plane never builds the whole plane).
+NAPARI_TILE = 512
 
 
 def napari_blocks(shape: tuple[int, ...], chunks: tuple[int, ...], tile: int = NAPARI_TILE
@@ -50,7 +54,7 @@ def block_shape(array: ShardedArray, blocks: str | Sequence[int]) -> tuple[int, 
 def to_dask(array: ShardedArray, blocks: str | Sequence[int] = "napari"):
     """Wrap ``array`` in a dask array whose blocks have the shape ``blocks`` asks for.
 
-    ``"napari"`` (default): one plane deep, ~256² tiles. ``"shards"``: one block per shard, for
+    ``"napari"`` (default): one plane deep, ~512² tiles. ``"shards"``: one block per shard, for
     notebook and cluster work. ``"chunks"``: one block per inner chunk. Or an explicit shape.
     The graph holds a credential-free reference to the store, never secrets.
     """
