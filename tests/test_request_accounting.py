@@ -132,6 +132,20 @@ def test_a_tile_with_readahead_fetches_the_whole_plane_row_in_one_batch(served, 
     assert http_server.count() == 0
 
 
+def test_a_cache_too_small_for_the_row_still_reads_ahead_within_the_shard(http_server,
+                                                                          tmp_path):
+    data = volume()
+    write_with_tensorstore(tmp_path / "vol.zarr", data)
+    # room for about 7 decoded chunks: the plane's row of 16 does not fit, a shard's 4 do
+    arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache(8192))
+    http_server.reset_log()
+
+    assert np.array_equal(arr[2, 40:48, 0:10], data[2, 40:48, 0:10])  # one inner chunk
+
+    assert http_server.count("/c/") == 2 and http_server.count("/c/0/1/0") == 2
+    assert arr.counters["chunks_decoded"] == 4  # the shard's 2 x 2 chunks of that plane row
+
+
 def test_warm_engine_rereads_nothing(served, http_server):
     arr, data = served()
     arr[5]

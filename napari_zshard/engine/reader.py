@@ -159,12 +159,27 @@ class RegionReader:
         if meta.ndim < 3:
             return []
         grid = [-(-s // c) for s, c in zip(meta.shape, meta.chunk_shape, strict=True)]
-        row = grid[-2] * grid[-1]
         leads = {c[:-2] for c in claimed}
-        if len(leads) * row * self._chunk_nbytes > self.cache.chunks.max_bytes // 4:
-            return []
+        budget = self.cache.chunks.max_bytes // 2
+        if len(leads) * grid[-2] * grid[-1] * self._chunk_nbytes <= budget:
+            ys, xs = {lead: range(grid[-2]) for lead in leads}, {lead: range(grid[-1])
+                                                                 for lead in leads}
+        else:
+            # The whole row does not fit: read ahead the row within the shards being fetched
+            # anyway (in C order those chunks are contiguous: no extra request).
+            cps = meta.chunks_per_object
+            ys, xs = {}, {}
+            for c in claimed:
+                for axis, spans in ((-2, ys), (-1, xs)):
+                    lo = c[axis] // cps[axis] * cps[axis]
+                    old = spans.get(c[:-2], range(lo, lo))
+                    spans[c[:-2]] = range(min(old.start, lo), max(old.stop, min(
+                        grid[axis], lo + cps[axis])))
+            n = sum(len(ys[lead]) * len(xs[lead]) for lead in leads)
+            if n * self._chunk_nbytes > budget:
+                return []
         want = set(claimed)
-        extra = [(*lead, y, x) for lead in leads for y in range(grid[-2]) for x in range(grid[-1])
+        extra = [(*lead, y, x) for lead in leads for y in ys[lead] for x in xs[lead]
                  if (*lead, y, x) not in want]
         if not extra:
             return []
