@@ -12,7 +12,7 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, is_dataclass
 
 import numpy as np
@@ -190,34 +190,73 @@ class RegionReader:
     # -- fetching --------------------------------------------------------------------------
     def _fetch_and_decode(self, claimed: list[Coords], extra: list[Coords]
                           ) -> dict[Coords, Future]:
-        """Fetch every claimed chunk in one batch, decode in parallel; futures per chunk."""
+        """Fetch every claimed chunk in one concurrent batch; each chunk's decode starts as
+        soon as its bytes arrive (pipelined with the rest of the batch). Futures per chunk."""
         everything = claimed + extra
         try:
-            sources = self._fetch(everything, optional=set(extra))
+            fills, requests, request_parts = self._plan_fetch(everything, optional=set(extra))
         except BaseException as e:
             self.cache.chunks.fail([(self.token, c) for c in everything], e)
             raise
         futures: dict[Coords, Future] = {}
-        pool = decode_pool()
-        stored = [(c, src) for c, src in sources.items() if src is not FILL]
-        for coords, src in sources.items():
-            if src is FILL:
-                self.cache.chunks.fulfil((self.token, coords), FILL, 64)
-                f: Future = Future()
-                f.set_result(FILL)
-                futures[coords] = f
-        if len(stored) == 1 and not extra:
-            coords, src = stored[0]
-            f = Future()
-            try:
-                f.set_result(self._decode_one(coords, src))
-            except BaseException as e:
-                f.set_exception(e)
+        for coords in fills:
+            self.cache.chunks.fulfil((self.token, coords), FILL, 64)
+            f: Future = Future()
+            f.set_result(FILL)
             futures[coords] = f
-        else:
-            for coords, src in stored:
-                futures[coords] = pool.submit(self._decode_one, coords, src)
+        pending = {c: Future() for parts in request_parts for (c, _), _, _ in parts}
+        futures.update(pending)
+        if not requests:
+            return futures
+        pool = decode_pool()
+        unsharded = self.meta.sharding is None
+
+        def on_result(i: int, result) -> None:
+            key = requests[i].key
+            if result.data is None:
+                for (c, _), _, _ in request_parts[i]:
+                    if unsharded:  # a chunk never written: fill value
+                        self.cache.chunks.fulfil((self.token, c), FILL, 64)
+                        _settle(pending[c], value=FILL)
+                    else:
+                        self._fail(c, pending[c], StoreError(
+                            f"{self.store.url}/{key} disappeared after its index was read; "
+                            "the store is being rewritten — call refresh()"))
+                return
+            view = memoryview(result.data)
+            for (c, flat), offset, nbytes in request_parts[i]:
+                data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
+                pool.submit(self._decode_into, c, (key, flat, data), pending[c])
+
+        try:
+            self.store.read_many(requests, on_result=on_result)
+        except ShortReadError as e:
+            error = CorruptShardError(
+                f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
+                f"{e.start + e.requested - 1} named by its index lie past the end of the file")
+            for c, fut in pending.items():
+                self._fail(c, fut, error)
+            raise error from e
+        except BaseException as e:
+            for c, fut in pending.items():
+                self._fail(c, fut, e)
+            raise
+        finally:
+            self.counters.add(data_requests=len(requests))
         return futures
+
+    def _fail(self, coords: Coords, fut: Future, error: BaseException) -> None:
+        if not fut.done():
+            self.cache.chunks.fail([(self.token, coords)], error)
+            _settle(fut, error=error)
+
+    def _decode_into(self, coords: Coords, src, fut: Future) -> None:
+        if fut.done():  # the batch already failed
+            return
+        try:
+            _settle(fut, value=self._decode_one(coords, src))
+        except BaseException as e:
+            _settle(fut, error=e)
 
     def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview]) -> np.ndarray:
         key, entry, data = src
@@ -237,9 +276,10 @@ class RegionReader:
         self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
         return arr
 
-    def _fetch(self, chunks: list[Coords], optional: set[Coords] = frozenset()
-               ) -> dict[Coords, object]:
-        """Raw bytes ``(key, index entry, data)`` of each chunk, or FILL.
+    def _plan_fetch(self, chunks: list[Coords], optional: set[Coords] = frozenset()):
+        """What to fetch for ``chunks``: the chunks that read as fill value, the byte requests
+        (coalesced per shard), and per request the ``((coords, index entry), offset, nbytes)``
+        of each chunk inside it (nbytes None: the whole object).
 
         ``optional`` chunks are read-ahead: when their shard's index is corrupt they are left
         out (their claims failed) instead of failing the chunks that were asked for.
@@ -247,10 +287,7 @@ class RegionReader:
         meta = self.meta
         if meta.sharding is None:
             keys = [meta.object_key(c) for c in chunks]
-            results = self.store.read_many([FullRequest(k) for k in keys])
-            self.counters.add(data_requests=len(keys))
-            return {c: (FILL if r.data is None else (k, -1, memoryview(r.data)))
-                    for c, k, r in zip(chunks, keys, results, strict=True)}
+            return [], [FullRequest(k) for k in keys], [[((c, -1), 0, None)] for c in chunks]
         cps = meta.chunks_per_object
         by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
         for c in chunks:
@@ -262,7 +299,7 @@ class RegionReader:
         indexes, errors = self._read_indexes(list(by_shard), optional_shards)
         for shard, error in errors.items():
             self.cache.chunks.fail([(self.token, c) for c, _ in by_shard.pop(shard)], error)
-        out: dict[Coords, object] = {}
+        fills: list[Coords] = []
         requests: list[RangeRequest] = []
         request_parts = []
         for shard, members in by_shard.items():
@@ -272,30 +309,13 @@ class RegionReader:
             for c, flat in members:
                 sl = None if index is None else index.chunk_slice(flat)
                 if sl is None:
-                    out[c] = FILL
+                    fills.append(c)
                 else:
                     ranges.append(((c, flat), sl[0], sl[1]))
             for rng in coalesce_ranges(ranges, self.coalesce):
                 requests.append(RangeRequest(key, rng.start, rng.length))
                 request_parts.append(rng.parts)
-        if not requests:
-            return out
-        try:
-            results = self.store.read_many(requests)
-        except ShortReadError as e:
-            raise CorruptShardError(
-                f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
-                f"{e.start + e.requested - 1} named by its index lie past the end of the file"
-            ) from e
-        self.counters.add(data_requests=len(requests))
-        for req, parts, res in zip(requests, request_parts, results, strict=True):
-            if res.data is None:
-                raise StoreError(f"{self.store.url}/{req.key} disappeared after its index was "
-                                 "read; the store is being rewritten — call refresh()")
-            view = memoryview(res.data)
-            for (c, flat), offset, nbytes in parts:
-                out[c] = (req.key, flat, view[offset:offset + nbytes])
-        return out
+        return fills, requests, request_parts
 
     def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
         """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
@@ -378,3 +398,14 @@ class RegionReader:
             out[tuple(dst)] = self.meta.fill_value
         else:
             out[tuple(dst)] = value[tuple(src)]
+
+
+def _settle(fut: Future, *, value=None, error: BaseException | None = None) -> None:
+    """Complete ``fut`` unless a failed batch already did (decodes may still be running)."""
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+    except InvalidStateError:
+        pass

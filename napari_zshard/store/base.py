@@ -18,6 +18,8 @@ from .keys import validate_key
 from .requests import ByteRequest, ByteResult, FullRequest
 from .stats import RequestStats
 
+ResultCallback = Callable[[int, ByteResult], None]
+
 log = logging.getLogger(__name__)
 
 #: ``modify(current) -> new`` of :meth:`Store.update`; None stands for an absent object.
@@ -63,11 +65,14 @@ class Store(ABC):
 
     # -- reading ---------------------------------------------------------------------------
     @abstractmethod
-    def read_many(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
+    def read_many(self, requests: Sequence[ByteRequest], *,
+                  on_result: ResultCallback | None = None) -> list[ByteResult]:
         """Fetch every request concurrently; results in request order.
 
         A missing object gives ``ByteResult(None)``. A range that runs past the end of the
-        object raises :class:`~napari_zshard.errors.ShortReadError`.
+        object raises :class:`~napari_zshard.errors.ShortReadError`. ``on_result(i, result)``
+        is called as each request completes (from an I/O thread; keep it short), so a caller
+        can start decoding what arrived while the rest is still in flight.
         """
 
     def read(self, key: str) -> bytes | None:

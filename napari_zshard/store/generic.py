@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import RemoteReadError, ShortReadError, UnsupportedURLError, UpdateNotSupportedError
-from .base import Modify, Store, process_key_locks
+from .base import Modify, ResultCallback, Store, process_key_locks
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -61,10 +61,17 @@ class FsspecStore(Store):
         self.stats.record(len(data))
         return ByteResult(data, object_size=size)
 
-    def read_many(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
+    def read_many(self, requests: Sequence[ByteRequest], *,
+                  on_result: ResultCallback | None = None) -> list[ByteResult]:
+        def read(item: tuple[int, ByteRequest]) -> ByteResult:
+            result = self._read_one(item[1])
+            if on_result is not None:
+                on_result(item[0], result)
+            return result
+
         if len(requests) <= 1:
-            return [self._read_one(r) for r in requests]
-        return list(io_pool().map(self._read_one, requests))
+            return [read(item) for item in enumerate(requests)]
+        return list(io_pool().map(read, enumerate(requests)))
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
-from .base import Modify, Store, process_key_locks
+from .base import Modify, ResultCallback, Store, process_key_locks
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -70,16 +70,24 @@ class LocalStore(Store):
             os.close(fd)
         return out
 
-    def read_many(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
+    def read_many(self, requests: Sequence[ByteRequest], *,
+                  on_result: ResultCallback | None = None) -> list[ByteResult]:
         by_key: dict[str, list[tuple[int, ByteRequest]]] = defaultdict(list)
         for i, req in enumerate(requests):
             by_key[req.key].append((i, req))
         results: list[ByteResult | None] = [None] * len(requests)
+
+        def read_key(item):
+            part = self._read_key(*item)
+            if on_result is not None:
+                for i, res in part:
+                    on_result(i, res)
+            return part
+
         if len(by_key) == 1:
-            ((key, reqs),) = by_key.items()
-            done = [self._read_key(key, reqs)]
+            done = [read_key(next(iter(by_key.items())))]
         else:
-            done = io_pool().map(lambda kv: self._read_key(*kv), by_key.items())
+            done = io_pool().map(read_key, by_key.items())
         for part in done:
             for i, res in part:
                 results[i] = res

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from ..errors import RemoteReadError, ShortReadError
-from .base import Store
+from .base import ResultCallback, Store
 from .requests import ByteRequest, ByteResult, RangeRequest, SuffixRequest
 from .retry import RetryPolicy, TransientError
 
@@ -74,7 +74,8 @@ class RemoteStore(Store):
     async def _fetch_once(self, req: ByteRequest) -> ByteResult:
         raise NotImplementedError
 
-    async def _fetch(self, req: ByteRequest, limit: asyncio.Semaphore) -> ByteResult:
+    async def _fetch(self, req: ByteRequest, limit: asyncio.Semaphore, index: int = 0,
+                     on_result: ResultCallback | None = None) -> ByteResult:
         last: BaseException | None = None
         for attempt in range(self.retry.tries):
             if attempt:
@@ -84,6 +85,8 @@ class RemoteStore(Store):
                 async with limit:
                     result = await asyncio.wait_for(self._fetch_once(req), self.retry.timeout)
                 self.stats.record(len(result.data) if result.data is not None else 0)
+                if on_result is not None:
+                    on_result(index, result)
                 return result
             except (TransientError, asyncio.TimeoutError, ConnectionError) as e:
                 last = e
@@ -100,9 +103,11 @@ class RemoteStore(Store):
             return f"no answer within {self.retry.timeout:g} s"
         return str(error) or type(error).__name__
 
-    async def _gather(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
+    async def _gather(self, requests: Sequence[ByteRequest],
+                      on_result: ResultCallback | None = None) -> list[ByteResult]:
         limit = asyncio.Semaphore(self.max_concurrency)
-        tasks = [asyncio.ensure_future(self._fetch(r, limit)) for r in requests]
+        tasks = [asyncio.ensure_future(self._fetch(r, limit, i, on_result))
+                 for i, r in enumerate(requests)]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -111,7 +116,8 @@ class RemoteStore(Store):
                 task.cancel()
             raise
 
-    def read_many(self, requests: Sequence[ByteRequest]) -> list[ByteResult]:
+    def read_many(self, requests: Sequence[ByteRequest], *,
+                  on_result: ResultCallback | None = None) -> list[ByteResult]:
         if not requests:
             return []
-        return self.run(self._gather(requests))
+        return self.run(self._gather(requests, on_result))
