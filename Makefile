@@ -22,8 +22,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Pinned to the versions the suite last passed with (pip's resolver otherwise backtracks for
+# many minutes over this many packages); refresh with `pip freeze > .ci/constraints.txt`.
 venv: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c .ci/constraints.txt -e '.[test]'
 
 # Opens napari on the generated sample. Without a display (or with SCREENSHOT=file.png) it
 # runs under Xvfb, saves what the canvas shows and exits.
