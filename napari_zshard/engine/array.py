@@ -253,13 +253,18 @@ def _open(store: Store, zarr_json: bytes | None, **options: Any) -> ShardedArray
     return ShardedArray(store, meta, fallback_reason=reason, **options)
 
 
-def open_arrays(store: Store, paths: Sequence[str], **options: Any) -> list[ShardedArray]:
+def open_arrays(store: Store, paths: Sequence[str], *,
+                zarr_jsons: Sequence[bytes | None] | None = None,
+                **options: Any) -> list[ShardedArray]:
     """Open the arrays at ``paths`` below ``store`` (pyramid levels), fetching all their
-    ``zarr.json`` in one concurrent batch instead of one round trip each."""
+    ``zarr.json`` in one concurrent batch instead of one round trip each (or taking them from
+    ``zarr_jsons`` when the caller fetched them in a batch of its own)."""
     paths = [p.strip("/") for p in paths]
-    found = store.read_many([FullRequest(f"{p}/zarr.json" if p else "zarr.json") for p in paths])
-    return [_open(store.child(p) if p else store, res.data, **options)
-            for p, res in zip(paths, found, strict=True)]
+    if zarr_jsons is None:
+        zarr_jsons = [r.data for r in store.read_many(
+            [FullRequest(f"{p}/zarr.json" if p else "zarr.json") for p in paths])]
+    return [_open(store.child(p) if p else store, raw, **options)
+            for p, raw in zip(paths, zarr_jsons, strict=True)]
 
 
 def _meta_for_fallback(store: Store, reason: str) -> ArrayMeta:

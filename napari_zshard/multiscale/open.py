@@ -17,7 +17,7 @@ from ..engine import ShardedArray, open_arrays
 from ..engine.metadata import parse_json
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, parse_image_label, parse_label_names, parse_multiscales, parse_omero
-from ..store import Store, open_store
+from ..store import FullRequest, Store, open_store
 from .node import ImageNode
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,16 @@ class NodeInfo:
     doc: dict[str, Any]
 
 
-def read_node(store: Store) -> NodeInfo | None:
-    """Read ``zarr.json`` (v3) or ``.zattrs``/``.zgroup``/``.zarray`` (v2); None if neither."""
-    raw = store.read("zarr.json")
+def read_node(store: Store, *, zarr_json: bytes | None = None) -> NodeInfo | None:
+    """Read ``zarr.json`` (v3) or ``.zattrs``/``.zgroup``/``.zarray`` (v2); None if neither.
+    ``zarr_json``: the root's ``zarr.json``, when the caller already fetched it."""
+    raw = zarr_json if zarr_json is not None else store.read("zarr.json")
     if raw is not None:
         doc = parse_json(raw, f"{store.url}/zarr.json")
         kind = doc.get("node_type")
         if kind not in ("array", "group") or doc.get("zarr_format") != 3:
             raise MetadataError(f"{store.url}/zarr.json: not a Zarr v3 array or group")
         return NodeInfo(kind, 3, doc.get("attributes") or {}, doc)
-    from ..store import FullRequest
-
     zarray, zgroup, zattrs = (r.data for r in store.read_many(
         [FullRequest(".zarray"), FullRequest(".zgroup"), FullRequest(".zattrs")]))
     if zarray is None and zgroup is None:
@@ -107,7 +106,13 @@ def open_multiscale(store: Store, info: NodeInfo, *, name: str | None = None,
     if not multiscales:
         raise MetadataError(f"{where}: group has no OME multiscales metadata")
     ms = multiscales[0]
-    arrays = open_arrays(store, [d.path for d in ms.datasets], **array_options)
+    paths = [d.path.strip("/") for d in ms.datasets]
+    # one round trip for every level's metadata and, for a v3 image, its labels group
+    want_labels = with_labels and info.zarr_format == 3 and info.attributes.get(
+        "ome", {}).get("image-label") is None
+    keys = [f"{p}/zarr.json" for p in paths] + (["labels/zarr.json"] if want_labels else [])
+    raws = [r.data for r in store.read_many([FullRequest(k) for k in keys])]
+    arrays = open_arrays(store, paths, zarr_jsons=raws[:len(paths)], **array_options)
     ndim = arrays[0].ndim
     for d, a in zip(ms.datasets, arrays, strict=True):
         if a.ndim != ndim:
@@ -120,14 +125,21 @@ def open_multiscale(store: Store, info: NodeInfo, *, name: str | None = None,
         contrast_limits=_stored_contrast(info.attributes),
     )
     if with_labels and not node.is_labels:
-        node.labels = _open_labels(store, **array_options)
+        if want_labels:
+            labels_json = raws[-1]
+            if labels_json is None:  # a v3 image without labels: no v2 probing
+                return node
+        else:
+            labels_json = None
+        node.labels = _open_labels(store, labels_json, **array_options)
     return node
 
 
-def _open_labels(store: Store, **array_options: Any) -> list[ImageNode]:
+def _open_labels(store: Store, labels_json: bytes | None = None,
+                 **array_options: Any) -> list[ImageNode]:
     labels_store = store.child("labels")
     try:
-        info = read_node(labels_store)
+        info = read_node(labels_store, zarr_json=labels_json)
     except (MetadataError, StoreError) as e:
         log.warning("ignoring the labels of %s: %s", store.url, e)
         return []
