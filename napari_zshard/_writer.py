@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from .errors import MetadataError
-from .multiscale.write import ImageSpec, WriteOptions, save_image, write_image
+from .multiscale.write import (
+    DEFAULT_AXIS_NAMES,
+    ImageSpec,
+    WriteOptions,
+    save_image,
+    write_image,
+)
 from .ome import Axis, Channel, ImageLabel
 
 LayerTuple = tuple[Any, dict[str, Any], str]
@@ -23,18 +30,23 @@ def zarr_path(path: str) -> str:
     return path if path.endswith(".zarr") else path + ".zarr"
 
 
+_AXIS_KINDS = {"t": "time", "time": "time", "c": "channel", "ch": "channel",
+               "channel": "channel"}
+
+
 def _axes(meta: dict[str, Any], ndim: int) -> tuple[Axis, ...]:
     labels = list(meta.get("axis_labels") or [])[-ndim:]
     units = [str(u) if u is not None else None for u in (meta.get("units") or [])][-ndim:]
-    default = "tczyx"[-ndim:] if ndim <= 5 else [f"dim_{i}" for i in range(ndim)]
+    default = DEFAULT_AXIS_NAMES.get(ndim) or [f"dim_{i}" for i in range(ndim)]
     names = [lab if lab and not lab.startswith("axis ") and not lab.lstrip("-").isdigit()
              else default[i] for i, lab in enumerate(labels or default)]
     if len(set(names)) != len(names):
         names = list(default)
     axes = []
     for i, name in enumerate(names):
-        kind = {"t": "time", "c": "channel"}.get(name.lower(), "space")
-        unit = units[i] if i < len(units) and kind == "space" and units[i] != "pixel" else None
+        kind = _AXIS_KINDS.get(name.lower(), "space")
+        unit = units[i] if i < len(units) and kind != "channel" and units[i] != "pixel" \
+            else None
         axes.append(Axis(name, kind, unit))
     return tuple(axes)
 
@@ -48,9 +60,17 @@ def _color_of(colormap: Any) -> str | None:
     return "".join(f"{round(float(c) * 255):02X}" for c in rgba[:3])
 
 
+def _json_value(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN/inf are not JSON: a missing value
+    return value
+
+
 def _label_info(meta: dict[str, Any]) -> ImageLabel:
+    colormap = meta.get("colormap")
     colors = {}
-    color_dict = getattr(meta.get("colormap"), "color_dict", None)
+    color_dict = getattr(colormap, "color_dict", None)
     if color_dict:
         for value, rgba in color_dict.items():
             if value is not None and value != 0:
@@ -60,8 +80,16 @@ def _label_info(meta: dict[str, Any]) -> ImageLabel:
     if features is not None and len(features) and "index" in features:
         for row in features.to_dict("records"):
             entry = {"label-value": int(row.pop("index"))}
-            entry.update({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            entry.update({k: _json_value(v) for k, v in row.items()})
             properties.append(entry)
+    if colors and properties:
+        # Validators (ome-zarr-models) want colors and properties for the same label values:
+        # give described labels the color napari shows them in, colored ones an empty entry.
+        described = {p["label-value"] for p in properties}
+        for value in sorted(described - set(colors)):
+            rgba = np.asarray(colormap.map(np.array([value])))[0]
+            colors[value] = tuple(float(c) for c in rgba[:4])
+        properties += [{"label-value": v} for v in sorted(set(colors) - described)]
     return ImageLabel(colors=colors, properties=properties)
 
 
@@ -69,26 +97,55 @@ def _levels(data: Any, meta: dict[str, Any]) -> list[Any]:
     return list(data) if meta.get("multiscale") else [data]
 
 
+#: omero colors of an RGB(A) layer's channels
+RGBA_CHANNELS = (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"), ("A", "FFFFFF"))
+
+
+def _channels_first(level: Any) -> Any:
+    """An RGB(A) level (..., y, x, c) as (c, ..., y, x), lazily: OME-Zarr wants channels
+    before space."""
+    if isinstance(level, np.ndarray) or hasattr(level, "__array_function__"):
+        return np.moveaxis(level, -1, 0)  # a view of numpy, a lazy dask array
+    import dask.array as da
+
+    return da.moveaxis(da.from_array(level, chunks="auto"), -1, 0)
+
+
 def layer_spec(data: Any, meta: dict[str, Any], layer_type: str) -> tuple[list[Any], ImageSpec]:
-    """A napari layer (data, meta, type) → the levels and :class:`ImageSpec` to save."""
+    """A napari layer (data, meta, type) → the levels and :class:`ImageSpec` to save.
+
+    An RGB(A) image is saved with a leading channel axis of red, green and blue channels
+    (OME-Zarr has no RGB pixel type); it reopens as one layer per channel.
+    """
     if layer_type not in SAVABLE:
         raise MetadataError(f"{meta.get('name', 'this layer')!r} is a {layer_type} layer: "
                             "sharded zarr saves image and labels layers only")
     levels = _levels(data, meta)
-    ndim = len(levels[0].shape)
-    spec = ImageSpec(
-        name=str(meta.get("name") or layer_type), axes=_axes(meta, ndim),
-        scale=tuple(float(s) for s in meta["scale"]) if meta.get("scale") is not None else None,
-        translate=tuple(float(t) for t in meta["translate"])
-        if meta.get("translate") is not None else None,
-        kind=layer_type)
+    rgb = layer_type == "image" and bool(meta.get("rgb"))
+    if rgb:
+        levels = [_channels_first(level) for level in levels]
+    ndim = len(levels[0].shape) - rgb
+    scale = tuple(float(s) for s in meta["scale"]) if meta.get("scale") is not None else None
+    translate = tuple(float(t) for t in meta["translate"]) \
+        if meta.get("translate") is not None else None
+    axes = _axes(meta, ndim)
+    if rgb:
+        axes = (Axis("c", "channel"), *axes)
+        scale = (1.0, *(scale or (1.0,) * ndim))
+        translate = (0.0, *(translate or (0.0,) * ndim))
+    spec = ImageSpec(name=str(meta.get("name") or layer_type), axes=axes, scale=scale,
+                     translate=translate, kind=layer_type)
     if layer_type == "labels":
         spec.image_label = _label_info(meta)
     elif meta.get("contrast_limits") is not None:
         lo, hi = (float(v) for v in meta["contrast_limits"])
         spec.contrast_limits = (lo, hi)
-        spec.channels = [Channel(label=spec.name, color=_color_of(meta.get("colormap")),
-                                 window=(lo, hi))]
+        if rgb:
+            spec.channels = [Channel(label=f"{spec.name} {letter}", color=color, window=(lo, hi))
+                             for letter, color in RGBA_CHANNELS[:levels[0].shape[0]]]
+        else:
+            spec.channels = [Channel(label=spec.name, color=_color_of(meta.get("colormap")),
+                                     window=(lo, hi))]
     return levels, spec
 
 
@@ -103,6 +160,11 @@ def plan_save(path: str, layers: Sequence[LayerTuple]):
     if len(images) > 1:
         raise MetadataError("sharded zarr saves one image (with any number of labels) per "
                             "store: save the other images separately")
+    if not images and len(labels) > 1:
+        # OME-Zarr keeps label images in the labels/ group of the image they annotate
+        raise MetadataError("sharded zarr saves labels layers together with the image they "
+                            "belong to: select that image as well, or save each labels layer "
+                            "on its own")
     root = images[0] if images else labels.pop(0)
     levels, spec = layer_spec(*root)
     label_specs = {}

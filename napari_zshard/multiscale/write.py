@@ -11,6 +11,7 @@ a cancelled or crashed save never leaves a store that claims to be complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -24,14 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import default_cache, open_array
+from ..engine import EngineCache, default_cache, open_array
 from ..engine.create import SUPPORTED_KINDS, create_array, default_layout
 from ..engine.metadata import ArrayMeta
 from ..engine.shard_writer import iter_shards, shard_region, write_shard
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
-from ..store import Store, open_store, validate_name
-from .downsample import COARSEST_EDGE, downsample, level_factors
+from ..store import FullRequest, Store, open_store, validate_name
+from .downsample import COARSEST_EDGE, METHODS, downsample, level_factors
+
+try:
+    import fcntl
+except ImportError:  # Windows: interrupted saves are not swept
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +79,14 @@ class WriteProgress:
     message: str
 
 
+#: Axis names by rank: 4D is a time series of volumes (a napari layer has no channel axis).
+DEFAULT_AXIS_NAMES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}
+_AXIS_KINDS = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
 def default_axes(ndim: int) -> tuple[Axis, ...]:
-    names = "tczyx"[-ndim:] if ndim <= 5 else tuple(f"dim_{i}" for i in range(ndim))
-    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
-    return tuple(Axis(n, kinds.get(n)) for n in names)
+    names = DEFAULT_AXIS_NAMES.get(ndim) or tuple(f"dim_{i}" for i in range(ndim))
+    return tuple(Axis(n, _AXIS_KINDS.get(n)) for n in names)
 
 
 def _check_source(data: Any, kind: str) -> None:
@@ -92,9 +102,10 @@ def _check_source(data: Any, kind: str) -> None:
 
 
 # -- the tasks (module-level functions: they travel to dask workers) -------------------------
-def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard) -> int:
-    region = shard_region(meta, shard)
-    block = source[region]
+def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard,
+                       sliced: bool = False) -> int:
+    """One shard of a level from its source (``sliced``: ``source`` is the shard's region)."""
+    block = source if sliced else source[shard_region(meta, shard)]
     if hasattr(block, "compute"):
         block = block.compute(scheduler="sync")  # parallelism comes from the shard tasks
     return write_shard(store, meta, shard, np.asarray(block, dtype=meta.dtype))
@@ -103,10 +114,14 @@ def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard) -> int
 def _write_downsampled(store: Store, meta: ArrayMeta, previous: Store, factors, method: str,
                        shard) -> int:
     """One shard of a coarser level from the level before it, in slabs along axis 0."""
-    source = open_array(previous, readahead=False)
+    # A cache of its own: the level was written moments ago under a name the process-wide
+    # cache may know from before (an object store overwritten in place), each of its chunks
+    # is read once, and a save should not push out what the viewer has cached.
+    source = open_array(previous, readahead=False, cache=EngineCache(0))
     region = shard_region(meta, shard)
     out = np.empty(tuple(s.stop - s.start for s in region), dtype=meta.dtype)
-    step = meta.chunk_shape[0]
+    # slabs one source chunk deep along axis 0: little memory, and no chunk decoded twice
+    step = max(1, -(-source.meta.chunk_shape[0] // factors[0]))
     for lo in range(region[0].start, region[0].stop, step):
         hi = min(lo + step, region[0].stop)
         piece = (slice(lo, hi), *region[1:])
@@ -127,7 +142,8 @@ class _Runner:
                                                                 thread_name_prefix="zshard-save")
 
     def run(self, fn, args_list: list[tuple]) -> Iterator[int]:
-        """Yield once per finished task; at most twice as many tasks as workers in flight."""
+        """Yield each finished task's result (in completion order); at most twice as many
+        tasks as workers in flight."""
         pending: set[Future] = set()
         todo = iter(args_list)
         limit = 2 * (self.workers if self.client is None else
@@ -142,11 +158,22 @@ class _Runner:
                     return
                 done, pending = self._wait(pending)
                 for fut in done:
-                    fut.result()
-                    yield 1
+                    yield fut.result()
         finally:
+            self._abandon(pending)
+
+    def _abandon(self, pending: set) -> None:
+        """Stop the tasks of a failed or cancelled run before the caller cleans up."""
+        if self.client is None:
             for fut in pending:
-                fut.cancel()
+                fut.cancel()  # those already running finish inside close()
+            return
+        # A task running on a worker cannot be stopped (cancel only forgets its result): wait
+        # for the few in flight, or they would write into a folder already removed.
+        from distributed import wait as dwait
+
+        with contextlib.suppress(Exception):
+            dwait(list(pending), timeout=600)
 
     def _submit(self, fn, args):
         if self.client is not None:
@@ -166,6 +193,10 @@ class _Runner:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: The public name of the runner: resharding runs its shard tasks on it too.
+ShardTaskRunner = _Runner
+
+
 def _level_shapes(shape, factors_list):
     shapes = [tuple(shape)]
     for factors in factors_list:
@@ -175,6 +206,10 @@ def _level_shapes(shape, factors_list):
 
 def _layout(shape, dtype, options: WriteOptions):
     chunks, shards = default_layout(shape, dtype)
+    for name in ("chunks", "shards"):
+        given = getattr(options, name)
+        if given is not None and len(given) != len(shape):
+            raise ValueError(f"{name} {tuple(given)} do not match the {len(shape)}D data")
     if options.chunks is not None:
         chunks = tuple(min(int(c), n) for c, n in zip(options.chunks, shape, strict=True))
         shards = tuple(c * max(1, min(-(-s // c), -(-n // c)))
@@ -279,8 +314,14 @@ def run_plan(plan: _ImagePlan, runner: _Runner) -> Iterator[str]:
     for i, (meta, level_store) in enumerate(zip(plan.metas, plan.stores, strict=True)):
         shards = list(iter_shards(meta))
         if i == 0 or plan.given:
-            tasks = runner.run(_write_from_source,
-                               [(level_store, meta, plan.levels_data[i], s) for s in shards])
+            source = plan.levels_data[i]
+            if runner.client is not None and isinstance(source, np.ndarray):
+                # each worker gets its shard's region, not a copy of the whole array per task
+                args = [(level_store, meta, source[shard_region(meta, s)], s, True)
+                        for s in shards]
+            else:
+                args = [(level_store, meta, source, s) for s in shards]
+            tasks = runner.run(_write_from_source, args)
         else:
             tasks = runner.run(_write_downsampled,
                                [(level_store, meta, plan.stores[i - 1], plan.factors[i - 1],
@@ -299,44 +340,162 @@ def group_json(attributes: dict[str, Any]) -> bytes:
     return docs["zarr.json"].to_bytes()
 
 
+#: What makes a location a Zarr store (one that overwrite may replace).
+_ZARR_MARKERS = ("zarr.json", ".zattrs", ".zarray", ".zgroup")
+_SAVE_LOCK = ".zshard-save.lock"
+
+
+def _holds_zarr(store: Store) -> bool:
+    return any(r.data is not None for r in store.read_many([FullRequest(k)
+                                                             for k in _ZARR_MARKERS]))
+
+
+def _sweep_interrupted(root: Path) -> None:
+    """Remove the staging folders of earlier saves to ``root`` whose process died (killed,
+    crashed, power cut): their lock file is no longer locked by anyone."""
+    if fcntl is None:
+        return
+    for staging in root.parent.glob(f".{root.name}.partial-*"):
+        try:
+            fd = os.open(staging / _SAVE_LOCK, os.O_RDWR)
+        except OSError:  # no lock yet (a save starting this instant) or not ours: leave it
+            continue
+        try:  # (flock: closing this descriptor never releases another save's lock)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a save in progress
+        finally:
+            os.close(fd)  # (releases the lock if it was taken)
+        log.info("removing %s, left behind by an interrupted save", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def _staged_target(url: str | os.PathLike, options: WriteOptions,
-                   storage_options: dict[str, Any] | None):
-    """Where to write: a hidden sibling folder for local targets (renamed into place on
-    success, removed on failure), the target itself on object stores."""
-    target = open_store(url, storage_options)
-    exists = target.read("zarr.json") is not None or target.read(".zattrs") is not None \
-        or target.read(".zarray") is not None
-    if exists and not options.overwrite:
-        raise StoreError(f"{target.url} already exists; choose another name or allow "
-                         "overwriting")
-    root = getattr(target, "root", None)
-    if isinstance(root, Path):
-        if root.exists() and not exists and any(root.iterdir()) and not options.overwrite:
-            raise StoreError(f"{root} exists and is not an empty folder")
-        try:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            staging = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-            staging.mkdir()
-        except OSError as e:
-            raise StoreError(f"cannot write to {root.parent}: {e.strerror or e}") from e
-        try:
-            yield open_store(staging, storage_options)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if root.exists():
+def _local_staging(root: Path, exists: bool, options: WriteOptions,
+                   storage_options: dict[str, Any] | None) -> Iterator[Store]:
+    """A hidden sibling folder, locked while the save runs, renamed into place on success and
+    removed on failure. A killed save leaves only the hidden folder, which the next save to
+    the same place removes."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file: choose another name")
+    if root.is_dir() and not exists and any(root.iterdir()):
+        raise StoreError(f"{root} is a folder that does not hold a Zarr store: choose another "
+                         "name (overwrite only ever replaces a Zarr store)")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_interrupted(root)
+        staging = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    except OSError as e:
+        raise StoreError(f"cannot write to {root.parent}: {e.strerror or e}") from e
+    lock_fd = None
+    try:
+        if fcntl is not None:
+            lock_fd = os.open(staging / _SAVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield open_store(staging, storage_options)
+        if options.overwrite and root.exists():
             trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(root, trash)
-            os.replace(staging, root)
+            try:
+                os.replace(staging, root)
+            except BaseException:
+                os.replace(trash, root)  # the old store goes back where it was
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(staging, root)
+            try:  # fails if another save (or anything else) took the name meanwhile
+                os.rename(staging, root)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise StoreError(f"{root} already exists: it was created while this save "
+                                     "ran; choose another name or allow overwriting") from e
+                raise
+        if lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(root / _SAVE_LOCK)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _object_cleanup(target: Store) -> None:
+    """Best effort: remove what a failed save wrote to a fresh object-store location (its
+    level arrays and labels; the root ``zarr.json`` is never written before success)."""
+    try:
+        keys = [k for k, _ in target.list_prefix("")
+                if k.split("/", 1)[0].isdigit() or k.startswith("labels/")]
+        for key in keys:
+            target.delete(key)
+    except Exception as e:  # the save's own error is what the user must see
+        log.warning("could not remove the partial save at %s: %s", target.url, e)
+
+
+@contextlib.contextmanager
+def _staged_target(url: str | os.PathLike, options: WriteOptions,
+                   storage_options: dict[str, Any] | None) -> Iterator[Store]:
+    """Where to write: a hidden sibling folder for local targets (renamed into place on
+    success, removed on failure), the target itself on object stores (the root ``zarr.json``
+    written last; removed first when overwriting)."""
+    target = open_store(url, storage_options)
+    root = getattr(target, "root", None)
+    exists = _holds_zarr(target)
+    if exists and not options.overwrite:
+        where = root if isinstance(root, Path) else target.url
+        raise StoreError(f"{where} already exists; choose another name or allow overwriting")
+    if isinstance(root, Path):
+        with _local_staging(root, exists, options, storage_options) as store:
+            yield store
     else:
         if exists:
             target.delete("zarr.json")  # from now on the old store no longer claims to be whole
-        yield target
+        try:
+            yield target
+        except BaseException:
+            if not exists:
+                _object_cleanup(target)
+            raise
     default_cache().forget(target.url)
+
+
+def _disk_full(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _write_into(store: Store, levels: list[Any], spec: ImageSpec,
+                labels: dict[str, tuple[Any, ImageSpec]],
+                options: WriteOptions) -> Iterator[WriteProgress]:
+    """Plan and write every image into ``store``, its root ``zarr.json`` last."""
+    runner = _Runner(options)
+    try:  # in-flight shard tasks end before a failed save is cleaned up
+        plans = []
+        label_root = store.child("labels")
+        for name, (label_data, label_spec) in labels.items():
+            label_levels = list(label_data) if isinstance(label_data, (list, tuple)) \
+                else [label_data]
+            plans.append(plan_image(label_root.child(name), label_levels, label_spec, options))
+        plans.append(plan_image(store, levels, spec, options))
+        total = sum(p.n_shards for p in plans)
+        done = 0
+        for plan in plans:
+            for message in run_plan(plan, runner):
+                done += 1
+                yield WriteProgress(done, total, message)
+            if plan.store is not store:
+                plan.store.write("zarr.json", group_json(plan.attributes))
+        if labels:
+            label_root.write("zarr.json", group_json(
+                {"ome": {"version": "0.5", "labels": list(labels)}}))
+        store.write("zarr.json", group_json(plans[-1].attributes))  # last: now complete
+    finally:
+        runner.close()
 
 
 def write_image(url: str | os.PathLike, data: Any | Sequence[Any], spec: ImageSpec | None = None,
@@ -352,36 +511,25 @@ def write_image(url: str | os.PathLike, data: Any | Sequence[Any], spec: ImageSp
     options = options or WriteOptions()
     levels = list(data) if isinstance(data, (list, tuple)) else [data]
     _check_source(levels[0], spec.kind)
+    if spec.method is not None and spec.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {spec.method!r}")
+    if options.levels is not None and options.levels < 1:
+        raise ValueError(f"levels must be at least 1, not {options.levels}")
     for name, (label_data, _) in (labels or {}).items():
         validate_name(name, what="label name")
         _check_source(label_data[0] if isinstance(label_data, (list, tuple)) else label_data,
                       "labels")
-    with _staged_target(url, options, storage_options) as store:
-        # in-flight shard tasks finish (or are cancelled) before a failed save is cleaned up
-        runner = _Runner(options)
-        try:
-            plans = []
-            label_root = store.child("labels")
-            for name, (label_data, label_spec) in (labels or {}).items():
-                label_levels = list(label_data) if isinstance(label_data, (list, tuple)) \
-                    else [label_data]
-                plans.append(plan_image(label_root.child(name), label_levels, label_spec,
-                                        options))
-            plans.append(plan_image(store, levels, spec, options))
-            total = sum(p.n_shards for p in plans)
-            done = 0
-            for plan in plans:
-                for message in run_plan(plan, runner):
-                    done += 1
-                    yield WriteProgress(done, total, message)
-                if plan.store is not store:
-                    plan.store.write("zarr.json", group_json(plan.attributes))
-            if labels:
-                label_root.write("zarr.json", group_json(
-                    {"ome": {"version": "0.5", "labels": list(labels)}}))
-            store.write("zarr.json", group_json(plans[-1].attributes))  # last: now complete
-        finally:
-            runner.close()
+    try:
+        with _staged_target(url, options, storage_options) as store:
+            yield from _write_into(store, levels, spec, labels or {}, options)
+    except (OSError, StoreError) as e:
+        if _disk_full(e):
+            raise StoreError(f"cannot save {os.fspath(url)}: the disk is full (no space left on "
+                             "the device). Nothing was saved; free some space or save "
+                             "elsewhere.") from e
+        if isinstance(e, StoreError):
+            raise
+        raise StoreError(f"cannot save {os.fspath(url)}: {e.strerror or e}") from e
 
 
 def save_image(url: str | os.PathLike, data: Any, spec: ImageSpec | None = None, *,

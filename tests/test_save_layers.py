@@ -1,0 +1,238 @@
+"""File ▸ Save Layers ▸ sharded zarr: a napari user saves images and labels and opens them again.
+
+The Save dialog passes the name as typed; the writer adds ``.zarr`` and returns what it wrote.
+Everything the layers show comes back: pixels, placement, units, names, display window and
+color, label colors and features; multiscale layers keep their own levels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from napari_zshard import MetadataError
+from napari_zshard._writer import write_layers
+
+pytest.importorskip("napari")
+
+
+@pytest.fixture
+def viewer_model(npe2pm):
+    from napari.components import ViewerModel
+
+    with npe2pm.tmp_plugin(package="napari-zshard"):
+        yield ViewerModel()
+
+
+def new_viewer():
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+def cells(shape=(20, 64, 80), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4000, size=shape, dtype=np.uint16)
+
+
+def nuclei(shape=(20, 64, 80)) -> np.ndarray:
+    labels = np.zeros(shape, np.uint32)
+    labels[2:8, 5:20, 5:30] = 3
+    labels[10:15, 30:60, 40:70] = 7
+    return labels
+
+
+def add_cells_and_nuclei(viewer):
+    placement = {"scale": (2.0, 0.5, 0.5), "translate": (10.0, 1.0, 2.0),
+                 "units": ("micrometer",) * 3, "axis_labels": ("z", "y", "x")}
+    viewer.add_image(cells(), name="cells", contrast_limits=(100, 3000), colormap="magenta",
+                     **placement)
+    labels = viewer.add_labels(nuclei(), name="nuclei", features=pd.DataFrame(
+        {"index": [3, 7], "area": [1.5, 2.5], "kind": ["round", "long"]}), **placement)
+    labels.colormap = {3: "red", 7: "blue", None: "transparent"}
+
+
+def assert_same_layers(saved, opened):
+    assert [(type(a).__name__, a.name) for a in opened] == \
+        [(type(a).__name__, a.name) for a in saved]
+    for a, b in zip(saved, opened, strict=True):
+        assert b.multiscale == a.multiscale
+        levels_a = list(a.data) if a.multiscale else [a.data]
+        levels_b = list(b.data) if b.multiscale else [b.data]
+        assert [lv.shape for lv in levels_b] == [lv.shape for lv in levels_a]
+        for x, y in zip(levels_a, levels_b, strict=True):
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+        np.testing.assert_allclose(b.scale, a.scale)
+        np.testing.assert_allclose(b.translate, a.translate)
+        assert tuple(b.units) == tuple(a.units)
+        assert tuple(b.axis_labels) == tuple(a.axis_labels)
+        if type(a).__name__ == "Image":
+            assert tuple(b.contrast_limits) == tuple(a.contrast_limits)
+            np.testing.assert_allclose(b.colormap.colors[-1], a.colormap.colors[-1])
+        else:
+            values = np.array([0, 3, 7])
+            np.testing.assert_allclose(b.colormap.map(values), a.colormap.map(values))
+            pd.testing.assert_frame_equal(b.features, a.features, check_dtype=False)
+
+
+@pytest.mark.parametrize("typed", ["cells", "cells.zarr"])
+def test_save_dialog_writes_one_store_and_reopening_gives_the_same_layers(
+        viewer_model, tmp_path, typed):
+    add_cells_and_nuclei(viewer_model)
+
+    written = viewer_model.layers.save(str(tmp_path / typed), plugin="napari-zshard")
+
+    assert written == [str(tmp_path / "cells.zarr")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zarr"]
+    opened = new_viewer()
+    opened.open(written[0], plugin="napari-zshard")
+    assert_same_layers(viewer_model.layers, opened.layers)
+
+
+def test_open_save_open_gives_the_same_layers(viewer_model, tmp_path):
+    add_cells_and_nuclei(viewer_model)
+    (first,) = viewer_model.layers.save(str(tmp_path / "first"), plugin="napari-zshard")
+    reopened = new_viewer()
+    reopened.open(first, plugin="napari-zshard")
+
+    (second,) = reopened.layers.save(str(tmp_path / "second"), plugin="napari-zshard")
+
+    again = new_viewer()
+    again.open(second, plugin="napari-zshard")
+    assert_same_layers(viewer_model.layers, again.layers)
+
+
+def test_a_multiscale_layer_is_saved_as_its_own_levels(viewer_model, tmp_path):
+    base = cells((24, 96, 128), seed=1)
+    pyramid = [base, base[::2, ::2, ::2].copy(), base[::4, ::4, ::4].copy()]
+    viewer_model.add_image(pyramid, multiscale=True, name="pyr", contrast_limits=(0, 4000))
+    assert viewer_model.layers[0].axis_labels == ("-3", "-2", "-1")  # napari's placeholders
+
+    (path,) = viewer_model.layers.save(str(tmp_path / "pyr"), plugin="napari-zshard")
+
+    group = zarr.open_group(path, mode="r")
+    for i, level in enumerate(pyramid):
+        np.testing.assert_array_equal(group[str(i)][...], level)
+    opened = new_viewer()
+    opened.open(path, plugin="napari-zshard")
+    assert opened.layers[0].axis_labels == ("z", "y", "x")  # named as OME-Zarr wants
+    opened.layers[0].axis_labels = viewer_model.layers[0].axis_labels
+    assert_same_layers(viewer_model.layers, opened.layers)
+
+
+def test_a_labels_layer_alone_is_saved_and_reopened_as_labels(viewer_model, tmp_path):
+    viewer_model.add_labels(np.zeros((20, 64, 80), np.uint8), name="nothing yet")
+    (path,) = viewer_model.layers.save(str(tmp_path / "empty"), plugin="napari-zshard")
+    viewer_model.layers.clear()
+    viewer_model.add_labels(nuclei(), name="nuclei")
+    (nuclei_path,) = viewer_model.layers.save(str(tmp_path / "seg"), plugin="napari-zshard")
+
+    opened = new_viewer()
+    opened.open(nuclei_path, plugin="napari-zshard")
+    opened.open(path, plugin="napari-zshard")
+    assert [(type(a).__name__, a.name) for a in opened.layers] == [
+        ("Labels", "nuclei"), ("Labels", "nothing yet")]
+    np.testing.assert_array_equal(np.asarray(opened.layers[0].data), nuclei())
+    assert not np.asarray(opened.layers[1].data).any()  # all background: no shard stored
+
+
+def test_labels_without_their_image_are_saved_one_at_a_time(tmp_path):
+    layers = [(nuclei(), {"name": "a"}, "labels"), (nuclei(), {"name": "b"}, "labels")]
+    with pytest.raises(MetadataError, match="together with the image they belong to"):
+        write_layers(str(tmp_path / "x"), layers)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_label_colors_and_features_for_different_labels_still_make_valid_metadata(
+        viewer_model, tmp_path):
+    from ome_zarr_models.v05 import ImageLabel
+
+    labels = viewer_model.add_labels(nuclei(), name="nuclei", features=pd.DataFrame(
+        {"index": [3], "area": [1.5]}))
+    labels.colormap = {7: "blue", None: "transparent"}  # a color for 7, features for 3
+
+    (path,) = viewer_model.layers.save(str(tmp_path / "seg"), plugin="napari-zshard")
+
+    ImageLabel.from_zarr(zarr.open_group(path, mode="r"))
+    opened = new_viewer()
+    opened.open(path, plugin="napari-zshard")
+    (back,) = opened.layers
+    values = np.array([3, 7])
+    np.testing.assert_allclose(back.colormap.map(values), labels.colormap.map(values))
+    assert back.features.set_index("index").loc[3, "area"] == 1.5
+
+
+def test_2d_images_and_time_series_save_and_reopen(viewer_model, tmp_path):
+    viewer_model.add_image(cells((64, 80)), name="plane", contrast_limits=(0, 4000))
+    (path,) = viewer_model.layers.save(str(tmp_path / "plane"), plugin="napari-zshard")
+    assert len(zarr.open_array(f"{path}/0", mode="r").chunks) == 2
+
+    viewer_model.layers.clear()
+    viewer_model.add_image(cells((3, 8, 64, 80)), name="movie", contrast_limits=(0, 4000),
+                           scale=(60.0, 2.0, 0.5, 0.5),
+                           units=("second", "micrometer", "micrometer", "micrometer"))
+    (movie,) = viewer_model.layers.save(str(tmp_path / "movie"), plugin="napari-zshard")
+    opened = new_viewer()
+    opened.open(movie, plugin="napari-zshard")
+    (back,) = opened.layers
+    assert tuple(back.axis_labels) == ("t", "z", "y", "x")
+    assert [str(u) for u in back.units] == ["second", "micrometer", "micrometer", "micrometer"]
+    np.testing.assert_allclose(back.scale, (60.0, 2.0, 0.5, 0.5))
+    np.testing.assert_array_equal(np.asarray(back.data), viewer_model.layers[0].data)
+
+    plane = new_viewer()
+    plane.open(path, plugin="napari-zshard")
+    np.testing.assert_array_equal(np.asarray(plane.layers[0].data), cells((64, 80)))
+
+
+def test_a_5d_layer_comes_back_as_one_layer_per_channel(viewer_model, tmp_path):
+    data = cells((2, 3, 8, 32, 40))  # t, c, z, y, x
+    viewer_model.add_image(data, name="multi", contrast_limits=(0, 4000))
+
+    (path,) = viewer_model.layers.save(str(tmp_path / "multi"), plugin="napari-zshard")
+
+    opened = new_viewer()
+    opened.open(path, plugin="napari-zshard")
+    assert len(opened.layers) == 3
+    for c, layer in enumerate(opened.layers):
+        assert layer.data.shape == (2, 8, 32, 40)
+        np.testing.assert_array_equal(np.asarray(layer.data), data[:, c])
+
+
+def test_an_rgb_image_is_saved_as_red_green_and_blue_channels(viewer_model, tmp_path):
+    from ome_zarr_models.v05 import Image
+
+    photo = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    viewer_model.add_image(photo, name="slide", rgb=True, scale=(0.25, 0.25))
+
+    (path,) = viewer_model.layers.save(str(tmp_path / "slide"), plugin="napari-zshard")
+
+    Image.from_zarr(zarr.open_group(path, mode="r"))  # (c, y, x): valid OME-Zarr
+    opened = new_viewer()
+    opened.open(path, plugin="napari-zshard")
+    assert [(a.name, a.colormap.name) for a in opened.layers] == [
+        ("slide R", "red"), ("slide G", "green"), ("slide B", "blue")]
+    for c, layer in enumerate(opened.layers):
+        np.testing.assert_array_equal(np.asarray(layer.data), photo[..., c])
+        np.testing.assert_allclose(layer.scale, (0.25, 0.25))
+
+
+def test_shapes_and_points_are_refused_before_anything_is_written(tmp_path):
+    image = (cells(), {"name": "cells"}, "image")
+    for other in [(np.zeros((2, 3)), {"name": "dots"}, "points"),
+                  ([np.zeros((4, 3))], {"name": "outlines"}, "shapes")]:
+        with pytest.raises(MetadataError, match=f"is a {other[2]} layer"):
+            write_layers(str(tmp_path / "x"), [image, other])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layers_that_cannot_be_stored_are_refused_before_anything_is_written(tmp_path):
+    for data, problem in [(np.zeros((4, 8, 8), np.complex64), "complex64"),
+                          (np.zeros((0, 8, 8), np.uint16), "empty")]:
+        with pytest.raises(MetadataError, match=problem):
+            write_layers(str(tmp_path / "x"), [(data, {"name": "bad"}, "image")])
+    with pytest.raises(MetadataError, match="one image"):
+        write_layers(str(tmp_path / "x"), [(cells(), {"name": "a"}, "image"),
+                                           (cells(), {"name": "b"}, "image")])
+    assert list(tmp_path.iterdir()) == []
