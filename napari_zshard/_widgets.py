@@ -65,6 +65,7 @@ class SaveShardedWidget(Container):
         viewer.layers.events.inserted.connect(self.layer_select.reset_choices)
         viewer.layers.events.removed.connect(self.layer_select.reset_choices)
         self.worker = None
+        self._steps = None  # the running save (a generator): closed when the worker ends
         self.saved: list[str] = []
 
     def _layer_choices(self, _widget=None):
@@ -100,6 +101,7 @@ class SaveShardedWidget(Container):
         except Exception as e:  # the form's values are wrong: say so, save nothing
             show_error(f"Save as sharded zarr: {e}")
             return
+        self._steps = steps
         self.worker = create_worker(self._run, steps, target, _start_thread=False)
         self.worker.returned.connect(self._done)
         self.worker.errored.connect(self._failed)
@@ -149,6 +151,12 @@ class SaveShardedWidget(Container):
         show_error(f"Save as sharded zarr failed: {error}")
 
     def _finished(self) -> None:
+        # napari's worker stops iterating on quit but never closes the generator: close the
+        # save here so a cancelled save cleans up now (in-flight shard tasks finish first,
+        # at most a few shards), not whenever the worker is garbage collected.
+        if self._steps is not None:
+            self._steps.close()
+            self._steps = None
         if self.status.value.startswith("cancelling"):
             self.status.value = "cancelled: nothing was saved"
         self.save_button.enabled = True
