@@ -95,6 +95,46 @@ def build_parser() -> argparse.ArgumentParser:
                          help="transport option for DST (-o applies to SRC)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(run=cmd_convert)
+    reshard = commands.add_parser(
+        "reshard", parents=[common], help="rewrite a store with new chunk and shard shapes",
+        description="Rewrite the array or OME-Zarr image (every level and label image) at SRC "
+        "into DST with new chunk and shard shapes, streaming one destination shard at a time. "
+        "The plan (objects, index bytes, what one plane and one 512x512 tile cost a viewer, "
+        "before and after, and the estimated time) is printed first. An interrupted run "
+        "(Ctrl-C, crash, kill) resumes when the same command is run again. SRC is never "
+        "modified.",
+        epilog="exit codes: 0 done, 1 shards skipped (corrupt source) or verification failed, "
+        "2 usage error or the job cannot run, 130 interrupted (rerun to resume)")
+    reshard.add_argument("src", metavar="SRC", help="source array or image (path or URL)")
+    reshard.add_argument("dst", metavar="DST", help="destination (path or URL)")
+    reshard.add_argument("--chunks", help="inner chunk shape, e.g. 32,32,32 (default: suggested)")
+    reshard.add_argument("--shards", help="shard shape, e.g. 512,512,512 (default: suggested)")
+    reshard.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
+    reshard.add_argument("--codec-level", type=int, default=3)
+    reshard.add_argument("--no-checksum", action="store_true",
+                         help="leave out the inner crc32c checksums")
+    reshard.add_argument("--levels", nargs="+", metavar="CHUNKS/SHARDS",
+                         help="per pyramid level, e.g. 32,32,32/512,512,512 16,64,64/256,256,256"
+                              " ('-' keeps --chunks/--shards for that level)")
+    reshard.add_argument("--recompress", action="store_true",
+                         help="decode and re-encode every chunk, even where the chunk shape "
+                              "and codecs stay the same (by default such chunks are copied as "
+                              "stored, after checking them)")
+    reshard.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    reshard.add_argument("--verify", choices=["sample", "full", "none"], default="sample",
+                         help="compare the result with the source: a random layer of a few "
+                              "shards per array (default), everything, or nothing")
+    reshard.add_argument("--on-corrupt", choices=["stop", "skip"], default="stop",
+                         help="a corrupt source shard stops the job (default) or its "
+                              "destination shards are skipped")
+    reshard.add_argument("--workers", type=int, help="threads (default: one per core)")
+    reshard.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the shard tasks on this dask.distributed scheduler")
+    reshard.add_argument("--dst-option", dest="dst_options", action="append",
+                         type=_storage_option, default=[], metavar="NAME=VALUE",
+                         help="transport option for DST (-o applies to SRC)")
+    reshard.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    reshard.set_defaults(run=cmd_reshard)
     view = commands.add_parser(
         "view", parents=[common], help="open napari on a store (default: the sample volume)",
         description="Open napari on URL, or on the generated sample volume. With --screenshot "
@@ -151,6 +191,55 @@ def cmd_convert(args: argparse.Namespace) -> int:
             bar.close()
     print(f"wrote {args.dst}")
     return EXIT_OK
+
+
+def cmd_reshard(args: argparse.Namespace) -> int:
+    from .reshard import VerificationError, plan_reshard
+
+    levels = None
+    if args.levels:
+        levels = []
+        for text in args.levels:
+            chunks, sep, shards = text.partition("/")
+            if text != "-" and not sep:
+                raise ValueError(f"--levels takes CHUNKS/SHARDS per level, not {text!r}")
+            levels.append(None if text == "-" else (chunks or None, shards or None))
+    plan = plan_reshard(args.src, args.dst, chunks=args.chunks, shards=args.shards,
+                        codec=args.codec, codec_level=args.codec_level,
+                        checksum=not args.no_checksum, levels=levels,
+                        recompress=args.recompress, src_options=dict(args.options),
+                        dst_options=dict(args.dst_options))
+    print(plan.table(), flush=True)
+    if args.plan_only:
+        return EXIT_OK
+    steps = plan.run(verify=args.verify, on_corrupt=args.on_corrupt, workers=args.workers,
+                     client=args.scheduler)
+    show = not args.quiet and sys.stderr.isatty()
+    bar = summary = None
+    try:
+        for step in steps:
+            summary = step.summary or summary
+            if show and bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=step.total, unit="shard", file=sys.stderr)
+            if bar is not None:
+                bar.update(step.done - bar.n)
+                bar.set_description(step.message[-40:])
+    except KeyboardInterrupt:
+        steps.close()
+        print(f"zshard: interrupted; the shards done so far are journaled in {args.dst}: run "
+              "the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except VerificationError as e:
+        print(f"zshard: verification failed: {_one_line(e)}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    finally:
+        if bar is not None:
+            bar.close()
+    assert summary is not None
+    print(summary.text())
+    return EXIT_OK if summary.complete else EXIT_PROBLEMS
 
 
 def cmd_view(args: argparse.Namespace) -> int:

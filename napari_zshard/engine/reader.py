@@ -322,6 +322,30 @@ class RegionReader:
         found, _ = self._read_indexes(shards, frozenset())
         return found
 
+    def stored_chunks(self, chunks: list[Coords]) -> dict[Coords, tuple[str, memoryview] | None]:
+        """The stored, still encoded bytes of ``chunks`` with the key of the object holding
+        each (None: not stored, reads as fill value), fetched in one coalesced batch; for
+        copying chunks whose codecs do not change without decoding and re-encoding them."""
+        fills, requests, request_parts = self._plan_fetch(chunks)
+        out: dict[Coords, tuple[str, memoryview] | None] = dict.fromkeys(fills)
+        try:
+            results = self.store.read_many(requests)
+        except ShortReadError as e:
+            raise CorruptShardError(
+                f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
+                f"{e.start + e.requested - 1} named by its index lie past the end of the file"
+            ) from e
+        self.counters.add(data_requests=len(requests))
+        for req, parts, res in zip(requests, request_parts, results, strict=True):
+            if res.data is None and self.meta.sharding is not None:
+                raise StoreError(f"{self.store.url}/{req.key} disappeared after its index was "
+                                 "read; the store is being rewritten — call refresh()")
+            view = None if res.data is None else memoryview(res.data)
+            for (c, _), offset, nbytes in parts:
+                out[c] = None if view is None else (
+                    req.key, view[offset:] if nbytes is None else view[offset:offset + nbytes])
+        return out
+
     def _read_indexes(self, shards: list[Coords], optional: set[Coords]
                       ) -> tuple[dict[Coords, ShardIndex | None], dict[Coords, CorruptDataError]]:
         """Indexes of ``shards`` and, for ``optional`` shards only, the corruption errors that

@@ -7,7 +7,10 @@ written at all (and an existing one is deleted), as zarr-python does.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -84,6 +87,40 @@ def assemble_shard(spec: ShardingSpec, shard_shape: tuple[int, ...],
     return b"".join([index, *stored] if spec.index_location == "start" else [*stored, index])
 
 
+class ShardAssembly:
+    """A shard assembled as its encoded inner chunks arrive in C order, in one growing buffer:
+    never a list of chunks plus their concatenation, so a shard of hundreds of MiB takes its
+    size in memory once, not twice. :meth:`finish` gives the bytes :func:`assemble_shard`
+    gives."""
+
+    def __init__(self, spec: ShardingSpec, shard_shape: tuple[int, ...]):
+        self.spec = spec
+        self.entries = np.full((math.prod(spec.chunks_per_shard(shard_shape)), 2), EMPTY,
+                               dtype=np.uint64)
+        self.start = spec.index_nbytes(shard_shape) if spec.index_location == "start" else 0
+        self.buffer = bytearray()
+        self.count = 0
+
+    def add(self, chunk: bytes | memoryview | None) -> None:
+        """The next chunk in C order (None: not stored)."""
+        if chunk is not None:
+            self.entries[self.count] = (self.start + len(self.buffer), len(chunk))
+            self.buffer += chunk
+        self.count += 1
+
+    def finish(self) -> bytearray | None:
+        """The shard, index included; None when no chunk is stored."""
+        if self.count != len(self.entries):
+            raise ValueError(f"a shard of {len(self.entries)} chunks got {self.count}")
+        if not (self.entries[:, 0] != EMPTY).any():
+            return None
+        index = encode_index(self.entries, self.spec)
+        if self.start:
+            return bytearray(index) + self.buffer
+        self.buffer += index
+        return self.buffer
+
+
 def write_shard(store: Store, meta: ArrayMeta, shard: Coords, block: np.ndarray) -> int:
     """Encode and atomically commit one whole shard; returns the bytes written (0: all fill)."""
     data = encode_shard(meta, block)
@@ -107,3 +144,74 @@ def write_array_data(store: Store, meta: ArrayMeta, source: Any, *,
         if progress is not None:
             progress(i, len(todo))
         yield i
+
+
+def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
+                           read: Callable[[tuple[slice, ...], np.ndarray], Any], *,
+                           depth: int | None = None) -> bytearray | None:
+    """Encode shard ``shard`` from ``read(region, out)`` (which fills ``out`` with the array's
+    ``region``, like :meth:`ShardedArray.read_region`), one layer of inner chunks at a time.
+
+    A layer is ``depth`` rows along axis 0 (a multiple of the inner chunk depth; default one
+    chunk): memory holds two decoded layers (the next one is read while this one is encoded;
+    the two buffers are reused) and the encoded chunks, never the whole shard decoded, which
+    is what lets a writer stream shards of hundreds of MiB. Layers go in order, so the inner
+    chunks stay in C order. Returns the shard (see :class:`ShardAssembly`), or None when
+    every chunk is fill.
+    """
+    spec = meta.sharding
+    if spec is None:
+        raise ValueError("encode_shard_by_layers needs a sharded array")
+    cs, cps = spec.chunk_shape, spec.chunks_per_shard(meta.grid_shape)
+    depth = depth or cs[0]
+    if depth % cs[0]:
+        raise ValueError(f"layer depth {depth} is not a multiple of the chunk depth {cs[0]}")
+    region = shard_region(meta, shard)
+    layers = [(lo, min(depth, meta.grid_shape[0] - lo))
+              for lo in range(0, meta.grid_shape[0], depth)]
+    stored = [(lo, rows) for lo, rows in layers if region[0].start + lo < region[0].stop]
+    first, last = (0,) * len(cs), (-1,) * len(cs)
+
+    def encode(chunk: np.ndarray) -> bytes | None:
+        # two corners first: the whole comparison only for chunks that may be all fill
+        corners = np.array([chunk[first], chunk[last]])
+        if is_fill(corners, meta.fill_value) and is_fill(chunk, meta.fill_value):
+            return None
+        return spec.codecs.encode(chunk)
+
+    buffers: list[np.ndarray] = []
+
+    def read_layer(i: int) -> np.ndarray:
+        lo, rows = stored[i]
+        if len(buffers) < 2:  # layer i is read while layer i - 1 is encoded: two buffers
+            buffers.append(np.empty((depth, *meta.grid_shape[1:]), dtype=meta.dtype))
+        block = buffers[i % 2][:rows]
+        start = region[0].start + lo
+        part = (slice(start, min(start + rows, region[0].stop)), *region[1:])
+        inside = tuple(slice(0, s.stop - s.start) for s in part)
+        if any(s.stop < n for s, n in zip(inside, block.shape, strict=True)):
+            block.fill(meta.fill_value)  # at the array's edge: padding
+        read(part, block[inside])
+        return block
+
+    shard_bytes = ShardAssembly(spec, meta.grid_shape)
+    with ThreadPoolExecutor(1, thread_name_prefix="zshard-layer") as ahead:
+        pending = ahead.submit(read_layer, 0) if stored else None
+        for i, (_, rows) in enumerate(layers):
+            if i >= len(stored):  # past the end of the array: padding, all fill
+                for _ in range((rows // cs[0]) * math.prod(cps[1:])):
+                    shard_bytes.add(None)
+                continue
+            block = pending.result()
+            pending = ahead.submit(read_layer, i + 1) if i + 1 < len(stored) else None
+            chunks = [block[tuple(slice(j * c, (j + 1) * c)
+                                  for j, c in zip(local, cs, strict=True))]
+                      for local in np.ndindex(rows // cs[0], *cps[1:])]
+            # a few batches per core: one future per chunk would cost more than a small chunk
+            per = max(1, len(chunks) // (4 * (os.cpu_count() or 1)))
+            batches = [chunks[j:j + per] for j in range(0, len(chunks), per)]
+            for done in decode_pool().map(lambda batch: [encode(c) for c in batch], batches):
+                for chunk in done:
+                    shard_bytes.add(chunk)
+            del block, chunks, batches
+    return shard_bytes.finish()

@@ -1,0 +1,103 @@
+"""Reshard a store… in a real viewer: the form is prefilled with the suggested layout, Preview
+shows the plan, Run reshards in the background and opens the result, Cancel leaves a
+destination that is not marked complete and that the next run resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_zshard as nz
+from napari_zshard.multiscale.write import ImageSpec, WriteOptions, save_image
+from napari_zshard.reshard import JOURNAL, plan_reshard
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+
+def volume(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 500, shape) + np.arange(shape[-1])).astype(np.uint16)
+
+
+@pytest.fixture
+def source(tmp_path):
+    data = volume((48, 128, 128))
+    save_image(tmp_path / "src.zarr", data, ImageSpec(name="vol"),
+               options=WriteOptions(chunks=(16, 32, 32), shards=(16, 64, 64), levels=2))
+    return tmp_path / "src.zarr", data
+
+
+@pytest.fixture
+def widget(make_napari_viewer, source, qtbot):
+    from napari_zshard._reshard_widget import ReshardWidget
+
+    widget = ReshardWidget(make_napari_viewer(), source=str(source[0]))
+    # the suggested layout arrives from a worker thread
+    qtbot.waitUntil(lambda: widget.chunks.value != "auto", timeout=10000)
+    return widget
+
+
+def test_the_form_is_prefilled_and_preview_shows_the_plan(widget, source, qtbot):
+    assert widget.destination.value == str(source[0].parent / "src-resharded.zarr")
+    assert (widget.chunks.value, widget.shards.value) == ("48,64,64", "48,128,128")
+    widget.chunks.value, widget.shards.value = "8,32,32", "16,128,128"
+    widget.preview_button.native.click()
+    qtbot.waitUntil(lambda: widget.plan is not None, timeout=20000)
+    assert "8x32x32 in 16x128x128" in widget.table.value
+    assert "16x32x32 in 16x64x64" in widget.table.value  # the source, side by side
+    assert "plane z=24: requests" in widget.table.value
+    assert not (source[0].parent / "src-resharded.zarr").exists()  # a preview writes nothing
+
+
+def test_run_reshards_in_the_background_and_opens_the_result(widget, source, qtbot):
+    widget.chunks.value, widget.shards.value = "8,32,32", "16,128,128"
+    widget.run_button.native.click()
+    assert widget.worker is not None  # running off the Qt thread
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    dst = source[0].parent / "src-resharded.zarr"
+    assert widget.summary is not None and widget.summary.complete, widget.status.value
+    node = nz.open_image(dst)
+    np.testing.assert_array_equal(node.arrays[0][:], source[1])
+    assert node.arrays[0].chunks == (8, 32, 32)
+    layer = widget.viewer.layers[-1]  # opened by napari-zshard
+    assert layer.source.reader_plugin == "napari-zshard" and layer.data[0].shape == (48, 128,
+                                                                                     128)
+
+
+def test_cancel_leaves_a_resumable_destination_not_marked_complete(make_napari_viewer,
+                                                                   tmp_path, qtbot):
+    from napari_zshard._reshard_widget import ReshardWidget
+
+    data = volume((32, 256, 256), seed=1)
+    save_image(tmp_path / "big.zarr", data, ImageSpec(name="big"),
+               options=WriteOptions(chunks=(16, 64, 64), shards=(16, 256, 256), levels=1))
+    widget = ReshardWidget(make_napari_viewer())
+    widget.source.value, widget.destination.value = str(tmp_path / "big.zarr"), str(
+        tmp_path / "out.zarr")
+    widget.chunks.value = widget.shards.value = "8,32,32"  # 256 small shards
+    widget.run_button.native.click()
+    journal = tmp_path / "out.zarr" / JOURNAL / "done"
+    qtbot.waitUntil(lambda: journal.exists() and any(journal.rglob("*@*")), timeout=30000)
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.status.value.startswith("cancelled")
+    assert not (tmp_path / "out.zarr" / "zarr.json").exists()  # not marked complete
+    plan = plan_reshard(tmp_path / "big.zarr", tmp_path / "out.zarr", chunks=(8, 32, 32),
+                        shards=(8, 32, 32), measure=False)
+    assert plan.state.kind == "resume" and 0 < plan.state.journaled < plan.n_shards
+    summary = list(plan.run())[-1].summary
+    assert summary.resumed >= plan.state.journaled - 2 and summary.complete
+    np.testing.assert_array_equal(nz.open_image(tmp_path / "out.zarr").arrays[0][:], data)
+
+
+def test_file_io_utilities_offers_the_widget(make_napari_viewer, source):
+    viewer = make_napari_viewer()
+    viewer.open(str(source[0]), plugin="napari-zshard")
+    file_menu = next(a.menu() for a in viewer.window.main_menu.actions() if a.text() == "&File")
+    io = next(a.menu() for a in file_menu.actions() if a.text() == "IO Utilities")
+    (action,) = [a for a in io.actions() if a.text().startswith("Reshard a store…")]
+    action.trigger()
+    widget = viewer.window.dock_widgets["Reshard a store"]
+    assert widget.source.value == str(source[0])  # the selected layer's store, prefilled
+    assert widget.destination.value.endswith("src-resharded.zarr")
