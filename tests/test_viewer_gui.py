@@ -57,3 +57,16 @@ def test_plugin_menu_entries_and_sample_are_registered(make_napari_viewer):
     assert any(m.command == "napari-zshard.use_as_default_zarr_reader" for m in io_menu)
     assert [s.key for s in manifest.contributions.sample_data] == ["cells"]
     assert viewer is not None
+
+
+def test_view_path_opens_a_viewer_with_the_plugin(qtbot, volume_store):
+    import napari_zshard as nz
+
+    path, vol = volume_store
+    viewer = nz.view_path(str(path), show=False, title="zshard")
+    try:
+        (layer,) = viewer.layers
+        assert viewer.title == "zshard"
+        np.testing.assert_array_equal(np.asarray(layer.data[9]), vol[9])
+    finally:
+        viewer.close()
