@@ -252,4 +252,6 @@ def test_unchanged_chunks_are_copied_as_stored_yet_checked(tmp_path):
     # asked to, it decodes and re-encodes instead
     plan = plan_reshard(tmp_path / "plain.zarr", tmp_path / "re.zarr", chunks=(16, 16, 16),
                         shards=(32, 64, 96), codec_level=0, recompress=True, measure=False)
-    assert plan.arrays[0].passthrough is None and "re-encoded" in plan.table()
+    assert plan.arrays[0].passthrough == "transcode" and "re-encoded" in plan.table()
+    assert run_to_end(plan, verify="full").complete
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "re.zarr"))[:], data)

@@ -1,10 +1,12 @@
-"""Destination shards made of the source's stored chunks, without decoding and re-encoding.
+"""Destination shards made chunk by chunk from the source's stored chunks.
 
-When the destination's inner chunks have the source's chunk shape and codec chain (or that
-chain plus a trailing crc32c), a reshard only regroups stored chunks into new shards: it is
-bound by reading and writing, not by the compressor. Every chunk is still checked before it
-is copied — its crc32c, or, without one, by decoding it — so a corrupt source chunk stops the
-job (or is skipped) exactly as when recompressing, and nothing corrupt is ever copied.
+When the destination's inner chunks have the source's chunk shape, a reshard regroups stored
+chunks into new shards: with the same codec chain (or that chain plus a trailing crc32c) the
+stored bytes are copied as they are, bound by reading and writing, not by the compressor;
+with other codecs each chunk is decoded and re-encoded on its own (``transcode``), without
+assembling layers of the array. Every copied chunk is still checked first — its crc32c, or,
+without one, by decoding it — so a corrupt source chunk stops the job (or is skipped) exactly
+as when recompressing, and nothing corrupt is ever copied.
 """
 
 from __future__ import annotations
@@ -17,31 +19,36 @@ import numpy as np
 from ..engine.codecs import Crc32cCodec
 from ..engine.metadata import ArrayMeta
 from ..engine.reader import RegionReader
-from ..engine.shard_writer import ShardAssembly
+from ..engine.shard_writer import ShardAssembly, is_fill
 from ..errors import CorruptDataError
 from ..store.pool import decode_pool
 
 COPY = "copy"  # the same chain: stored bytes as they are
 ADD_CRC32C = "add-crc32c"  # the destination adds a crc32c to the source's chain
+TRANSCODE = "transcode"  # other codecs: each chunk decoded and re-encoded on its own
 
 Coords = tuple[int, ...]
 
 
-def passthrough_mode(source: ArrayMeta, target: ArrayMeta) -> str | None:
-    """How the source's stored chunks can serve as the destination's, or None (recompress)."""
+def passthrough_mode(source: ArrayMeta, target: ArrayMeta, *, recompress: bool = False
+                     ) -> str | None:
+    """How the destination's chunks come from the source's stored ones (:data:`COPY`,
+    :data:`ADD_CRC32C`, :data:`TRANSCODE`), or None: another chunk shape, read by layers."""
     if target.sharding is None or source.chunk_shape != target.chunk_shape:
         return None
     if source.dtype != target.dtype or not _same_fill(source.fill_value, target.fill_value):
         return None
     src, dst = source.chunk_codecs, target.chunk_codecs
-    if src is None or src.filters or dst.filters:
+    if src is None:
         return None
+    if recompress or src.filters or dst.filters:
+        return TRANSCODE
     chain, wanted = src.to_json(), dst.to_json()
     if chain == wanted:
         return COPY
     if wanted == [*chain, {"name": "crc32c"}]:
         return ADD_CRC32C
-    return None
+    return TRANSCODE
 
 
 def _same_fill(a, b) -> bool:
@@ -56,8 +63,8 @@ def _same_fill(a, b) -> bool:
 def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str, *,
                max_layers: int | None = None) -> bytearray | None:
     """Destination shard ``shard`` from the source's stored chunks (``reader`` reads the
-    source), one layer of chunks (along axis 0) at a time; ``max_layers`` stops early (a
-    timing sample). None when no chunk is stored."""
+    source) as ``mode`` says, one layer of chunks (along axis 0) at a time; ``max_layers``
+    stops early (a timing sample). None when no chunk is stored."""
     source = reader.meta
     spec = target.sharding
     assert spec is not None
@@ -74,12 +81,14 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
             return None
         key, data = item
         try:  # the crc32c proves the bytes intact; without one, decoding does
-            if crc is not None:
+            if crc is not None and mode != TRANSCODE:
                 crc.decode(data, None)
             else:
-                codecs.decode(data, source.chunk_shape, source.dtype)
+                chunk = codecs.decode(data, source.chunk_shape, source.dtype)
         except CorruptDataError as e:
             raise type(e)(f"{reader.store.url}/{key}: inner chunk {coords}: {e}") from e
+        if mode == TRANSCODE:
+            return None if is_fill(chunk, target.fill_value) else spec.codecs.encode(chunk)
         return add_crc.encode(data) if add_crc is not None else bytes(data)
 
     def check_all(batch: list[tuple[Coords, tuple[str, memoryview] | None]]) -> list:

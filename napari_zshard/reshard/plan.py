@@ -191,6 +191,7 @@ def plan_reshard(src: str | os.PathLike, dst: str | os.PathLike, *,
     recompress
         Decode and re-encode every chunk even where the chunk shape and codecs do not change
         (by default such chunks are copied as stored, after checking their crc32c).
+        Where only the codecs change, chunks are re-encoded one by one either way.
     coalesce
         Gap and size limits the viewer merges byte ranges with (for the view costs).
 
@@ -210,8 +211,8 @@ def plan_reshard(src: str | os.PathLike, dst: str | os.PathLike, *,
     arrays = [_plan_array(a, chunks_default, shards_default, per_level, codec_choice)
               for a in tree.arrays]
     for a in arrays:
-        if not recompress and not a.source.uses_fallback:
-            a.passthrough = passthrough_mode(a.source.meta, a.target)
+        if not a.source.uses_fallback:
+            a.passthrough = passthrough_mode(a.source.meta, a.target, recompress=recompress)
     try:
         target = open_store(dst, dst_options)
         state = inspect_destination(target, {a.path: a.zarr_json for a in arrays})

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from .run import ReshardSummary
 
 _LABEL, _COLUMN = 26, 26
+_HOW = {"copy": "copied as stored", "add-crc32c": "copied + crc32c",
+        "transcode": "re-encoded one by one"}
 
 
 def format_bytes(n: float) -> str:
@@ -64,7 +66,7 @@ def array_block(a: ArrayPlan) -> list[str]:
     lines = [head, _row("", "source", "destination"),
              _row("chunks in shards", describe_layout(src.chunks, src.shards),
                   describe_layout(a.target.chunk_shape, a.target.grid_shape)),
-             _row("inner chunks", "", "copied as stored" if a.passthrough else "re-encoded"),
+             _row("inner chunks", "", _HOW.get(a.passthrough, "re-encoded")),
              _row("objects", f"{a.source_objects:,}", f"{a.n_shards:,}"),
              _row("shard index bytes", format_bytes(a.source_index_bytes),
                   format_bytes(a.target_index_bytes))]
