@@ -36,6 +36,14 @@ def _storage_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def _codec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The codec options every command that writes shards takes."""
+    parser.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
+    parser.add_argument("--codec-level", type=int, default=3)
+    parser.add_argument("--no-checksum", action="store_true",
+                        help="leave out the inner crc32c checksums")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -80,10 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", metavar="DST", help="destination (path or URL)")
     convert.add_argument("--chunks", help="inner chunk shape, e.g. 64,64,64 (default: auto)")
     convert.add_argument("--shards", help="shard shape, e.g. 256,256,256 (default: auto)")
-    convert.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
-    convert.add_argument("--codec-level", type=int, default=3)
-    convert.add_argument("--no-checksum", action="store_true",
-                         help="leave out the inner crc32c checksums")
+    _codec_arguments(convert)
     convert.add_argument("--levels", type=int,
                          help="rebuild the pyramid with this many levels (default: keep the "
                               "source's levels)")
@@ -109,10 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("dst", metavar="DST", help="destination (path or URL)")
     reshard.add_argument("--chunks", help="inner chunk shape, e.g. 32,32,32 (default: suggested)")
     reshard.add_argument("--shards", help="shard shape, e.g. 512,512,512 (default: suggested)")
-    reshard.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
-    reshard.add_argument("--codec-level", type=int, default=3)
-    reshard.add_argument("--no-checksum", action="store_true",
-                         help="leave out the inner crc32c checksums")
+    _codec_arguments(reshard)
     reshard.add_argument("--levels", nargs="+", metavar="CHUNKS/SHARDS",
                          help="per pyramid level, e.g. 32,32,32/512,512,512 16,64,64/256,256,256"
                               " ('-' keeps --chunks/--shards for that level)")
