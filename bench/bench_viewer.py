@@ -275,7 +275,7 @@ def print_trace(r: dict) -> None:
             print(f"  settled after {fmt_s(t['step_s'])}; open() returned after "
                   f"{fmt_s(t['open_call_s'])}; draws at "
                   + ", ".join(fmt_s(v) for v in t["draws_s"]))
-        for kind in ("block_read", "index_lookup", "io_batch", "decode", "copy"):
+        for kind in ("block_read", "index_lookup", "io_batch", "decode"):
             if kind in t:
                 k = t[kind]
                 print(f"  {kind:<13} n={k['n']:<4} running {fmt_s(k['union_s']):>7} of the wall "

@@ -6,7 +6,6 @@ level and for the life of the process, the calls that make up a read:
 * ``RegionReader.read``        one call per dask block napari computes (on dask's threads);
 * ``Store.read_many``          one batch of byte requests (index or data), waited for;
 * ``RegionReader._decode_one`` one inner chunk decompressed (on the engine's decode pool);
-* ``RegionReader._copy``       one chunk's part copied into a block.
 
 The report gives, for the traced step: wall time, time in napari's slicing call, how long any
 block read / any I/O batch / any decode was running (union of intervals: wall-clock coverage),
@@ -41,7 +40,6 @@ class Tracer:
         self._lock = threading.Lock()
         targets = [(reader_mod.RegionReader, "read", "block_read"),
                    (reader_mod.RegionReader, "_decode_one", "decode"),
-                   (reader_mod.RegionReader, "_copy", "copy"),
                    (reader_mod.RegionReader, "_read_indexes", "index_lookup")]
         for module in (base, local, remote):
             for cls in vars(module).values():

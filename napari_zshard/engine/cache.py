@@ -113,7 +113,7 @@ class EngineCache:
         prefix = url_prefix.rstrip("/")
 
         def below(key) -> bool:
-            url = key[0][0] if isinstance(key[0], tuple) else key[0]
+            url = getattr(key[0], "url", key[0])
             return isinstance(url, str) and (url == prefix or url.startswith(prefix + "/"))
 
         self.indexes.discard(below)

@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, is_dataclass
 
@@ -69,7 +69,31 @@ class ReadCounters:
             self.decoded_bytes = 0
 
 
-def cache_token(store: Store, meta: ArrayMeta) -> Hashable:
+class CacheToken(int):
+    """The array part of a cache key: one small int per distinct array layout.
+
+    Cache keys are ``(token, coords)``; a warm plane looks up hundreds of them, and hashing an
+    int is cheap where a tuple describing the layout would be re-hashed for every lookup.
+    ``url`` says which store the entries came from (for :meth:`EngineCache.forget`).
+    """
+
+    url: str
+
+
+_tokens: dict[tuple, CacheToken] = {}
+_tokens_lock = threading.Lock()
+
+
+def _token_for(layout: tuple) -> CacheToken:
+    with _tokens_lock:
+        token = _tokens.get(layout)
+        if token is None:
+            token = _tokens[layout] = CacheToken(len(_tokens))
+            token.url = layout[0]
+        return token
+
+
+def cache_token(store: Store, meta: ArrayMeta) -> CacheToken:
     """What cache entries of this array are keyed by: the store and the array's layout.
 
     The caches are process-wide, so an array rewritten at the same URL with another shape,
@@ -78,12 +102,12 @@ def cache_token(store: Store, meta: ArrayMeta) -> Hashable:
     """
     codecs = meta.chunk_codecs
     spec = meta.sharding
-    return (store.url, meta.zarr_format, meta.shape, meta.dtype.str, repr(meta.fill_value),
-            meta.grid_shape, meta.chunk_shape, meta.key_prefix, meta.key_separator,
-            codecs.endian, codecs.order, tuple(repr(f) for f in codecs.filters),
-            tuple(repr(c) if is_dataclass(c) else type(c).__name__ for c in codecs.bytes_codecs),
-            None if spec is None else (spec.index_location, spec.index_checksum,
-                                       spec.index_endian))
+    return _token_for((
+        store.url, meta.zarr_format, meta.shape, meta.dtype.str, repr(meta.fill_value),
+        meta.grid_shape, meta.chunk_shape, meta.key_prefix, meta.key_separator,
+        codecs.endian, codecs.order, tuple(repr(f) for f in codecs.filters),
+        tuple(repr(c) if is_dataclass(c) else type(c).__name__ for c in codecs.bytes_codecs),
+        None if spec is None else (spec.index_location, spec.index_checksum, spec.index_endian)))
 
 
 def normalize_region(region: Sequence[slice], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -112,7 +136,7 @@ class RegionReader:
         self.readahead = readahead
         self.index_max_age = index_max_age
         self.counters = ReadCounters()
-        self.token: Hashable = cache_token(store, meta)
+        self.token = cache_token(store, meta)
         self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
 
     # -- public ----------------------------------------------------------------------------
@@ -126,20 +150,25 @@ class RegionReader:
             raise ValueError(f"out has shape {out.shape}, the region {shape}")
         if 0 in shape:
             return out
-        wanted = self._chunks_in(region)
+        axes = self._axis_ranges(region)
+        token = self.token
+        keys = [(token, c) for c in itertools.product(*axes)]
         # A chunk is as fresh as the index it was found through: it expires with it.
-        hits, waits, claimed = self.cache.chunks.claim(((self.token, c) for c in wanted),
-                                                       max_age=self.index_max_age)
+        hits, waits, claimed = self.cache.chunks.claim(keys, max_age=self.index_max_age)
         pending: dict[Coords, Future] = {k[1]: f for k, f in waits.items()}
         if claimed:
             claimed_coords = [k[1] for k in claimed]
             extra = self._readahead(claimed_coords) if self.readahead else []
             pending.update(self._fetch_and_decode(claimed_coords, extra))
-        for coords in wanted:
-            value = hits.get((self.token, coords))
+        fill = self.meta.fill_value
+        for key, (dst, src) in zip(keys, self._placements(region, axes), strict=True):
+            value = hits.get(key)
             if value is None:
-                value = pending[coords].result()
-            self._copy(coords, value, region, out)
+                value = pending[key[1]].result()
+            if value is FILL:
+                out[dst] = fill
+            else:
+                out[dst] = value[src]
         return out
 
     def refresh(self) -> None:
@@ -148,10 +177,25 @@ class RegionReader:
         self.cache.chunks.discard(lambda k: k[0] == self.token)
 
     # -- planning --------------------------------------------------------------------------
-    def _chunks_in(self, region: tuple[slice, ...]) -> list[Coords]:
-        ranges = [range(s.start // c, (s.stop - 1) // c + 1)
-                  for s, c in zip(region, self.meta.chunk_shape, strict=True)]
-        return list(itertools.product(*ranges))
+    def _axis_ranges(self, region: tuple[slice, ...]) -> list[range]:
+        """Per axis, the chunk coordinates ``region`` touches."""
+        return [range(s.start // c, (s.stop - 1) // c + 1)
+                for s, c in zip(region, self.meta.chunk_shape, strict=True)]
+
+    def _placements(self, region: tuple[slice, ...], axes: list[range]):
+        """Per touched chunk (in ``itertools.product(*axes)`` order), the ``(dst, src)``
+        slices that copy its part of ``region`` into the output; built per axis once, so a
+        plane of hundreds of chunks costs a tuple lookup per chunk, not slice arithmetic."""
+        dst_axes, src_axes = [], []
+        for s, c, rng in zip(region, self.meta.chunk_shape, axes, strict=True):
+            dsts, srcs = [], []
+            for g in rng:
+                lo, hi = max(s.start, g * c), min(s.stop, (g + 1) * c)
+                dsts.append(slice(lo - s.start, hi - s.start))
+                srcs.append(slice(lo - g * c, hi - g * c))
+            dst_axes.append(dsts)
+            src_axes.append(srcs)
+        return zip(itertools.product(*dst_axes), itertools.product(*src_axes), strict=True)
 
     def _readahead(self, claimed: list[Coords]) -> list[Coords]:
         """The rest of each claimed chunk's row: same leading coords, every (y, x) chunk."""
@@ -410,18 +454,6 @@ class RegionReader:
             if shard not in optional:
                 raise error
         return found, errors
-
-    # -- assembling ------------------------------------------------------------------------
-    def _copy(self, coords: Coords, value, region: tuple[slice, ...], out: np.ndarray) -> None:
-        dst, src = [], []
-        for g, c, s in zip(coords, self.meta.chunk_shape, region, strict=True):
-            lo, hi = max(s.start, g * c), min(s.stop, (g + 1) * c)
-            dst.append(slice(lo - s.start, hi - s.start))
-            src.append(slice(lo - g * c, hi - g * c))
-        if value is FILL:
-            out[tuple(dst)] = self.meta.fill_value
-        else:
-            out[tuple(dst)] = value[tuple(src)]
 
 
 def _settle(fut: Future, *, value=None, error: BaseException | None = None) -> None:
