@@ -20,6 +20,7 @@ import pytest
 
 import napari_zshard
 from napari_zshard import EngineCache
+from napari_zshard.engine.lazy import napari_blocks
 
 SHAPE, SHARD, CHUNK = (6, 300, 520), (4, 128, 256), (2, 64, 64)
 CHUNKS_PER_PLANE = math.ceil(300 / 64) * math.ceil(520 / 64)
@@ -65,11 +66,21 @@ def test_default_blocks_are_one_plane_deep_chunk_aligned_tiles(volume):
 
     assert d.shape == SHAPE and d.dtype == np.uint16
     assert d.chunksize[0] == 1
-    assert d.chunksize[1:] == (300, 512)  # about a canvas tile (the plane is 300 rows)
+    assert d.chunksize[1:] == (300, 520)  # a plane smaller than a canvas is one block
     assert d.chunks[0] == (1,) * SHAPE[0]
     for starts, c in zip(boundaries(d.chunks)[1:], CHUNK[1:], strict=True):
         assert all(s % c == 0 for s in starts)  # tiles never split an inner chunk
     assert np.array_equal(d.compute(), data)
+
+
+@pytest.mark.parametrize(("shape", "chunks", "blocks"), [
+    ((10, 4000, 3000), (1, 64, 64), (1, 1024, 1024)),     # canvas-sized tiles of a big plane
+    ((10, 4000, 3000), (8, 100, 300), (1, 1000, 900)),    # ... never splitting an inner chunk
+    ((10, 4000, 3000), (8, 2048, 2048), (1, 2048, 2048)),  # a chunk bigger than a canvas
+    ((2, 3, 4000, 3000), (1, 1, 64, 64), (1, 1, 1024, 1024)),  # one plane deep on every lead axis
+])
+def test_napari_blocks_are_about_a_canvas_and_chunk_aligned(shape, chunks, blocks):
+    assert napari_blocks(shape, chunks) == blocks
 
 
 def test_showing_one_plane_decodes_only_the_chunks_that_touch_it(volume):
@@ -102,9 +113,10 @@ def test_a_tile_of_a_plane_computes_only_its_blocks(volume):
         tile = d[1, 0:100, 0:100].compute()
 
     assert np.array_equal(tile, data[1, 0:100, 0:100])
-    # The one 300x512 block it touches: 5 x 8 inner chunks, each 2 planes deep, less the
-    # 2 x 4 of the never-written shard column (fill value, nothing to decode).
-    assert arr.counters["chunks_decoded"] == 5 * 8 - 2 * 4
+    # The one block it touches (the 300x520 plane is smaller than a canvas: one block):
+    # 5 x 9 inner chunks, each 2 planes deep, less the 2 x 4 of the never-written shard
+    # column (fill value, nothing to decode); nothing of the other planes.
+    assert arr.counters["chunks_decoded"] == 5 * 9 - 2 * 4
 
 
 def test_shard_blocks_for_notebooks(volume):
