@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._convert import layer_data
+from ._convert import layer_data, too_big_warning
 from .multiscale import open_nodes, sniff
 
 log = logging.getLogger(__name__)
@@ -29,24 +29,24 @@ def read_zarr(path: str | list[str]) -> list:
     """Layers of every image at ``path``. A broken store is reported, the others still open."""
     paths = path if isinstance(path, list) else [path]
     layers: list = []
-    errors = []
+    errors, too_big = [], []
     for p in paths:
         try:
-            layers.extend(layer_data(open_nodes(p)))
+            opened = layer_data(open_nodes(p))
         except Exception as e:  # reported to the user below, never a traceback dump
             log.debug("cannot open %s", p, exc_info=True)
             errors.append(f"{p}: {e}")
+            continue
+        layers.extend(opened)
+        # a coarsest level too big for 3D view: the layer got a small virtual level; say so
+        too_big.extend(w for _, kwargs, _ in opened if (w := too_big_warning(kwargs, p)))
     if errors:
         from napari.utils.notifications import show_error
 
         show_error("napari-zshard could not open:\n" + "\n".join(errors))
-    for _, kwargs, _ in layers:
-        if kwargs.get("metadata", {}).get("napari_zshard", {}).get("too_big_for_3d"):
-            from napari.utils.notifications import show_warning
+    if too_big:
+        from napari.utils.notifications import show_warning
 
-            show_warning(
-                f"{kwargs['name']}: the coarsest pyramid level is too large to render in 3D. "
-                "Build a pyramid with `zshard reshard SRC DST --levels N` (or File ▸ Save as "
-                "sharded zarr), then open the result."
-            )
+        for text in too_big:
+            show_warning(text)
     return layers

@@ -94,7 +94,13 @@ def _label_info(meta: dict[str, Any]) -> ImageLabel:
 
 
 def _levels(data: Any, meta: dict[str, Any]) -> list[Any]:
-    return list(data) if meta.get("multiscale") else [data]
+    if not meta.get("multiscale"):
+        return [data]
+    if (meta.get("metadata") or {}).get("napari_zshard", {}).get("virtual_levels"):
+        # opened with a pyramid too shallow for 3D view (the reader appended a virtual level):
+        # save level 0 alone, so the save builds a pyramid down to a 3D-viewable level
+        return [data[0]]
+    return list(data)
 
 
 #: omero colors of an RGB(A) layer's channels

@@ -35,6 +35,21 @@ class ImageNode:
                 return i
         return None
 
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Indexes of the spatial axes: those typed ``space``, else those named z/y/x, else the
+        last three axes that are not channel or time."""
+        typed = tuple(i for i, a in enumerate(self.axes) if a.type == "space")
+        if typed:
+            return typed
+        named = tuple(i for i, a in enumerate(self.axes)
+                      if a.type is None and a.name.lower() in ("z", "y", "x"))
+        if named:
+            return named
+        others = [i for i, a in enumerate(self.axes)
+                  if i != self.channel_axis and a.type not in ("time", "channel")]
+        return tuple(others[-3:])
+
     def levels(self, blocks: Any = "napari") -> list:
         """One lazy dask array per level, largest first."""
         return [a.to_dask(blocks) for a in self.arrays]
