@@ -96,6 +96,33 @@ class ClaimingLRU:
             self.nbytes = 0
 
 
+class PartialChunks:
+    """Chunks being decoded front to back (:mod:`.progressive`): key → future of the chunk's
+    :class:`~.progressive.ProgressiveChunk`, set once its bytes arrived. A reader that finds
+    a key here reads the part it needs as soon as it is decoded, instead of the whole chunk."""
+
+    def __init__(self) -> None:
+        self._futures: dict[Hashable, Future] = {}
+        self._lock = threading.Lock()
+
+    def open(self, key: Hashable) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            self._futures[key] = fut
+        return fut
+
+    def get(self, key: Hashable) -> Future | None:
+        return self._futures.get(key)
+
+    def close(self, key: Hashable, fut: Future) -> None:
+        with self._lock:
+            if self._futures.get(key) is fut:
+                del self._futures[key]
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
 DEFAULT_BUDGET = 512 * 1024 * 1024
 
 
@@ -107,6 +134,7 @@ class EngineCache:
         index_bytes = min(64 * 1024 * 1024, self.budget_bytes // 16) if budget_bytes else 0
         self.indexes = ClaimingLRU(max(index_bytes, 1 << 20))  # indexes are always cached a bit
         self.chunks = ClaimingLRU(self.budget_bytes - index_bytes)
+        self.partials = PartialChunks()
 
     def forget(self, url_prefix: str) -> None:
         """Drop every entry of arrays at or below ``url_prefix`` (a writer just replaced them)."""

@@ -6,6 +6,7 @@ caches it uses are shared process-wide so that re-opening a volume re-uses what 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -19,10 +20,11 @@ import numpy as np
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
 from ..store import FullRequest, RangeRequest, Store, SuffixRequest
-from ..store.pool import decode_pool
+from ..store.pool import LATER, NOW, decode_pool
 from .cache import EngineCache
 from .coalesce import CoalescePolicy, coalesce_ranges
 from .metadata import ArrayMeta
+from .progressive import ProgressiveChunk, progressive_codecs
 from .shard_index import ShardIndex, decode_index
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ class _Fill:
 
 
 FILL = _Fill()
+
+
+class _NotProgressive(Exception):
+    """A chunk that is not decoded front to back after all (fill value, or its fetch failed):
+    readers wait for the chunk's own future instead."""
 _MISSING_SHARD = "missing-shard"
 
 
@@ -138,6 +145,9 @@ class RegionReader:
         self.counters = ReadCounters()
         self.token = cache_token(store, meta)
         self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
+        self._progressive = progressive_codecs(meta.chunk_codecs, meta.dtype)
+        # C-order element strides of an inner chunk: how far into it a region reaches
+        self._strides = [math.prod(meta.chunk_shape[i + 1:]) for i in range(meta.ndim)]
 
     # -- public ----------------------------------------------------------------------------
     def read(self, region: Sequence[slice], out: np.ndarray | None = None) -> np.ndarray:
@@ -153,23 +163,44 @@ class RegionReader:
         axes = self._axis_ranges(region)
         token = self.token
         keys = [(token, c) for c in itertools.product(*axes)]
+        places = list(self._placements(region, axes))
         # A chunk is as fresh as the index it was found through: it expires with it.
         hits, waits, claimed = self.cache.chunks.claim(keys, max_age=self.index_max_age)
         pending: dict[Coords, Future] = {k[1]: f for k, f in waits.items()}
         if claimed:
             claimed_coords = [k[1] for k in claimed]
             extra = self._readahead(claimed_coords) if self.readahead else []
-            pending.update(self._fetch_and_decode(claimed_coords, extra))
+            mine = set(claimed)
+            needs = {key[1]: self._need(src) for key, (_, src) in zip(keys, places, strict=True)
+                     if key in mine}
+            pending.update(self._fetch_and_decode(claimed_coords, extra, needs))
         fill = self.meta.fill_value
-        for key, (dst, src) in zip(keys, self._placements(region, axes), strict=True):
+        for key, (dst, src) in zip(keys, places, strict=True):
             value = hits.get(key)
             if value is None:
-                value = pending[key[1]].result()
+                value = self._await(key, pending[key[1]], src)
             if value is FILL:
                 out[dst] = fill
             else:
                 out[dst] = value[src]
         return out
+
+    def _need(self, src: tuple[slice, ...]) -> int:
+        """Bytes of an inner chunk (C order) up to the last element of ``src`` inside it."""
+        last = sum((s.stop - 1) * st for s, st in zip(src, self._strides, strict=True))
+        return (last + 1) * self.meta.dtype.itemsize
+
+    def _await(self, key, fut: Future, src: tuple[slice, ...]):
+        """A chunk being fetched or decoded: its array once the part ``src`` needs is there."""
+        partial = self.cache.partials.get(key)
+        if partial is not None:
+            try:
+                chunk = partial.result()
+                chunk.advance_to(self._need(src))
+                return chunk.array
+            except Exception:  # the chunk's own future carries the located error
+                pass
+        return fut.result()
 
     def refresh(self) -> None:
         """Forget this array's cached shard indexes and chunks (the store changed)."""
@@ -232,10 +263,12 @@ class RegionReader:
         return [k[1] for k in mine]
 
     # -- fetching --------------------------------------------------------------------------
-    def _fetch_and_decode(self, claimed: list[Coords], extra: list[Coords]
-                          ) -> dict[Coords, Future]:
+    def _fetch_and_decode(self, claimed: list[Coords], extra: list[Coords],
+                          needs: dict[Coords, int]) -> dict[Coords, Future]:
         """Fetch every claimed chunk in one concurrent batch; each chunk's decode starts as
-        soon as its bytes arrive (pipelined with the rest of the batch). Futures per chunk."""
+        soon as its bytes arrive (pipelined with the rest of the batch), the chunks a read
+        waits for (``needs``: bytes of each it needs) before the read-ahead. Futures per chunk.
+        """
         everything = claimed + extra
         try:
             fills, requests, request_parts = self._plan_fetch(everything, optional=set(extra))
@@ -252,6 +285,8 @@ class RegionReader:
         futures.update(pending)
         if not requests:
             return futures
+        partials = {} if self._progressive is None else {
+            c: self.cache.partials.open((self.token, c)) for c in pending}
         pool = decode_pool()
         unsharded = self.meta.sharding is None
 
@@ -262,15 +297,22 @@ class RegionReader:
                     if unsharded:  # a chunk never written: fill value
                         self.cache.chunks.fulfil((self.token, c), FILL, 64)
                         _settle(pending[c], value=FILL)
+                        self._drop_partial(c, partials)
                     else:
                         self._fail(c, pending[c], StoreError(
                             f"{self.store.url}/{key} disappeared after its index was read; "
-                            "the store is being rewritten — call refresh()"))
+                            "the store is being rewritten — call refresh()"), partials)
                 return
             view = memoryview(result.data)
             for (c, flat), offset, nbytes in request_parts[i]:
                 data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
-                pool.submit(self._decode_into, c, (key, flat, data), pending[c])
+                priority = NOW if c in needs else LATER
+                if partials:
+                    pool.submit(self._start_progressive, c, (key, flat, data), pending[c],
+                                partials, needs.get(c, 0), priority=priority)
+                else:
+                    pool.submit(self._decode_into, c, (key, flat, data), pending[c],
+                                priority=priority)
 
         try:
             self.store.read_many(requests, on_result=on_result)
@@ -279,20 +321,31 @@ class RegionReader:
                 f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
                 f"{e.start + e.requested - 1} named by its index lie past the end of the file")
             for c, fut in pending.items():
-                self._fail(c, fut, error)
+                self._fail(c, fut, error, partials)
             raise error from e
         except BaseException as e:
             for c, fut in pending.items():
-                self._fail(c, fut, e)
+                self._fail(c, fut, e, partials)
             raise
         finally:
             self.counters.add(data_requests=len(requests))
         return futures
 
-    def _fail(self, coords: Coords, fut: Future, error: BaseException) -> None:
+    def _fail(self, coords: Coords, fut: Future, error: BaseException,
+              partials: dict[Coords, Future] | None = None) -> None:
         if not fut.done():
             self.cache.chunks.fail([(self.token, coords)], error)
             _settle(fut, error=error)
+        if partials:
+            self._drop_partial(coords, partials, error)
+
+    def _drop_partial(self, coords: Coords, partials: dict[Coords, Future],
+                      error: BaseException | None = None) -> None:
+        """This chunk will not be decoded front to back: readers wait for its future."""
+        partial = partials.get(coords)
+        if partial is not None:
+            _settle(partial, error=error or _NotProgressive())
+            self.cache.partials.close((self.token, coords), partial)
 
     def _decode_into(self, coords: Coords, src, fut: Future) -> None:
         if fut.done():  # the batch already failed
@@ -302,19 +355,59 @@ class RegionReader:
         except BaseException as e:
             _settle(fut, error=e)
 
+    def _start_progressive(self, coords: Coords, src: tuple[str, int, memoryview], fut: Future,
+                           partials: dict[Coords, Future], need: int) -> None:
+        """Check and open a chunk's stream, decode the part a read waits for; the rest later."""
+        if fut.done():  # the batch already failed
+            return
+        key, entry, data = src
+        meta = self.meta
+        try:
+            chunk = ProgressiveChunk(self._progressive, data, meta.chunk_shape, meta.dtype)
+        except BaseException as e:
+            self._chunk_failed(coords, key, entry, e, fut)
+            self._drop_partial(coords, partials, e)
+            return
+        self.counters.add(chunks_decoded=1, decoded_bytes=chunk.total)
+        _settle(partials[coords], value=chunk)
+        if need:
+            with contextlib.suppress(Exception):  # reported with its location by the finish
+                chunk.advance_to(need)
+        decode_pool().submit(self._finish_progressive, coords, key, entry, chunk, fut,
+                             partials[coords], priority=LATER)
+
+    def _finish_progressive(self, coords: Coords, key: str, entry: int, chunk: ProgressiveChunk,
+                            fut: Future, partial: Future) -> None:
+        try:
+            arr = chunk.finish()
+        except BaseException as e:
+            self._chunk_failed(coords, key, entry, e, fut)
+        else:
+            self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
+            _settle(fut, value=arr)
+        finally:
+            self.cache.partials.close((self.token, coords), partial)
+
+    def _chunk_failed(self, coords: Coords, key: str, entry: int, error: BaseException,
+                      fut: Future) -> None:
+        """Fail a chunk's claim with an error naming the store, key, chunk and index entry."""
+        if isinstance(error, CorruptDataError):
+            where = f" (index entry {entry})" if entry >= 0 else ""
+            located = type(error)(f"{self.store.url}/{key}: inner chunk {coords}{where}: {error}")
+            located.__cause__ = error
+            error = located
+        self.cache.chunks.fail([(self.token, coords)], error)
+        _settle(fut, error=error)
+
     def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview]) -> np.ndarray:
         key, entry, data = src
         meta = self.meta
         try:
             arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype)
-        except CorruptDataError as e:
-            where = f" (index entry {entry})" if entry >= 0 else ""
-            err = type(e)(f"{self.store.url}/{key}: inner chunk {coords}{where}: {e}")
-            self.cache.chunks.fail([(self.token, coords)], err)
-            raise err from e
         except BaseException as e:
-            self.cache.chunks.fail([(self.token, coords)], e)
-            raise
+            fut: Future = Future()
+            self._chunk_failed(coords, key, entry, e, fut)
+            raise fut.exception() from e
         arr.flags.writeable = False
         self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
         self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)

@@ -1,29 +1,86 @@
-"""Process-wide thread pools, recreated after fork (dask worker processes fork or spawn)."""
+"""Process-wide thread pools, recreated after fork (dask worker processes fork or spawn).
+
+The decode pool takes tasks by priority: the chunks a read waits for are decoded before the
+read-ahead behind them, whatever order their bytes arrived in.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+#: Priorities of :meth:`PriorityPool.submit`: lower runs first.
+NOW, LATER = 0, 1
+
+
+class PriorityPool:
+    """A fixed set of daemon worker threads that take the lowest-priority task first (FIFO
+    among equals). ``submit`` and ``map`` behave like :class:`ThreadPoolExecutor`'s."""
+
+    def __init__(self, workers: int, name: str):
+        self._heap: list[tuple[int, int, Future, Callable, tuple, dict]] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
+
+    def submit(self, fn: Callable, /, *args: Any, priority: int = NOW, **kwargs: Any) -> Future:
+        fut: Future = Future()
+        with self._cv:
+            heapq.heappush(self._heap, (priority, next(self._seq), fut, fn, args, kwargs))
+            self._cv.notify()
+        return fut
+
+    def map(self, fn: Callable, iterable: Iterable, *, priority: int = NOW) -> Iterator:
+        """Submit every item now; yield the results in order (the first error is raised)."""
+        futures = [self.submit(fn, item, priority=priority) for item in iterable]
+        return _results(futures)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                _, _, fut, fn, args, kwargs = heapq.heappop(self._heap)
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # delivered to whoever waits on the future
+                fut.set_exception(e)
+            del fut, fn, args, kwargs  # do not keep the last task's data alive while idle
+
+
+def _results(futures: list[Future]) -> Iterator:
+    for fut in futures:
+        yield fut.result()
+
 
 _lock = threading.Lock()
-_pools: dict[str, ThreadPoolExecutor] = {}
+_pools: dict[str, Any] = {}
 
 _SIZES = {
     # pread releases the GIL and a cluster file system has latency worth overlapping
     "io": lambda: max(8, 4 * (os.cpu_count() or 1)),
-    # numcodecs releases the GIL while decompressing: one thread per core
+    # numcodecs and zstandard release the GIL while decompressing: one thread per core
     "decode": lambda: os.cpu_count() or 1,
 }
 
 
-def _pool(name: str) -> ThreadPoolExecutor:
+def _pool(name: str):
     pool = _pools.get(name)
     if pool is None:
         with _lock:
             pool = _pools.get(name)
             if pool is None:
-                pool = ThreadPoolExecutor(_SIZES[name](), thread_name_prefix=f"zshard-{name}")
+                size = _SIZES[name]()
+                pool = (PriorityPool(size, f"zshard-{name}") if name == "decode" else
+                        ThreadPoolExecutor(size, thread_name_prefix=f"zshard-{name}"))
                 _pools[name] = pool
     return pool
 
@@ -32,7 +89,7 @@ def io_pool() -> ThreadPoolExecutor:
     return _pool("io")
 
 
-def decode_pool() -> ThreadPoolExecutor:
+def decode_pool() -> PriorityPool:
     return _pool("decode")
 
 

@@ -1,0 +1,125 @@
+"""Chunks decoded front to back: a plane at the top of a cold chunk row is served from the
+first part of each chunk's stream, the rest is decoded behind it, and every plane reads back
+exactly what was written, however readers interleave — and damage past the part one read used
+is still reported, to the read that needs it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
+
+import napari_zshard
+from napari_zshard import EngineCache
+from napari_zshard.engine.progressive import progressive_codecs
+from napari_zshard.errors import CorruptDataError
+
+SHAPE, SHARD, CHUNK = (64, 128, 128), (32, 128, 128), (32, 64, 64)
+ROW = (SHAPE[1] // CHUNK[1]) * (SHAPE[2] // CHUNK[2])  # inner chunks per chunk row
+
+
+def structured(shape) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return ((x * 7 + y * 3 + z * 11) % 4000 + (x * y) % 97).astype("uint16")
+
+
+def write(path, data, inner) -> str:
+    arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=SHARD,
+                            serializer=ShardingCodec(chunk_shape=CHUNK, codecs=inner),
+                            compressors=None, fill_value=0, zarr_format=3)
+    arr[...] = data
+    return str(path)
+
+
+CHAINS = {
+    "zstd+crc32c": [BytesCodec(), ZstdCodec(level=3), Crc32cCodec()],
+    "zstd": [BytesCodec(), ZstdCodec(level=3)],
+    "gzip": [BytesCodec(), GzipCodec(level=5)],
+}
+
+
+def wait_until_decoded(arr, timeout=20.0) -> None:
+    cache = arr._reader.cache
+    deadline = time.monotonic() + timeout
+    while len(cache.partials) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(cache.partials) == 0, "background decodes never finished"
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_every_depth_of_a_cold_row_reads_back_exactly(tmp_path, chain):
+    data = structured(SHAPE)
+    path = write(tmp_path / "a.zarr", data, CHAINS[chain])
+    for z in (0, 1, 7, 31, 32, 45, 63):  # top, inside and bottom of 32-deep chunks
+        arr = napari_zshard.open_array(path, cache=EngineCache())
+        assert arr._reader._progressive is not None
+        np.testing.assert_array_equal(arr[z], data[z])
+        np.testing.assert_array_equal(arr[z, 10:90, 20:100], data[z, 10:90, 20:100])
+        # the next planes while the rest of each chunk is still being decoded
+        np.testing.assert_array_equal(arr[z:min(z + 3, SHAPE[0])], data[z:z + 3])
+        wait_until_decoded(arr)
+        # each chunk of the row decoded once, then served whole from the cache
+        rows = {zz // CHUNK[0] for zz in range(z, min(z + 3, SHAPE[0]))}
+        assert arr.counters["chunks_decoded"] == ROW * len(rows)
+        np.testing.assert_array_equal(arr[z], data[z])
+
+
+def test_readers_racing_over_one_cold_row_decode_each_chunk_once(tmp_path):
+    data = structured(SHAPE)
+    path = write(tmp_path / "a.zarr", data, CHAINS["zstd+crc32c"])
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    planes = [0, 31, 5, 16, 2, 30, 9, 24] * 3
+    start = threading.Barrier(len(planes))
+    errors: list[str] = []
+
+    def read(z: int) -> None:
+        start.wait()
+        if not np.array_equal(arr[z], data[z]):
+            errors.append(f"plane {z} differs")
+
+    threads = [threading.Thread(target=read, args=(z,)) for z in planes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    wait_until_decoded(arr)
+    assert arr.counters["chunks_decoded"] == ROW
+    assert arr.counters["data_requests"] <= ROW  # nothing fetched twice
+
+
+def test_damage_past_the_part_a_read_used_fails_the_read_that_needs_it(tmp_path):
+    data = structured(SHAPE)
+    # no crc32c, but a zstd frame checksum: damage near the end is found when decoded there
+    path = write(tmp_path / "a.zarr", data, [BytesCodec(), ZstdCodec(level=3, checksum=True)])
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    index = arr._reader.shard_indexes([(0, 0, 0)])[(0, 0, 0)]
+    offset, length = index.chunk_slice(0)  # inner chunk (0, 0, 0)
+    shard = tmp_path / "a.zarr" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[offset + length - 6] ^= 0xFF  # inside the frame's last block / checksum
+    shard.write_bytes(bytes(raw))
+
+    np.testing.assert_array_equal(arr[0], data[0])  # the top of every chunk is intact
+    wait_until_decoded(arr)
+    with pytest.raises(CorruptDataError, match=r"c/0/0/0: inner chunk \(0, 0, 0\)"):
+        arr[31]
+    # chunks that are intact still read
+    np.testing.assert_array_equal(arr[31, :, 64:], data[31, :, 64:])
+
+
+def test_chains_that_cannot_be_decoded_front_to_back_are_decoded_whole(tmp_path):
+    from napari_zshard.engine.codecs import ChunkCodecs
+    from napari_zshard.engine.codecs import ZstdCodec as EngineZstd
+
+    u16 = np.dtype("uint16")
+    assert progressive_codecs(ChunkCodecs(bytes_codecs=(EngineZstd(),)), u16) is not None
+    assert progressive_codecs(ChunkCodecs(order=(2, 1, 0), bytes_codecs=(EngineZstd(),)),
+                              u16) is None  # transposed: planes are not a prefix
+    assert progressive_codecs(ChunkCodecs(endian="big", bytes_codecs=(EngineZstd(),)),
+                              u16) is None  # bytes need swapping after decoding
+    assert progressive_codecs(ChunkCodecs(), u16) is None  # uncompressed: nothing to stream
