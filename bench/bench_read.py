@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -125,20 +124,13 @@ class Meter:
 
 
 def drain_engine_pool() -> None:
-    """Wait until the engine's decode pool is idle (read-ahead decodes outlive the read call).
-
-    One task per worker that waits for all the others: they can only meet once every task
-    queued before them has finished.
-    """
+    """Wait until the engine's decode pool is idle (read-ahead and the rest of chunks decoded
+    front to back outlive the read call)."""
     if "napari_zshard.store.pool" not in sys.modules:
         return
     from napari_zshard.store.pool import decode_pool
 
-    n = os.cpu_count() or 1  # the decode pool's size (napari_zshard/store/pool.py)
-    barrier = threading.Barrier(n)
-    futures = [decode_pool().submit(barrier.wait, 30) for _ in range(n)]
-    for f in futures:
-        f.result()
+    decode_pool().wait_idle(60)
 
 
 def _engine(reader: Reader) -> dict:

@@ -123,3 +123,21 @@ def test_chains_that_cannot_be_decoded_front_to_back_are_decoded_whole(tmp_path)
     assert progressive_codecs(ChunkCodecs(endian="big", bytes_codecs=(EngineZstd(),)),
                               u16) is None  # bytes need swapping after decoding
     assert progressive_codecs(ChunkCodecs(), u16) is None  # uncompressed: nothing to stream
+
+
+def test_the_decode_pool_runs_what_a_read_waits_for_before_read_ahead():
+    from napari_zshard.store.pool import LATER, NOW, PriorityPool
+
+    pool = PriorityPool(1, "test")
+    gate = threading.Event()
+    order: list[str] = []
+    pool.submit(gate.wait, 10)  # the one worker is busy
+    for name in ("ahead-1", "ahead-2"):
+        pool.submit(order.append, name, priority=LATER)
+    pool.submit(order.append, "wanted", priority=NOW)
+    gate.set()
+    assert pool.wait_idle(10)
+    assert order == ["wanted", "ahead-1", "ahead-2"]
+    assert list(pool.map(lambda x: x * 2, range(5))) == [0, 2, 4, 6, 8]
+    with pytest.raises(ZeroDivisionError):
+        list(pool.map(lambda x: 1 / x, [1, 0]))

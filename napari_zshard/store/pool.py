@@ -24,8 +24,11 @@ class PriorityPool:
 
     def __init__(self, workers: int, name: str):
         self._heap: list[tuple[int, int, Future, Callable, tuple, dict]] = []
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)  # workers wait here for tasks
+        self._idle = threading.Condition(lock)  # wait_idle waits here
         self._seq = itertools.count()
+        self._unfinished = 0  # queued or running
         for i in range(workers):
             threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
 
@@ -33,6 +36,7 @@ class PriorityPool:
         fut: Future = Future()
         with self._cv:
             heapq.heappush(self._heap, (priority, next(self._seq), fut, fn, args, kwargs))
+            self._unfinished += 1
             self._cv.notify()
         return fut
 
@@ -41,19 +45,27 @@ class PriorityPool:
         futures = [self.submit(fn, item, priority=priority) for item in iterable]
         return _results(futures)
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no task is queued or running (tasks may queue more: those too)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
+
     def _work(self) -> None:
         while True:
             with self._cv:
                 while not self._heap:
                     self._cv.wait()
                 _, _, fut, fn, args, kwargs = heapq.heappop(self._heap)
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args, **kwargs))
-            except BaseException as e:  # delivered to whoever waits on the future
-                fut.set_exception(e)
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as e:  # delivered to whoever waits on the future
+                    fut.set_exception(e)
             del fut, fn, args, kwargs  # do not keep the last task's data alive while idle
+            with self._cv:
+                self._unfinished -= 1
+                if self._unfinished == 0:
+                    self._idle.notify_all()
 
 
 def _results(futures: list[Future]) -> Iterator:
