@@ -6,7 +6,6 @@ caches it uses are shared process-wide so that re-opening a volume re-uses what 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -24,7 +23,7 @@ from ..store.pool import LATER, NOW, decode_pool
 from .cache import EngineCache
 from .coalesce import CoalescePolicy, coalesce_ranges
 from .metadata import ArrayMeta
-from .progressive import ProgressiveChunk, progressive_codecs
+from .progressive import MAX_PREFIX_SHARE, decode_prefix, progressive_codecs
 from .shard_index import ShardIndex, decode_index
 
 log = logging.getLogger(__name__)
@@ -175,10 +174,20 @@ class RegionReader:
                      if key in mine}
             pending.update(self._fetch_and_decode(claimed_coords, extra, needs))
         fill = self.meta.fill_value
+        later = []
         for key, (dst, src) in zip(keys, places, strict=True):
             value = hits.get(key)
-            if value is None:
-                value = self._await(key, pending[key[1]], src)
+            if value is None:  # first the chunks that are ready, or that nobody else is busy with
+                value = self._await(key, pending[key[1]], src, wait=False)
+                if value is None:
+                    later.append((key, dst, src))
+                    continue
+            if value is FILL:
+                out[dst] = fill
+            else:
+                out[dst] = value[src]
+        for key, dst, src in later:
+            value = self._await(key, pending[key[1]], src)
             if value is FILL:
                 out[dst] = fill
             else:
@@ -190,16 +199,22 @@ class RegionReader:
         last = sum((s.stop - 1) * st for s, st in zip(src, self._strides, strict=True))
         return (last + 1) * self.meta.dtype.itemsize
 
-    def _await(self, key, fut: Future, src: tuple[slice, ...]):
-        """A chunk being fetched or decoded: its array once the part ``src`` needs is there."""
+    def _await(self, key, fut: Future, src: tuple[slice, ...], wait: bool = True):
+        """A chunk being fetched or decoded: its array as soon as the part ``src`` needs is
+        decoded (the prefix a cold read decoded first may be enough). ``wait=False``: None
+        instead of waiting, so the caller first serves itself from the chunks that are ready.
+        """
         partial = self.cache.partials.get(key)
-        if partial is not None:
+        if partial is not None and (wait or partial.done()):
             try:
-                chunk = partial.result()
-                chunk.advance_to(self._need(src))
-                return chunk.array
+                array, done = partial.result()
             except Exception:  # the chunk's own future carries the located error
                 pass
+            else:
+                if done >= self._need(src):
+                    return array
+        if not wait and not fut.done():
+            return None
         return fut.result()
 
     def refresh(self) -> None:
@@ -285,8 +300,10 @@ class RegionReader:
         futures.update(pending)
         if not requests:
             return futures
+        # Chunks a read needs only the top of: decode that part first (engine/progressive.py)
         partials = {} if self._progressive is None else {
-            c: self.cache.partials.open((self.token, c)) for c in pending}
+            c: self.cache.partials.open((self.token, c)) for c in pending
+            if needs.get(c, self._chunk_nbytes) <= MAX_PREFIX_SHARE * self._chunk_nbytes}
         pool = decode_pool()
         unsharded = self.meta.sharding is None
 
@@ -306,13 +323,12 @@ class RegionReader:
             view = memoryview(result.data)
             for (c, flat), offset, nbytes in request_parts[i]:
                 data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
-                priority = NOW if c in needs else LATER
-                if partials:
-                    pool.submit(self._start_progressive, c, (key, flat, data), pending[c],
-                                partials, needs.get(c, 0), priority=priority)
+                if c in partials:
+                    pool.submit(self._decode_prefix_first, c, (key, flat, data), pending[c],
+                                partials[c], needs[c], priority=NOW)
                 else:
                     pool.submit(self._decode_into, c, (key, flat, data), pending[c],
-                                priority=priority)
+                                priority=NOW if c in needs else LATER)
 
         try:
             self.store.read_many(requests, on_result=on_result)
@@ -347,46 +363,43 @@ class RegionReader:
             _settle(partial, error=error or _NotProgressive())
             self.cache.partials.close((self.token, coords), partial)
 
-    def _decode_into(self, coords: Coords, src, fut: Future) -> None:
+    def _decode_into(self, coords: Coords, src, fut: Future, *, count: bool = True) -> None:
         if fut.done():  # the batch already failed
             return
         try:
-            _settle(fut, value=self._decode_one(coords, src))
+            _settle(fut, value=self._decode_one(coords, src, count=count))
         except BaseException as e:
             _settle(fut, error=e)
 
-    def _start_progressive(self, coords: Coords, src: tuple[str, int, memoryview], fut: Future,
-                           partials: dict[Coords, Future], need: int) -> None:
-        """Check and open a chunk's stream, decode the part a read waits for; the rest later."""
+    def _decode_prefix_first(self, coords: Coords, src: tuple[str, int, memoryview],
+                             fut: Future, partial: Future, need: int) -> None:
+        """Decode the first ``need`` bytes of a chunk for the read waiting on them; the whole
+        chunk later, at low priority (a failure is reported by that whole decode, at once)."""
         if fut.done():  # the batch already failed
+            self._close_partial(coords, partial)
             return
-        key, entry, data = src
+        _, _, data = src
         meta = self.meta
         try:
-            chunk = ProgressiveChunk(self._progressive, data, meta.chunk_shape, meta.dtype)
-        except BaseException as e:
-            self._chunk_failed(coords, key, entry, e, fut)
-            self._drop_partial(coords, partials, e)
+            prefix = decode_prefix(self._progressive, data, meta.chunk_shape, meta.dtype, need)
+        except Exception:
+            self._decode_whole(coords, src, fut, partial)
             return
-        self.counters.add(chunks_decoded=1, decoded_bytes=chunk.total)
-        _settle(partials[coords], value=chunk)
-        if need:
-            with contextlib.suppress(Exception):  # reported with its location by the finish
-                chunk.advance_to(need)
-        decode_pool().submit(self._finish_progressive, coords, key, entry, chunk, fut,
-                             partials[coords], priority=LATER)
+        self.counters.add(chunks_decoded=1, decoded_bytes=self._chunk_nbytes)
+        _settle(partial, value=prefix)
+        decode_pool().submit(self._decode_whole, coords, src, fut, partial, count=False,
+                             priority=LATER)
 
-    def _finish_progressive(self, coords: Coords, key: str, entry: int, chunk: ProgressiveChunk,
-                            fut: Future, partial: Future) -> None:
+    def _decode_whole(self, coords: Coords, src, fut: Future, partial: Future, *,
+                      count: bool = True) -> None:
         try:
-            arr = chunk.finish()
-        except BaseException as e:
-            self._chunk_failed(coords, key, entry, e, fut)
-        else:
-            self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
-            _settle(fut, value=arr)
+            self._decode_into(coords, src, fut, count=count)
         finally:
-            self.cache.partials.close((self.token, coords), partial)
+            self._close_partial(coords, partial)
+
+    def _close_partial(self, coords: Coords, partial: Future) -> None:
+        _settle(partial, error=_NotProgressive())  # unless the prefix was set: readers use fut
+        self.cache.partials.close((self.token, coords), partial)
 
     def _chunk_failed(self, coords: Coords, key: str, entry: int, error: BaseException,
                       fut: Future) -> None:
@@ -399,7 +412,8 @@ class RegionReader:
         self.cache.chunks.fail([(self.token, coords)], error)
         _settle(fut, error=error)
 
-    def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview]) -> np.ndarray:
+    def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview], *,
+                    count: bool = True) -> np.ndarray:
         key, entry, data = src
         meta = self.meta
         try:
@@ -409,7 +423,8 @@ class RegionReader:
             self._chunk_failed(coords, key, entry, e, fut)
             raise fut.exception() from e
         arr.flags.writeable = False
-        self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
+        if count:
+            self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
         self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
         return arr
 
