@@ -17,6 +17,7 @@ more than the prefix raises.
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import numpy as np
@@ -89,10 +90,17 @@ def decode_prefix(codecs: ChunkCodecs, data, shape: tuple[int, ...], dtype: np.d
     return array, done
 
 
+_local = threading.local()
+
+
 def _zstd_prefix(payload: memoryview, out: np.ndarray) -> int:
     zstandard = _zstandard()
-    reader = zstandard.ZstdDecompressor().stream_reader(payload, read_size=len(payload),
-                                                        read_across_frames=False)
+    # One decompression context per thread, re-used: a new one allocates (and the kernel
+    # zero-fills) a window buffer the size of the chunk every time.
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    reader = dctx.stream_reader(payload, read_size=len(payload), read_across_frames=False)
     done = 0
     try:
         while done < out.nbytes:
