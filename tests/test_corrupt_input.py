@@ -25,6 +25,7 @@ import napari_zshard
 from napari_zshard import EngineCache
 from napari_zshard.errors import (
     ChecksumError,
+    CorruptDataError,
     CorruptShardError,
     DecompressionBombError,
     MetadataError,
@@ -387,6 +388,45 @@ def write_bomb(path, compressor: dict, chunk: bytes) -> None:
     index = entries + crc32c.crc32c(entries).to_bytes(4, "little")
     (path / "c/0/0").mkdir(parents=True)
     (path / "c/0/0/0").write_bytes(chunk + index)
+
+
+def zstd_cases() -> dict:
+    """Damaged zstd chunks (no crc32c to catch them first) for an (8, 16, 16) uint16 chunk."""
+    import numcodecs.zstd
+    import zstandard
+
+    data = np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16) % 300
+    good = numcodecs.zstd.compress(data, 3)
+    unsized = zstandard.ZstdCompressor(level=3, write_content_size=False)
+    return {
+        "cut short": (good[:-10], CorruptDataError),
+        "garbage after the frame": (good + b"garbage!", CorruptDataError),
+        "a frame too short": (numcodecs.zstd.compress(data[:4], 3), CorruptDataError),
+        "two frames": (numcodecs.zstd.compress(data[:4], 3) * 2, CorruptDataError),
+        "too long, declared": (numcodecs.zstd.compress(np.concatenate([data, data]), 3),
+                               DecompressionBombError),
+        "too long, undeclared": (unsized.compress(np.concatenate([data, data]).tobytes()),
+                                 DecompressionBombError),
+        "too short, undeclared": (unsized.compress(data[:4].tobytes()), CorruptDataError),
+        "undeclared size": (unsized.compress(data.tobytes()), data),
+    }
+
+
+@pytest.mark.parametrize("library", ["zstandard", "numcodecs"])
+@pytest.mark.parametrize("case", list(zstd_cases()))
+def test_a_damaged_zstd_chunk_is_an_error_whichever_library_decodes(case, library,
+                                                                   monkeypatch):
+    from napari_zshard.engine import codecs
+
+    if library == "numcodecs":  # (zstandard missing)
+        monkeypatch.setattr(codecs, "_zstd_decompressor", lambda: None)
+    chunk, expected = zstd_cases()[case]
+    chain = codecs.ChunkCodecs(bytes_codecs=(codecs.ZstdCodec(level=3),))
+    if isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(chain.decode(chunk, (8, 16, 16), np.dtype("u2")), expected)
+        return
+    with pytest.raises(expected):
+        chain.decode(chunk, (8, 16, 16), np.dtype("u2"))
 
 
 def max_rss_bytes() -> int:

@@ -255,3 +255,58 @@ def test_unchanged_chunks_are_copied_as_stored_yet_checked(tmp_path):
     assert plan.arrays[0].passthrough == "transcode" and "re-encoded" in plan.table()
     assert run_to_end(plan, verify="full").complete
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "re.zarr"))[:], data)
+
+
+@pytest.mark.parametrize("fill", [0, np.nan])
+def test_smaller_chunks_are_cut_from_each_decoded_source_chunk(tmp_path, fill):
+    from napari_zshard.engine.shard_writer import encode_shard_by_layers, iter_shards
+    from napari_zshard.reshard import CorruptSourceError
+    from napari_zshard.reshard.passthrough import copy_shard
+    from napari_zshard.reshard.tasks import SourceRef
+
+    data = cells((40, 50, 60)).astype(np.float32)
+    data[:16] = fill  # whole source chunks of fill value: not stored, nor are their pieces
+    data[20:24, 8:40] = fill  # some destination chunks of fill inside stored source chunks
+    store, meta = create_array(tmp_path / "src.zarr", shape=data.shape, dtype=data.dtype,
+                               chunks=(16, 16, 16), shards=(32, 32, 32), fill_value=fill)
+    list(write_array_data(store, meta, data))
+    plan = plan_reshard(tmp_path / "src.zarr", tmp_path / "out.zarr", chunks=(8, 8, 16),
+                        shards=(16, 32, 64))
+    assert plan.arrays[0].passthrough == "split" and "cut from each" in plan.table()
+    assert run_to_end(plan, verify="full").complete
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], data)
+    # byte for byte the shards that decoding whole layers makes (edges padded with fill)
+    target = plan.arrays[0].target
+    for shard in iter_shards(target):
+        cut = copy_shard(SourceRef.of(plan.arrays[0].source).reader(), target, shard, "split")
+
+        def read(r, out):
+            out[...] = data[r]
+
+        assert cut == encode_shard_by_layers(target, shard, read)
+    # a damaged source chunk is caught, and named, before anything is cut from it
+    path = tmp_path / "src.zarr/c/1/0/1"
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0x10
+    path.write_bytes(bytes(raw))
+    plan = plan_reshard(tmp_path / "src.zarr", tmp_path / "bad.zarr", chunks=(8, 8, 16),
+                        shards=(16, 32, 64), measure=False)
+    with pytest.raises(CorruptSourceError, match=r"src.zarr/c/1/0/1: inner chunk \(2, 0, 2\)"):
+        list(plan.run())
+
+
+def test_chunks_that_do_not_tile_the_source_chunks_are_read_by_layers(tmp_path):
+    from napari_zshard.reshard.passthrough import passthrough_mode
+
+    data = cells((40, 64, 64))
+    store, meta = create_array(tmp_path / "src.zarr", shape=data.shape, dtype=data.dtype,
+                               chunks=(16, 16, 16), shards=(32, 32, 32))
+    list(write_array_data(store, meta, data))
+    for chunks, shards, mode in [((8, 8, 8), (16, 16, 16), "split"),
+                                 ((8, 8, 8), (8, 64, 64), None),  # a source chunk, 2 shards
+                                 ((8, 8, 8), (40, 64, 64), "split"),  # one shard along z
+                                 ((8, 32, 32), (16, 64, 64), None),  # larger along y, x
+                                 ((12, 8, 8), (24, 64, 64), None)]:  # 16 is not 12 * n
+        plan = plan_reshard(tmp_path / "src.zarr", tmp_path / "o.zarr", chunks=chunks,
+                            shards=shards, measure=False)
+        assert plan.arrays[0].passthrough == mode == passthrough_mode(meta, plan.arrays[0].target)

@@ -194,10 +194,79 @@ def test_writing_into_a_read_only_folder_is_a_store_error_naming_the_path(tmp_pa
     assert os.listdir(folder) == []
 
 
+# -- objects written piece by piece (a shard streamed as it is encoded) -----------------------
+def test_a_streamed_object_appears_whole_at_commit_and_not_before(store):
+    store.write("c/0/0", b"old")
+    pieces = [bytes([i % 251]) * (i % 7 + 1) for i in range(3000)]  # more than one writev takes
+    out = store.writer("c/0/0")
+    out.write(pieces[:10])
+    out.write([memoryview(b"".join(pieces[10:20]))])
+    out.write(pieces[20:])
+    assert store.read("c/0/0") == b"old"  # nothing shows before the commit
+    assert out.size == sum(map(len, pieces))
+
+    out.commit()
+
+    assert store.read("c/0/0") == b"".join(pieces)
+    assert [key for key, _ in store.list_prefix("")] == ["c/0/0"]
+
+
+def test_an_aborted_stream_leaves_the_object_as_it_was(store):
+    store.write("c/0/0", b"old")
+    out = store.writer("c/0/0")
+    out.write([b"new bytes"])
+    out.abort()
+    out.abort()  # (twice is harmless)
+
+    assert store.read("c/0/0") == b"old"
+    fresh = store.writer("c/0/1")
+    fresh.write([b"x"])
+    fresh.abort()
+    assert store.read("c/0/1") is None
+    assert [key for key, _ in store.list_prefix("")] == ["c/0/0"]
+
+
+def test_a_local_stream_leaves_no_temporary_file_and_survives_short_writes(tmp_path,
+                                                                           monkeypatch):
+    import napari_zshard.store.local as local
+
+    real = local._writev or (lambda fd, views: os.write(fd, views[0]))
+    monkeypatch.setattr(local, "_writev", lambda fd, views: real(fd, [views[0][:1000]]))
+    store = LocalStore(tmp_path / "vol.zarr")
+    data = os.urandom(10_000)
+    out = store.writer("c/0/0")
+    out.write([data[:4321], data[4321:]])
+    assert [p.name.startswith(".0.") for p in (tmp_path / "vol.zarr/c/0").iterdir()] == [True]
+    out.commit()
+
+    assert (tmp_path / "vol.zarr/c/0/0").read_bytes() == data
+    assert os.listdir(tmp_path / "vol.zarr" / "c" / "0") == ["0"]
+
+
+def test_a_failed_stream_is_a_store_error_naming_the_path_and_leaves_nothing(tmp_path,
+                                                                            monkeypatch):
+    import errno
+
+    import napari_zshard.store.local as local
+
+    def full(fd, views):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(local, "_writev", full)
+    store = LocalStore(tmp_path / "vol.zarr")
+    out = store.writer("c/0/0")
+    with pytest.raises(StoreError, match=r"vol\.zarr/c/0/0.*No space"):
+        out.write([b"shard bytes"])
+    out.abort()
+    assert os.listdir(tmp_path / "vol.zarr" / "c" / "0") == []
+
+
 def test_a_store_opened_read_only_refuses_writes(tmp_path):
     store = LocalStore(tmp_path / "vol.zarr")
     store.read_only = True
 
     with pytest.raises(StoreError, match="read-only"):
         store.write("zarr.json", b"{}")
+    with pytest.raises(StoreError, match="read-only"):
+        store.writer("zarr.json")
     assert not (tmp_path / "vol.zarr" / "zarr.json").exists()

@@ -224,6 +224,31 @@ def shard_index(path: Path, n_chunks: int) -> np.ndarray:
     return np.frombuffer(raw[-(16 * n_chunks + 4):-4], "<u8").reshape(n_chunks, 2)
 
 
+@pytest.mark.parametrize(("level", "checksum"), [(3, False), (0, False), (1, True), (-5, False)])
+def test_zstd_chunks_are_numcodecs_frames_whichever_library_compresses(level, checksum,
+                                                                       monkeypatch):
+    import threading
+
+    import numcodecs.zstd
+
+    import napari_zshard.engine.codecs as codecs
+
+    chunk = volume((16, 32, 32))
+    codec = codecs.ZstdCodec(level=level, checksum=checksum)
+    kept = codec.encode(memoryview(chunk).cast("B"))  # a context kept per thread (zstandard)
+    assert kept == numcodecs.zstd.compress(chunk, level, checksum)
+    assert numcodecs.zstd.decompress(kept) == chunk.tobytes()
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(
+        (codec.encode(chunk), codecs._zstd_compressor(level, checksum))))
+    thread.start()
+    thread.join()
+    assert elsewhere[0][0] == kept  # the same frame from another thread's own context
+    assert elsewhere[0][1] is not codecs._zstd_compressor(level, checksum)
+    monkeypatch.setattr(codecs, "_zstd_compressor", lambda level, checksum: None)
+    assert codec.encode(chunk) == kept  # without zstandard, numcodecs makes the same frame
+
+
 def test_inner_chunks_are_in_c_order_so_a_plane_costs_one_request_per_shard(
         tmp_path, http_server):
     data = volume((64, 128, 128), seed=9)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..store import Store
+from ..store.base import ObjectWriter
 from ..store.pool import decode_pool
 from .metadata import ArrayMeta, ShardingSpec
 from .shard_index import EMPTY, encode_index
@@ -27,6 +28,17 @@ def is_fill(chunk: np.ndarray, fill_value: Any) -> bool:
     if chunk.dtype.kind in "fc" and np.isnan(fill_value):
         return bool(np.isnan(chunk).all())
     return bool((chunk == fill_value).all())
+
+
+def is_fill_chunk(chunk: np.ndarray, fill_value: Any) -> bool:
+    """:func:`is_fill` for a chunk about to be encoded: two corners first, the whole
+    comparison only for chunks that may be all fill (most chunks of an image are not)."""
+    nan = fill_value != fill_value  # (NaN: a corner is fill when it is NaN too)
+    for corner in ((0,) * chunk.ndim, (-1,) * chunk.ndim):
+        value = chunk[corner]
+        if not (value == fill_value or (nan and value != value)):
+            return False
+    return is_fill(chunk, fill_value)
 
 
 def shard_region(meta: ArrayMeta, shard: Coords) -> tuple[slice, ...]:
@@ -91,30 +103,56 @@ class ShardAssembly:
     """A shard assembled as its encoded inner chunks arrive in C order, in one growing buffer:
     never a list of chunks plus their concatenation, so a shard of hundreds of MiB takes its
     size in memory once, not twice. :meth:`finish` gives the bytes :func:`assemble_shard`
-    gives."""
+    gives.
 
-    def __init__(self, spec: ShardingSpec, shard_shape: tuple[int, ...]):
+    With ``out`` (an :class:`~napari_zshard.store.base.ObjectWriter`) and the index at the
+    end, the chunks are not kept at all: :meth:`flush` hands those added so far to ``out`` in
+    one write, and :meth:`finish` appends the index and gives the shard's size.
+    """
+
+    def __init__(self, spec: ShardingSpec, shard_shape: tuple[int, ...],
+                 out: ObjectWriter | None = None):
         self.spec = spec
         self.entries = np.full((math.prod(spec.chunks_per_shard(shard_shape)), 2), EMPTY,
                                dtype=np.uint64)
         self.start = spec.index_nbytes(shard_shape) if spec.index_location == "start" else 0
+        self.out = out
+        self.streaming = out is not None and not self.start  # (an index first: gathered)
         self.buffer = bytearray()
+        self.pending: list[bytes | memoryview] = []  # streaming: added, not yet written
+        self.size = 0  # bytes of the chunks added
         self.count = 0
 
     def add(self, chunk: bytes | memoryview | None) -> None:
         """The next chunk in C order (None: not stored)."""
         if chunk is not None:
-            self.entries[self.count] = (self.start + len(self.buffer), len(chunk))
-            self.buffer += chunk
+            self.entries[self.count] = (self.start + self.size, len(chunk))
+            self.size += len(chunk)
+            if self.streaming:
+                self.pending.append(chunk)
+            else:
+                self.buffer += chunk
         self.count += 1
 
-    def finish(self) -> bytearray | None:
-        """The shard, index included; None when no chunk is stored."""
+    def flush(self) -> None:
+        """Write the chunks added since the last flush to ``out`` (streaming only)."""
+        if self.pending:
+            pending, self.pending = self.pending, []
+            self.out.write(pending)
+
+    def finish(self) -> bytearray | int | None:
+        """The shard, index included (with ``out``: written there; its size in bytes); None
+        when no chunk is stored (nothing was written to ``out`` then)."""
         if self.count != len(self.entries):
             raise ValueError(f"a shard of {len(self.entries)} chunks got {self.count}")
         if not (self.entries[:, 0] != EMPTY).any():
             return None
         index = encode_index(self.entries, self.spec)
+        if self.out is not None:
+            pending, self.pending = self.pending, []
+            self.out.write([*pending, index] if self.streaming else [index, self.buffer])
+            self.buffer = bytearray()
+            return self.start + self.size + (0 if self.start else len(index))
         if self.start:
             return bytearray(index) + self.buffer
         self.buffer += index
@@ -148,7 +186,8 @@ def write_array_data(store: Store, meta: ArrayMeta, source: Any, *,
 
 def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
                            read: Callable[[tuple[slice, ...], np.ndarray], Any], *,
-                           depth: int | None = None) -> bytearray | None:
+                           depth: int | None = None, out: ObjectWriter | None = None
+                           ) -> bytearray | int | None:
     """Encode shard ``shard`` from ``read(region, out)`` (which fills ``out`` with the array's
     ``region``, like :meth:`ShardedArray.read_region`), one layer of inner chunks at a time.
 
@@ -156,8 +195,9 @@ def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
     chunk): memory holds two decoded layers (the next one is read while this one is encoded;
     the two buffers are reused) and the encoded chunks, never the whole shard decoded, which
     is what lets a writer stream shards of hundreds of MiB. Layers go in order, so the inner
-    chunks stay in C order. Returns the shard (see :class:`ShardAssembly`), or None when
-    every chunk is fill.
+    chunks stay in C order. Returns the shard (see :class:`ShardAssembly`; with ``out``, each
+    layer is written there as soon as it is encoded and the shard's size is returned), or
+    None when every chunk is fill.
     """
     spec = meta.sharding
     if spec is None:
@@ -170,14 +210,9 @@ def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
     layers = [(lo, min(depth, meta.grid_shape[0] - lo))
               for lo in range(0, meta.grid_shape[0], depth)]
     stored = [(lo, rows) for lo, rows in layers if region[0].start + lo < region[0].stop]
-    first, last = (0,) * len(cs), (-1,) * len(cs)
 
     def encode(chunk: np.ndarray) -> bytes | None:
-        # two corners first: the whole comparison only for chunks that may be all fill
-        corners = np.array([chunk[first], chunk[last]])
-        if is_fill(corners, meta.fill_value) and is_fill(chunk, meta.fill_value):
-            return None
-        return spec.codecs.encode(chunk)
+        return None if is_fill_chunk(chunk, meta.fill_value) else spec.codecs.encode(chunk)
 
     buffers: list[np.ndarray] = []
 
@@ -194,7 +229,7 @@ def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
         read(part, block[inside])
         return block
 
-    shard_bytes = ShardAssembly(spec, meta.grid_shape)
+    shard_bytes = ShardAssembly(spec, meta.grid_shape, out)
     with ThreadPoolExecutor(1, thread_name_prefix="zshard-layer") as ahead:
         pending = ahead.submit(read_layer, 0) if stored else None
         for i, (_, rows) in enumerate(layers):
@@ -213,5 +248,6 @@ def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
             for done in decode_pool().map(lambda batch: [encode(c) for c in batch], batches):
                 for chunk in done:
                     shard_bytes.add(chunk)
+            shard_bytes.flush()
             del block, chunks, batches
     return shard_bytes.finish()

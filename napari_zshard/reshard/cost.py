@@ -202,7 +202,7 @@ def _measure_copy(path: str, source: ShardedArray, target: ArrayMeta, shard: tup
     reader = RegionReader(open_store(source.store.url, source.store.options), source.meta,
                           cache=EngineCache(0), coalesce=CoalescePolicy(), readahead=False)
     region = shard_region(target, shard)
-    c0 = target.chunk_shape[0]
+    c0 = source.meta.chunk_shape[0]  # a layer of source chunks (several destination rows)
     layer_bytes = c0 * math.prod(s.stop - s.start for s in region[1:]) * target.dtype.itemsize
     layers = max(1, budget // max(1, layer_bytes))
     began = time.perf_counter()

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 _LABEL, _COLUMN = 26, 26
 _HOW = {"copy": "copied as stored", "add-crc32c": "copied + crc32c",
-        "transcode": "re-encoded one by one"}
+        "transcode": "re-encoded one by one", "split": "cut from each decoded chunk"}
 
 
 def format_bytes(n: float) -> str:

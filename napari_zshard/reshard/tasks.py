@@ -18,6 +18,7 @@ from ..engine.reader import RegionReader
 from ..engine.shard_writer import encode_shard_by_layers, shard_region
 from ..errors import CorruptDataError
 from ..store import Store, join_key
+from ..store.base import ObjectWriter
 from .journal import record_done
 from .passthrough import copy_shard
 
@@ -84,8 +85,8 @@ if hasattr(os, "register_at_fork"):
 
 class CommitQueue:
     """Shard commits on a thread of their own, so that the next shard is computed while the
-    last one is written and fsynced; at most ``depth`` finished shards wait in memory. (On a
-    dask cluster each task commits its own shard.)"""
+    last one is committed (fsynced and renamed; uploaded, on an object store); at most
+    ``depth`` finished shards wait. (On a dask cluster each task commits its own shard.)"""
 
     def __init__(self, depth: int = 2):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zshard-commit")
@@ -127,14 +128,17 @@ class CommitQueue:
             future.result()
 
 
-def commit_shard(dst: Store, array: str, key: str, data: bytes | bytearray | None) -> None:
-    """Commit one destination shard (or delete it: all fill), then journal it."""
+def commit_shard(dst: Store, array: str, key: str, shard: ObjectWriter,
+                 nbytes: int | None) -> None:
+    """Commit one destination shard written to ``shard`` (``nbytes`` None: all fill, so it is
+    discarded and any shard left at ``key`` by an earlier run deleted), then journal it."""
     full_key = join_key(array, key) if array else key
-    if data is None:
+    if nbytes is None:
+        shard.abort()
         dst.delete(full_key)  # (a shard left by an earlier run of other data)
     else:
-        dst.write(full_key, data)
-    record_done(dst, array, key, len(data) if data else 0)
+        shard.commit()
+    record_done(dst, array, key, nbytes or 0)
 
 
 def reshard_shard(source: SourceRef, dst: Store, array: str, meta: ArrayMeta, shard: Coords,
@@ -142,7 +146,8 @@ def reshard_shard(source: SourceRef, dst: Store, array: str, meta: ArrayMeta, sh
                   commits: CommitQueue | None = None) -> ShardOutcome:
     """Write destination shard ``shard`` of ``array`` from the source, then journal it:
     decoded and re-encoded layer by layer, or (``passthrough``) made of the source's stored
-    chunks as they are. With ``commits`` the write and the journal entry happen there.
+    chunks. Each layer is written out as it is done (to a temporary object: see
+    :meth:`Store.writer`); with ``commits`` the commit and the journal entry happen there.
 
     A corrupt source is reported, not raised, and nothing is written for this shard: the
     caller decides whether that stops the run.
@@ -150,19 +155,28 @@ def reshard_shard(source: SourceRef, dst: Store, array: str, meta: ArrayMeta, sh
     key = meta.object_key(shard)
     region = shard_region(meta, shard)
     pixels = int(np.prod([s.stop - s.start for s in region])) * meta.dtype.itemsize
+    out = dst.writer(join_key(array, key) if array else key)
     try:
         if passthrough:
-            data = copy_shard(source.reader(), meta, shard, passthrough)
+            nbytes = copy_shard(source.reader(), meta, shard, passthrough, out=out)
         else:
-            data = encode_shard_by_layers(meta, shard, source.open().read_region, depth=depth)
+            nbytes = encode_shard_by_layers(meta, shard, source.open().read_region,
+                                            depth=depth, out=out)
     except CorruptDataError as e:
+        out.abort()
         return ShardOutcome(array, key, "corrupt", pixels=pixels, error=str(e))
-    if commits is not None:
-        commits.submit(commit_shard, dst, array, key, data)
-    else:
-        commit_shard(dst, array, key, data)
-    return ShardOutcome(array, key, "written" if data else "fill", len(data) if data else 0,
-                        pixels)
+    except BaseException:
+        out.abort()
+        raise
+    try:
+        if commits is not None:
+            commits.submit(commit_shard, dst, array, key, out, nbytes)
+        else:
+            commit_shard(dst, array, key, out, nbytes)
+    except BaseException:
+        out.abort()  # (not queued, or its commit failed: no temporary object left behind)
+        raise
+    return ShardOutcome(array, key, "written" if nbytes else "fill", nbytes or 0, pixels)
 
 
 def verify_shard(source: SourceRef, dst: Store, array: str, meta: ArrayMeta, shard: Coords,

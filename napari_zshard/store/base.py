@@ -84,6 +84,18 @@ class Store(ABC):
     def write(self, key: str, data: bytes) -> None:
         """Replace ``key`` with ``data`` atomically: readers see the old or the new bytes."""
 
+    def writer(self, key: str) -> ObjectWriter:
+        """A new object for ``key``, written piece by piece and committed atomically as
+        :meth:`write` commits (nothing shows at ``key`` before :meth:`ObjectWriter.commit`).
+
+        This default gathers the pieces in memory and passes them to :meth:`write` at the
+        commit (one PUT on an object store); a local folder streams them into a temporary file.
+        """
+        validate_key(key)
+        if self.read_only:
+            raise StoreError(f"{self.url} is opened read-only")
+        return BufferedWriter(self, key)
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` if it exists."""
@@ -179,6 +191,45 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+class ObjectWriter(ABC):
+    """An object being written (:meth:`Store.writer`): append, then commit or abort."""
+
+    key: str
+    size: int = 0  # bytes appended so far
+
+    @abstractmethod
+    def write(self, buffers: Sequence[Any]) -> None:
+        """Append ``buffers`` (bytes-like objects), in order."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Replace the object at ``key`` with what was appended, atomically."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard what was appended; ``key`` stays as it was. Safe to call more than once."""
+
+
+class BufferedWriter(ObjectWriter):
+    """:meth:`Store.writer`'s default: the object gathered in one buffer, written at commit."""
+
+    def __init__(self, store: Store, key: str):
+        self.store, self.key = store, key
+        self._data = bytearray()
+
+    def write(self, buffers: Sequence[Any]) -> None:
+        for buf in buffers:
+            self._data += buf
+        self.size = len(self._data)
+
+    def commit(self) -> None:
+        data, self._data = self._data, bytearray()
+        self.store.write(self.key, data)
+
+    def abort(self) -> None:
+        self._data = bytearray()
 
 
 class _Conflict:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
-from .base import Modify, ResultCallback, Store, process_key_locks
+from .base import Modify, ObjectWriter, ResultCallback, Store, process_key_locks
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -21,20 +21,28 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
 
 class LocalStore(Store):
     """A folder on a local or cluster file system."""
 
     def __init__(self, root: str | os.PathLike, options: dict | None = None):
         self.root = Path(root).expanduser().absolute()
+        self._root = str(self.root)
         super().__init__(self.root.as_uri(), options)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
+    def _file(self, key: str) -> str:
+        """:meth:`_path` as a string, made without pathlib, which costs more than reading a
+        small object from the page cache (an unsharded array has one object per chunk)."""
+        return os.path.join(self._root, validate_key(key))
+
     def _read_key(self, key: str, requests: list[tuple[int, ByteRequest]]):
         try:
-            fd = os.open(self._path(key), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd = os.open(self._file(key), _O_READ)
         except (FileNotFoundError, NotADirectoryError):
             return [(i, ByteResult(None)) for i, _ in requests]
         except IsADirectoryError:
@@ -84,13 +92,23 @@ class LocalStore(Store):
                     on_result(i, res)
             return part
 
-        if len(by_key) == 1:
-            done = [read_key(next(iter(by_key.items())))]
+        def read_keys(items):
+            return [done for item in items for done in read_key(item)]
+
+        items = list(by_key.items())
+        if len(items) <= 1:
+            done = read_keys(items)
         else:
-            done = io_pool().map(read_key, by_key.items())
-        for part in done:
-            for i, res in part:
-                results[i] = res
+            # As many tasks as the pool has threads, each reading its share of the objects in
+            # turn: as concurrent as one task per object, which a file system with latency
+            # needs, but without a thread hand-off per object, which for thousands of small
+            # objects in the page cache cost more than the reads themselves.
+            pool = io_pool()
+            per = -(-len(items) // min(len(items), getattr(pool, "_max_workers", 8)))
+            done = [d for part in pool.map(read_keys, [items[j:j + per] for j in range(
+                0, len(items), per)]) for d in part]
+        for i, res in done:
+            results[i] = res
         return results  # type: ignore[return-value]
 
     def write(self, key: str, data: bytes) -> None:
@@ -115,6 +133,14 @@ class LocalStore(Store):
                 raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
             raise
         _fsync_dir(path.parent)
+
+    def writer(self, key: str) -> ObjectWriter:
+        """The object streamed into a temporary file beside ``key`` (see :meth:`write`), so a
+        shard of hundreds of MiB is never held in memory whole; committed with an fsync and
+        an atomic rename, like :meth:`write`."""
+        if self.read_only:
+            raise StoreError(f"{self.url} is opened read-only")
+        return _FileWriter(self._path(key), key)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -227,6 +253,83 @@ class LocalStore(Store):
                     continue  # commits in progress, update locks: not objects
                 full = Path(dirpath) / name
                 yield full.relative_to(self.root).as_posix(), full.stat().st_size
+
+
+class _FileWriter(ObjectWriter):
+    """:meth:`LocalStore.writer`: a temporary file in the object's folder, fsynced and renamed
+    over the object at commit (then the folder is fsynced), unlinked at abort.
+
+    Every :data:`_SYNC_BYTES` written, the data so far is flushed to the disk (``fdatasync``)
+    by the writing thread, so that the commit waits for the last few MiB only, not for the
+    whole object: a shard streamed while it is encoded reaches the disk while it is encoded.
+    """
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+        self._synced = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                                   suffix=".tmp")
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+
+    def write(self, buffers: Sequence) -> None:
+        views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
+        first = 0  # views before this one are written
+        try:
+            while first < len(views):
+                if _writev is None:
+                    n = os.write(self._fd, views[first])
+                else:
+                    n = _writev(self._fd, views[first:first + _IOV_MAX])
+                self.size += n
+                while first < len(views) and n >= len(views[first]):
+                    n -= len(views[first])
+                    first += 1
+                if n:  # a short write: go on where it stopped
+                    views[first] = views[first][n:]
+            if self.size - self._synced >= _SYNC_BYTES:
+                _fdatasync(self._fd)
+                self._synced = self.size
+        except OSError as e:  # disk full, ...
+            self.abort()
+            raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from e
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self._tmp, self.path)
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError):  # the target is a folder, ...
+                raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from e
+            raise
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+def _iov_max() -> int:
+    try:
+        return max(1, min(1024, os.sysconf("SC_IOV_MAX")))
+    except (AttributeError, ValueError, OSError):
+        return 16
+
+
+_writev = getattr(os, "writev", None)  # (not on Windows: one write per buffer)
+_IOV_MAX = _iov_max()  # buffers one writev takes
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # (not on macOS and Windows)
+#: A streamed object is flushed to the disk each time this many more bytes were written.
+_SYNC_BYTES = 32 * 1024 * 1024
 
 
 def _fsync_dir(path: Path) -> None:
