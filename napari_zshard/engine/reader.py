@@ -314,7 +314,7 @@ class RegionReader:
                     if unsharded:  # a chunk never written: fill value
                         self.cache.chunks.fulfil((self.token, c), FILL, 64)
                         _settle(pending[c], value=FILL)
-                        self._drop_partial(c, partials)
+                        self._close_partial(c, partials.get(c))
                     else:
                         self._fail(c, pending[c], StoreError(
                             f"{self.store.url}/{key} disappeared after its index was read; "
@@ -353,15 +353,7 @@ class RegionReader:
             self.cache.chunks.fail([(self.token, coords)], error)
             _settle(fut, error=error)
         if partials:
-            self._drop_partial(coords, partials, error)
-
-    def _drop_partial(self, coords: Coords, partials: dict[Coords, Future],
-                      error: BaseException | None = None) -> None:
-        """This chunk will not be decoded front to back: readers wait for its future."""
-        partial = partials.get(coords)
-        if partial is not None:
-            _settle(partial, error=error or _NotProgressive())
-            self.cache.partials.close((self.token, coords), partial)
+            self._close_partial(coords, partials.get(coords), error)
 
     def _decode_into(self, coords: Coords, src, fut: Future, *, count: bool = True) -> None:
         if fut.done():  # the batch already failed
@@ -397,20 +389,13 @@ class RegionReader:
         finally:
             self._close_partial(coords, partial)
 
-    def _close_partial(self, coords: Coords, partial: Future) -> None:
-        _settle(partial, error=_NotProgressive())  # unless the prefix was set: readers use fut
-        self.cache.partials.close((self.token, coords), partial)
-
-    def _chunk_failed(self, coords: Coords, key: str, entry: int, error: BaseException,
-                      fut: Future) -> None:
-        """Fail a chunk's claim with an error naming the store, key, chunk and index entry."""
-        if isinstance(error, CorruptDataError):
-            where = f" (index entry {entry})" if entry >= 0 else ""
-            located = type(error)(f"{self.store.url}/{key}: inner chunk {coords}{where}: {error}")
-            located.__cause__ = error
-            error = located
-        self.cache.chunks.fail([(self.token, coords)], error)
-        _settle(fut, error=error)
+    def _close_partial(self, coords: Coords, partial: Future | None,
+                       error: BaseException | None = None) -> None:
+        """Readers of this chunk wait for its own future from now on (unless its prefix was
+        set, it never will be: fill value, failed fetch, or decoded whole)."""
+        if partial is not None:
+            _settle(partial, error=error or _NotProgressive())
+            self.cache.partials.close((self.token, coords), partial)
 
     def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview], *,
                     count: bool = True) -> np.ndarray:
@@ -419,9 +404,14 @@ class RegionReader:
         try:
             arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype)
         except BaseException as e:
-            fut: Future = Future()
-            self._chunk_failed(coords, key, entry, e, fut)
-            raise fut.exception() from e
+            error = e
+            if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
+                where = f" (index entry {entry})" if entry >= 0 else ""
+                error = type(e)(f"{self.store.url}/{key}: inner chunk {coords}{where}: {e}")
+            self.cache.chunks.fail([(self.token, coords)], error)
+            if error is e:
+                raise
+            raise error from e
         arr.flags.writeable = False
         if count:
             self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
