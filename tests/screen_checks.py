@@ -24,15 +24,21 @@ def write_volume(path, vol, chunks=(16, 32, 32), shards=(32, 64, 64)):
 
 
 def screen_halves(viewer):
-    """Mean colour of the left and right quarter-points of the canvas's middle row."""
+    """Mean colour of the left and right quarter-points of the canvas's middle row; None while
+    that row is still all black (nothing drawn yet, e.g. async slicing still loading)."""
     shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     row = shot[shot.shape[0] // 2]
     content = np.flatnonzero(row.sum(axis=1) > 0)
+    if content.size == 0:
+        return None
     lo, hi = content[0], content[-1]
     width = hi - lo
     return row[lo + width // 4].mean(), row[lo + 3 * width // 4].mean()
 
 
 def shows_plane(viewer, vol, z, tolerance=3):
-    left, right = screen_halves(viewer)
+    halves = screen_halves(viewer)
+    if halves is None:
+        return False
+    left, right = halves
     return abs(left - vol[z, 0, 0]) <= tolerance and abs(right - vol[z, 0, -1]) <= tolerance

@@ -210,8 +210,9 @@ def test_3d_view_shows_the_strided_preview_and_2d_keeps_level_0(make_napari_view
     left, right = vol[::STEP, 0, 0].max(), vol[::STEP, 0, -1].max()
 
     def shows_preview():
-        a, b = screen_halves(viewer)
-        return abs(a - left) <= 3 and abs(b - right) <= 3
+        halves = screen_halves(viewer)
+        return halves is not None and all(abs(h - want) <= 3
+                                          for h, want in zip(halves, (left, right)))
 
     qtbot.waitUntil(shows_preview, timeout=5000)
     assert layer.data_level == 1
