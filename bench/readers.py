@@ -86,6 +86,35 @@ class ZShardDask(ZShardRaw):
             return self.darr[key].compute()
 
 
+class DaskAlone(Reader):
+    """What dask itself costs per compute: ``da.zeros`` with the same shape and blocks as
+    napari-zshard's dask array, sliced and computed the same way (fusion off). Nothing is read;
+    subtracted from "napari-zshard dask" it leaves what the engine's blocks add."""
+
+    name, label = "dask-alone", "dask alone (da.zeros, same blocks)"
+
+    def __init__(self, where: Location):
+        self.where = where
+        self.darr = None
+
+    def open_cold(self) -> None:
+        import dask.array as da
+
+        from napari_zshard import open_array
+        from napari_zshard.engine.lazy import block_shape
+
+        if self.darr is None:
+            arr = open_array(self.where.address)
+            self.darr = da.zeros(arr.shape, dtype=arr.dtype, chunks=block_shape(arr, "napari"))
+
+    def read(self, key) -> None:
+        import dask
+
+        with dask.config.set({"optimization.fuse.active": False}):
+            self.darr[key].compute()
+        # None: zeros are not the volume's data, nothing to compare
+
+
 def _zarr_open(where: Location):
     import zarr
 
@@ -162,7 +191,8 @@ class TensorStore(Reader):
 
 
 def make_readers(where: Location, cache_bytes: int) -> list[Reader]:
-    return [ZShardRaw(where, cache_bytes), ZShardDask(where, cache_bytes), ZarrPython(where),
+    return [ZShardRaw(where, cache_bytes), ZShardDask(where, cache_bytes), DaskAlone(where),
+            ZarrPython(where),
             DaskFromZarr(where), TensorStore(where, 0), TensorStore(where, cache_bytes)]
 
 

@@ -104,7 +104,7 @@ def test_showing_one_plane_decodes_only_the_chunks_that_touch_it(volume):
     assert arr.counters["chunks_decoded"] == CHUNKS_PER_PLANE - missing
 
 
-def test_a_tile_of_a_plane_computes_only_its_blocks(volume):
+def test_a_tile_of_a_plane_reads_only_the_chunks_under_it(volume):
     path, data = volume
     arr = napari_zshard.open_array(path, cache=EngineCache(), readahead=False)
     d = arr.to_dask()
@@ -113,10 +113,68 @@ def test_a_tile_of_a_plane_computes_only_its_blocks(volume):
         tile = d[1, 0:100, 0:100].compute()
 
     assert np.array_equal(tile, data[1, 0:100, 0:100])
-    # The one block it touches (the 300x520 plane is smaller than a canvas: one block):
-    # 5 x 9 inner chunks, each 2 planes deep, less the 2 x 4 of the never-written shard
-    # column (fill value, nothing to decode); nothing of the other planes.
-    assert arr.counters["chunks_decoded"] == 5 * 9 - 2 * 4
+    # The slice is read as a region, not cut from its whole 300x520 block: the 2 x 2 inner
+    # chunks under the 100x100 tile, nothing else.
+    assert arr.counters["chunks_decoded"] == 2 * 2
+
+
+@pytest.mark.parametrize("index", [
+    (3,), (slice(None), 7), (2, slice(10, 200), slice(-90, None)), (Ellipsis, 5),
+    (-1, 299, -1), (slice(1, 4),), (slice(5, 2),)])
+def test_a_rectangular_slice_is_one_task_reading_that_region(volume, index):
+    """napari slices the level it shows and the thumbnail level on every step: each slice is
+    one task (not the blocks it touches, then a cut), whatever the blocks."""
+    path, data = volume
+    for blocks in ("napari", "shards", (1, 7, 13)):
+        d = napari_zshard.open_array(path, cache=EngineCache()).to_dask(blocks)
+
+        part = d[index]
+
+        assert len(part.__dask_graph__()) == 1
+        assert part.shape == data[index].shape
+        with dask.config.set(NO_FUSION):
+            assert np.array_equal(part.compute(), data[index])
+        assert np.array_equal(np.asarray(part), data[index])
+        # and it is an ordinary dask array from there on
+        assert np.array_equal((part.astype("int64") * 2).sum().compute(),
+                              data[index].astype("int64").sum() * 2)
+
+
+@pytest.mark.parametrize("index", [
+    (slice(None, None, 2),), (1, slice(None, None, -3)), ([0, 5],), (None, 2),
+    (np.arange(6) % 2 == 0,)])
+def test_other_selections_slice_block_wise(volume, index):
+    path, data = volume
+    d = napari_zshard.open_array(path, cache=EngineCache()).to_dask()
+
+    part = d[index]
+
+    assert np.array_equal(part.compute(), data[index])
+
+
+def test_a_slice_too_big_for_one_task_is_sliced_block_wise(volume, monkeypatch):
+    from napari_zshard.engine import lazy
+
+    path, data = volume
+    d = napari_zshard.open_array(path, cache=EngineCache()).to_dask()
+    monkeypatch.setattr(lazy, "ONE_TASK_SLICE_BYTES", 2 * 300 * 520 * 2)
+
+    small, big = d[1:3], d[1:4]
+
+    assert len(small.__dask_graph__()) == 1
+    assert big.numblocks == (3, 1, 1) and len(big.__dask_graph__()) > 1
+    assert np.array_equal(small.compute(), data[1:3])
+    assert np.array_equal(big.compute(), data[1:4])
+
+
+def test_out_of_bounds_indexes_raise_as_dask_does(volume):
+    path, _ = volume
+    d = napari_zshard.open_array(path, cache=EngineCache()).to_dask()
+
+    with pytest.raises(IndexError):
+        d[6]
+    with pytest.raises(IndexError):
+        d[0, 0, 0, 0]
 
 
 def test_shard_blocks_for_notebooks(volume):

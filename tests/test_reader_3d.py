@@ -212,7 +212,7 @@ def test_3d_view_shows_the_strided_preview_and_2d_keeps_level_0(make_napari_view
     def shows_preview():
         halves = screen_halves(viewer)
         return halves is not None and all(abs(h - want) <= 3
-                                          for h, want in zip(halves, (left, right)))
+                                          for h, want in zip(halves, (left, right), strict=True))
 
     qtbot.waitUntil(shows_preview, timeout=5000)
     assert layer.data_level == 1

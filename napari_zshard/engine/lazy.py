@@ -4,23 +4,34 @@ napari computes dask arrays with task fusion off, on the Qt thread, as many bloc
 there are cores, and each block a view touches is built whole. So the default ("napari") blocks
 are one plane deep along the leading axes and a canvas tile wide; the engine's chunk cache and
 read-ahead give the re-use along z. Notebook users can ask for shard-aligned blocks.
+
+With fusion off dask cannot push a slice into the read that feeds it: it builds the blocks,
+then cuts them. So the engine's dask array pushes the slice itself when it is taken: slicing it
+with ints and step-1 slices (what napari does on every step, for the level it shows and again
+for the thumbnail) gives a one-task dask array that reads exactly that region through the
+engine, which decodes in parallel itself. Other selections, and regions too big for one task,
+slice block-wise as any dask array does.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import dask.array as da
 import numpy as np
+from dask.local import get_sync
 
 if TYPE_CHECKING:
     from .array import ShardedArray
 
-# Pixels along each of the last two axes: about a canvas. Measured on a warm 1024² uint16 plane
-# of 64³ chunks: the engine itself takes 1.3 ms; dask adds ~4 ms per compute whatever the array
-# (graph, cull, order, scheduler), plus ~2.5 ms per extra block: 11-13 ms with 512² blocks,
-# 6-8 ms with one 1024² block. A block stays canvas-sized, so a zoomed-in view of a huge plane
-# never builds the whole plane.
+# Pixels along each of the last two axes: about a canvas. napari's slices of the level it shows
+# are one-task reads (EngineDaskArray below), so blocks shape block-wise work: a whole-level
+# compute, a strided preview, a slice over ONE_TASK_SLICE_BYTES. Measured when they also shaped
+# every napari step (warm 1024² uint16 plane, 64³ chunks): dask cost ~4 ms per compute plus
+# ~2.5 ms per extra block, so 512² blocks took 11-13 ms and 1024² blocks 6-8 ms. A block stays
+# canvas-sized, so a zoomed-in view of a huge plane never builds the whole plane.
 NAPARI_TILE = 1024
 
 
@@ -59,11 +70,81 @@ def to_dask(array: ShardedArray, blocks: str | Sequence[int] = "napari"):
     notebook and cluster work. ``"chunks"``: one block per inner chunk. Or an explicit shape.
     The graph holds a credential-free reference to the store, never secrets.
     """
-    import dask.array as da
     from dask.base import tokenize
 
     shape = block_shape(array, blocks)
     name = "zshard-" + tokenize(array.url, array.shape, str(array.dtype), shape,
                                 array.meta.grid_shape, array.meta.chunk_shape)
-    return da.from_array(array, chunks=shape, name=name, asarray=False, fancy=False, lock=False,
-                         meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+    plain = da.from_array(array, chunks=shape, name=name, asarray=False, fancy=False,
+                          lock=False, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+    out = EngineDaskArray(plain.dask, plain.name, plain.chunks, meta=plain._meta)
+    out._source = array
+    return out
+
+
+#: A slice up to this many bytes becomes one task reading exactly that region; a bigger one is
+#: sliced block-wise, so that it computes in parallel tasks (and across a cluster's workers).
+ONE_TASK_SLICE_BYTES = 256 * 1024 * 1024
+
+
+class EngineDaskArray(da.Array):
+    """The dask array of an engine array (see the module docstring): its blocks are the ones
+    :func:`to_dask` was asked for; a small rectangular slice of it reads that region in one task.
+
+    Anything dask does with it (reductions, ``map_blocks``, pickling) is what it does with any
+    dask array, and gives plain dask arrays.
+    """
+
+    _source: ShardedArray
+
+    def __getitem__(self, index):
+        from .array import _plan_selection
+
+        source = getattr(self, "_source", None)
+        try:
+            region, post = _plan_selection(index, self.shape)
+        except (IndexError, TypeError, ValueError):
+            region = None  # fancy, boolean, newaxis, out of bounds: dask's own way and errors
+        if source is None or region is None or any(
+                isinstance(p, slice) and p != slice(None) for p in post):
+            return super().__getitem__(index)
+        lengths = [s.stop - s.start for s in region]
+        if int(np.prod(lengths)) * self.dtype.itemsize > ONE_TASK_SLICE_BYTES:
+            return super().__getitem__(index)
+        shape = tuple(n for n, p in zip(lengths, post or (slice(None),) * len(lengths),
+                                         strict=True) if not isinstance(p, int))
+        digest = hashlib.blake2b(repr((region, post)).encode(), digest_size=8).hexdigest()
+        name = f"{self.name}-region-{digest}"
+        graph = {(name, *(0,) * len(shape)): (_read_region, source, region, post)}
+        return RegionDaskArray(graph, name, tuple((n,) for n in shape),
+                               meta=np.empty((0,) * len(shape), dtype=self.dtype))
+
+
+class RegionDaskArray(da.Array):
+    """A slice of an :class:`EngineDaskArray`: one task, which the engine parallelises inside.
+
+    Its graph is already minimal (nothing to optimise), its one block is its value (nothing to
+    concatenate), and unless a scheduler is configured (a ``distributed`` client is) it runs in
+    the calling thread: a thread pool would only add a hand-over for the one task.
+    """
+
+    __dask_scheduler__ = staticmethod(get_sync)
+
+    @staticmethod
+    def __dask_optimize__(dsk, keys, **kwargs):
+        return dsk
+
+    def __dask_postcompute__(self):
+        return _the_block, ()
+
+
+def _read_region(source: ShardedArray, region: tuple[slice, ...], post: tuple) -> np.ndarray:
+    out = source.read_region(region)
+    return out[post] if post else out
+
+
+def _the_block(results):
+    """The value of a one-block array from what the scheduler returns (nested per axis)."""
+    while isinstance(results, list | tuple):
+        (results,) = results
+    return results
