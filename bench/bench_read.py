@@ -206,7 +206,7 @@ def summarise(transport: str, pattern: Pattern, reader: Reader, runs: list[Run])
 LABELS = {
     "zshard": "napari-zshard raw arr[z]",
     "zshard-dask": "napari-zshard dask, fusion off",
-    "dask-alone": "dask alone (da.zeros, same blocks)",
+    "dask-alone": "dask alone (1 task, sync, no read)",
     "zarr": "zarr-python 3",
     "from_zarr": "dask.array.from_zarr, fusion off",
     "ts": "tensorstore, no cache pool",

@@ -120,11 +120,32 @@ def test_a_tile_without_readahead_touches_one_shard(served, http_server):
                             "decoded_bytes": 4 * 16 * 16 * 2}
 
 
-def test_a_tile_with_readahead_fetches_the_whole_plane_row_in_one_batch(served, http_server):
+def test_a_tile_returns_first_and_the_rest_of_its_row_is_read_ahead_after_it(served,
+                                                                              http_server):
+    """Read-ahead in the shards a tile does not touch runs after the tile has its bytes, in
+    the background: a slow read-ahead shard (here: one that does not answer) never holds the
+    tile up, and once it arrived, panning across the plane costs nothing."""
     arr, data = served()
+    # plane 2, rows 40:60, columns 0:30 lie in shard (0, 1, 0); the row's other 3 shards hang
+    for shard in ("/c/0/0/0", "/c/0/0/1", "/c/0/1/1"):
+        http_server.inject("hang", contains=shard)
 
-    assert np.array_equal(arr[2, 40:60, 0:30], data[2, 40:60, 0:30])
-    assert http_server.count("/c/") == 2 * SHARDS_PER_PLANE
+    started = time.monotonic()
+    tile = arr[2, 40:60, 0:30]
+
+    assert time.monotonic() - started < 5  # the hang lasts 60 s
+    assert np.array_equal(tile, data[2, 40:60, 0:30])
+    assert http_server.count("/c/0/1/0") == 2  # the tile's shard: its index, its data
+
+    deadline = time.monotonic() + 20
+    while http_server.count("/c/") < 2 + 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the read-ahead's index requests reach the server, and hang
+    http_server.release_hangs()  # they close unanswered: the read-ahead retries them
+    while arr.counters["chunks_decoded"] < 16 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert arr.counters["chunks_decoded"] == 16  # the plane's whole chunk row
+    # the tile's 2; the 3 hung index requests; then 3 indexes and 3 data requests answered
+    assert http_server.count("/c/") == 2 + 3 + 3 * 2
     http_server.reset_log()
 
     # Panning across the same plane afterwards costs nothing.

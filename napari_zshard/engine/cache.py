@@ -11,9 +11,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+from .promise import Promise
 
 
 @dataclass
@@ -30,16 +31,16 @@ class ClaimingLRU:
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._inflight: dict[Hashable, Future] = {}
+        self._inflight: dict[Hashable, Promise] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def claim(self, keys: Iterable[Hashable], *, max_age: float | None = None
-              ) -> tuple[dict[Hashable, Any], dict[Hashable, Future], list[Hashable]]:
+              ) -> tuple[dict[Hashable, Any], dict[Hashable, Promise], list[Hashable]]:
         """Split ``keys`` into cached values, futures to wait on, and keys the caller must fetch."""
         hits: dict[Hashable, Any] = {}
-        waits: dict[Hashable, Future] = {}
+        waits: dict[Hashable, Promise] = {}
         claimed: list[Hashable] = []
         now = time.monotonic()
         with self._lock:
@@ -54,7 +55,7 @@ class ClaimingLRU:
                 if fut is not None:
                     waits[key] = fut
                     continue
-                self._inflight[key] = Future()
+                self._inflight[key] = Promise()
                 claimed.append(key)
                 self.misses += 1
         return hits, waits, claimed
@@ -102,19 +103,19 @@ class PartialChunks:
     a key here reads the part it needs as soon as it is decoded, instead of the whole chunk."""
 
     def __init__(self) -> None:
-        self._futures: dict[Hashable, Future] = {}
+        self._futures: dict[Hashable, Promise] = {}
         self._lock = threading.Lock()
 
-    def open(self, key: Hashable) -> Future:
-        fut: Future = Future()
+    def open(self, key: Hashable) -> Promise:
+        fut: Promise = Promise()
         with self._lock:
             self._futures[key] = fut
         return fut
 
-    def get(self, key: Hashable) -> Future | None:
+    def get(self, key: Hashable) -> Promise | None:
         return self._futures.get(key)
 
-    def close(self, key: Hashable, fut: Future) -> None:
+    def close(self, key: Hashable, fut: Promise) -> None:
         with self._lock:
             if self._futures.get(key) is fut:
                 del self._futures[key]

@@ -336,10 +336,11 @@ class ChunkCodecs:
         return dtype.newbyteorder(order)
 
     def decode(self, data, chunk_shape: tuple[int, ...], dtype: np.dtype,
-               out: np.ndarray | None = None) -> np.ndarray:
+               out: np.ndarray | None = None, *, checksum_verified: bool = False) -> np.ndarray:
         """Decode one chunk into a new C-ordered array of ``chunk_shape`` and native ``dtype``,
         or into ``out``, such an array: a caller decoding chunk after chunk into one buffer
-        spares the allocator a new one per chunk."""
+        spares the allocator a new one per chunk. ``checksum_verified``: the caller already
+        checked a trailing crc32c over these very bytes; it is stripped, not computed again."""
         n = math.prod(chunk_shape) * dtype.itemsize
         if out is not None and (out.shape != tuple(chunk_shape) or out.dtype != dtype
                                 or not out.flags.c_contiguous or not out.flags.writeable):
@@ -357,7 +358,11 @@ class ChunkCodecs:
         buf = data
         if self.filters:
             sizes[0] = None  # v2 filters may change the size (e.g. a packing filter)
-        for i in range(len(self.bytes_codecs) - 1, -1, -1):
+        last = len(self.bytes_codecs) - 1
+        if checksum_verified and last >= 0 and isinstance(self.bytes_codecs[last], Crc32cCodec):
+            buf = memoryview(buf).cast("B")[:-4]
+            last -= 1
+        for i in range(last, -1, -1):
             buf = self.bytes_codecs[i].decode(buf, sizes[i], out if i == 0 and direct else None)
         if out is not None and buf is out:
             return out

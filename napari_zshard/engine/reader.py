@@ -12,18 +12,18 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, is_dataclass
 
 import numpy as np
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
 from ..store import FullRequest, RangeRequest, Store, SuffixRequest
-from ..store.pool import LATER, NOW, decode_pool
+from ..store.pool import LATER, NOW, decode_pool, readahead_pool
 from .cache import EngineCache
 from .coalesce import CoalescePolicy, coalesce_ranges
 from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, decode_prefix, progressive_codecs
+from .promise import Promise
 from .shard_index import ShardIndex, decode_index
 
 log = logging.getLogger(__name__)
@@ -162,45 +162,50 @@ class RegionReader:
         axes = self._axis_ranges(region)
         token = self.token
         keys = [(token, c) for c in itertools.product(*axes)]
-        places = list(self._placements(region, axes))
+        places = self._placements(region, axes)
         # A chunk is as fresh as the index it was found through: it expires with it.
         hits, waits, claimed = self.cache.chunks.claim(keys, max_age=self.index_max_age)
-        pending: dict[Coords, Future] = {k[1]: f for k, f in waits.items()}
+        pending: dict[Coords, Promise] = {k[1]: f for k, f in waits.items()}
         if claimed:
             claimed_coords = [k[1] for k in claimed]
             extra = self._readahead(claimed_coords) if self.readahead else []
             mine = set(claimed)
-            needs = {key[1]: self._need(src) for key, (_, src) in zip(keys, places, strict=True)
+            needs = {key[1]: need for key, (_, _, need) in zip(keys, places, strict=True)
                      if key in mine}
-            pending.update(self._fetch_and_decode(claimed_coords, extra, needs))
+            # Read-ahead in the shards this read fetches anyway rides along in its requests;
+            # read-ahead in other shards is fetched after it, in the background: it never
+            # delays the read (a zoomed-in view of a big plane, a tile) nor shares its bandwidth.
+            near, far = self._split_readahead(claimed_coords, extra)
+            try:
+                pending.update(self._fetch_and_decode(claimed_coords, near, needs))
+            except BaseException as e:
+                self.cache.chunks.fail([(token, c) for c in far], e)
+                raise
+            if far:
+                readahead_pool().submit(self._fetch_in_background, far)
         fill = self.meta.fill_value
         later = []
-        for key, (dst, src) in zip(keys, places, strict=True):
+        for key, (dst, src, need) in zip(keys, places, strict=True):
             value = hits.get(key)
             if value is None:  # first the chunks that are ready, or that nobody else is busy with
-                value = self._await(key, pending[key[1]], src, wait=False)
+                value = self._await(key, pending[key[1]], need, wait=False)
                 if value is None:
-                    later.append((key, dst, src))
+                    later.append((key, dst, src, need))
                     continue
             if value is FILL:
                 out[dst] = fill
             else:
                 out[dst] = value[src]
-        for key, dst, src in later:
-            value = self._await(key, pending[key[1]], src)
+        for key, dst, src, need in later:
+            value = self._await(key, pending[key[1]], need)
             if value is FILL:
                 out[dst] = fill
             else:
                 out[dst] = value[src]
         return out
 
-    def _need(self, src: tuple[slice, ...]) -> int:
-        """Bytes of an inner chunk (C order) up to the last element of ``src`` inside it."""
-        last = sum((s.stop - 1) * st for s, st in zip(src, self._strides, strict=True))
-        return (last + 1) * self.meta.dtype.itemsize
-
-    def _await(self, key, fut: Future, src: tuple[slice, ...], wait: bool = True):
-        """A chunk being fetched or decoded: its array as soon as the part ``src`` needs is
+    def _await(self, key, fut: Promise, need: int, wait: bool = True):
+        """A chunk being fetched or decoded: its array as soon as its first ``need`` bytes are
         decoded (the prefix a cold read decoded first may be enough). ``wait=False``: None
         instead of waiting, so the caller first serves itself from the chunks that are ready.
         """
@@ -211,7 +216,7 @@ class RegionReader:
             except Exception:  # the chunk's own future carries the located error
                 pass
             else:
-                if done >= self._need(src):
+                if done >= need:
                     return array
         if not wait and not fut.done():
             return None
@@ -228,20 +233,28 @@ class RegionReader:
         return [range(s.start // c, (s.stop - 1) // c + 1)
                 for s, c in zip(region, self.meta.chunk_shape, strict=True)]
 
-    def _placements(self, region: tuple[slice, ...], axes: list[range]):
-        """Per touched chunk (in ``itertools.product(*axes)`` order), the ``(dst, src)``
-        slices that copy its part of ``region`` into the output; built per axis once, so a
-        plane of hundreds of chunks costs a tuple lookup per chunk, not slice arithmetic."""
-        dst_axes, src_axes = [], []
-        for s, c, rng in zip(region, self.meta.chunk_shape, axes, strict=True):
-            dsts, srcs = [], []
+    def _placements(self, region: tuple[slice, ...], axes: list[range]
+                     ) -> list[tuple[tuple[slice, ...], tuple[slice, ...], int]]:
+        """Per touched chunk (in ``itertools.product(*axes)`` order): the ``(dst, src)`` slices
+        that copy its part of ``region`` into the output, and how many of the chunk's first
+        bytes (C order) that part needs. Built per axis once, so a plane of hundreds of chunks
+        costs a few tuple operations per chunk, not slice arithmetic."""
+        dst_axes, src_axes, last_axes = [], [], []
+        for s, c, rng, stride in zip(region, self.meta.chunk_shape, axes, self._strides,
+                                     strict=True):
+            dsts, srcs, lasts = [], [], []
             for g in rng:
                 lo, hi = max(s.start, g * c), min(s.stop, (g + 1) * c)
                 dsts.append(slice(lo - s.start, hi - s.start))
                 srcs.append(slice(lo - g * c, hi - g * c))
+                lasts.append((hi - g * c - 1) * stride)  # the part's last element, this axis
             dst_axes.append(dsts)
             src_axes.append(srcs)
-        return zip(itertools.product(*dst_axes), itertools.product(*src_axes), strict=True)
+            last_axes.append(lasts)
+        itemsize = self.meta.dtype.itemsize
+        return [(dst, src, (sum(last) + 1) * itemsize) for dst, src, last in zip(
+            itertools.product(*dst_axes), itertools.product(*src_axes),
+            itertools.product(*last_axes), strict=True)]
 
     def _readahead(self, claimed: list[Coords]) -> list[Coords]:
         """The rest of each claimed chunk's row: same leading coords, every (y, x) chunk."""
@@ -277,12 +290,36 @@ class RegionReader:
                                              max_age=self.index_max_age)
         return [k[1] for k in mine]
 
+    def _split_readahead(self, claimed: list[Coords], extra: list[Coords]
+                         ) -> tuple[list[Coords], list[Coords]]:
+        """``extra`` split into the chunks in objects (shards) ``claimed`` touches, and the rest."""
+        if not extra:
+            return [], []
+        if self.meta.sharding is None:  # one object per chunk: every extra chunk is another
+            return [], extra
+        cps = self.meta.chunks_per_object
+        touched = {tuple(g // n for g, n in zip(c, cps, strict=True)) for c in claimed}
+        near, far = [], []
+        for c in extra:
+            shard = tuple(g // n for g, n in zip(c, cps, strict=True))
+            (near if shard in touched else far).append(c)
+        return near, far
+
+    def _fetch_in_background(self, chunks: list[Coords]) -> None:
+        """Read-ahead of ``chunks``: fetched and decoded at low priority, nobody waiting. A
+        failure releases their claims (a read that needs them fetches them again and reports
+        any error itself)."""
+        try:
+            self._fetch_and_decode([], chunks, {})
+        except BaseException as e:  # nobody to report to; the claims were failed
+            log.debug("read-ahead of %d chunks of %s failed: %s", len(chunks), self.store.url, e)
+
     # -- fetching --------------------------------------------------------------------------
     def _fetch_and_decode(self, claimed: list[Coords], extra: list[Coords],
-                          needs: dict[Coords, int]) -> dict[Coords, Future]:
+                          needs: dict[Coords, int]) -> dict[Coords, Promise]:
         """Fetch every claimed chunk in one concurrent batch; each chunk's decode starts as
         soon as its bytes arrive (pipelined with the rest of the batch), the chunks a read
-        waits for (``needs``: bytes of each it needs) before the read-ahead. Futures per chunk.
+        waits for (``needs``: bytes of each it needs) before the read-ahead. Promises per chunk.
         """
         everything = claimed + extra
         try:
@@ -290,13 +327,13 @@ class RegionReader:
         except BaseException as e:
             self.cache.chunks.fail([(self.token, c) for c in everything], e)
             raise
-        futures: dict[Coords, Future] = {}
+        futures: dict[Coords, Promise] = {}
         for coords in fills:
             self.cache.chunks.fulfil((self.token, coords), FILL, 64)
-            f: Future = Future()
+            f: Promise = Promise()
             f.set_result(FILL)
             futures[coords] = f
-        pending = {c: Future() for parts in request_parts for (c, _), _, _ in parts}
+        pending = {c: Promise() for parts in request_parts for (c, _), _, _ in parts}
         futures.update(pending)
         if not requests:
             return futures
@@ -324,10 +361,10 @@ class RegionReader:
             for (c, flat), offset, nbytes in request_parts[i]:
                 data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
                 if c in partials:
-                    pool.submit(self._decode_prefix_first, c, (key, flat, data), pending[c],
+                    pool.post(self._decode_prefix_first, c, (key, flat, data), pending[c],
                                 partials[c], needs[c], priority=NOW)
                 else:
-                    pool.submit(self._decode_into, c, (key, flat, data), pending[c],
+                    pool.post(self._decode_into, c, (key, flat, data), pending[c],
                                 priority=NOW if c in needs else LATER)
 
         try:
@@ -347,24 +384,25 @@ class RegionReader:
             self.counters.add(data_requests=len(requests))
         return futures
 
-    def _fail(self, coords: Coords, fut: Future, error: BaseException,
-              partials: dict[Coords, Future] | None = None) -> None:
+    def _fail(self, coords: Coords, fut: Promise, error: BaseException,
+              partials: dict[Coords, Promise] | None = None) -> None:
         if not fut.done():
             self.cache.chunks.fail([(self.token, coords)], error)
             _settle(fut, error=error)
         if partials:
             self._close_partial(coords, partials.get(coords), error)
 
-    def _decode_into(self, coords: Coords, src, fut: Future, *, count: bool = True) -> None:
+    def _decode_into(self, coords: Coords, src, fut: Promise, *, count: bool = True,
+                     verified: bool = False) -> None:
         if fut.done():  # the batch already failed
             return
         try:
-            _settle(fut, value=self._decode_one(coords, src, count=count))
+            _settle(fut, value=self._decode_one(coords, src, count=count, verified=verified))
         except BaseException as e:
             _settle(fut, error=e)
 
     def _decode_prefix_first(self, coords: Coords, src: tuple[str, int, memoryview],
-                             fut: Future, partial: Future, need: int) -> None:
+                             fut: Promise, partial: Promise, need: int) -> None:
         """Decode the first ``need`` bytes of a chunk for the read waiting on them; the whole
         chunk later, at low priority (a failure is reported by that whole decode, at once)."""
         if fut.done():  # the batch already failed
@@ -379,17 +417,18 @@ class RegionReader:
             return
         self.counters.add(chunks_decoded=1, decoded_bytes=self._chunk_nbytes)
         _settle(partial, value=prefix)
-        decode_pool().submit(self._decode_whole, coords, src, fut, partial, count=False,
-                             priority=LATER)
+        # decode_prefix verified the crc32c over these same bytes: the whole decode skips it
+        decode_pool().post(self._decode_whole, coords, src, fut, partial, count=False,
+                           verified=True, priority=LATER)
 
-    def _decode_whole(self, coords: Coords, src, fut: Future, partial: Future, *,
-                      count: bool = True) -> None:
+    def _decode_whole(self, coords: Coords, src, fut: Promise, partial: Promise, *,
+                      count: bool = True, verified: bool = False) -> None:
         try:
-            self._decode_into(coords, src, fut, count=count)
+            self._decode_into(coords, src, fut, count=count, verified=verified)
         finally:
             self._close_partial(coords, partial)
 
-    def _close_partial(self, coords: Coords, partial: Future | None,
+    def _close_partial(self, coords: Coords, partial: Promise | None,
                        error: BaseException | None = None) -> None:
         """Readers of this chunk wait for its own future from now on (unless its prefix was
         set, it never will be: fill value, failed fetch, or decoded whole)."""
@@ -398,11 +437,13 @@ class RegionReader:
             self.cache.partials.close((self.token, coords), partial)
 
     def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview], *,
-                    count: bool = True) -> np.ndarray:
+                    count: bool = True, verified: bool = False) -> np.ndarray:
+        """Decode a chunk whole into the cache (``verified``: its crc32c was already checked)."""
         key, entry, data = src
         meta = self.meta
         try:
-            arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype)
+            arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
+                                           checksum_verified=verified)
         except BaseException as e:
             error = e
             if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
@@ -433,9 +474,12 @@ class RegionReader:
         cps = meta.chunks_per_object
         by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
         for c in chunks:
-            shard = tuple(g // n for g, n in zip(c, cps, strict=True))
-            local = tuple(g % n for g, n in zip(c, cps, strict=True))
-            by_shard[shard].append((c, int(np.ravel_multi_index(local, cps))))
+            shard, flat = [], 0
+            for g, n in zip(c, cps, strict=True):
+                q, r = divmod(g, n)
+                shard.append(q)
+                flat = flat * n + r  # C-order position of the chunk inside its shard
+            by_shard[tuple(shard)].append((c, flat))
         optional_shards = {shard for shard, members in by_shard.items()
                            if all(c in optional for c, _ in members)}
         indexes, errors = self._read_indexes(list(by_shard), optional_shards)
@@ -554,12 +598,9 @@ class RegionReader:
         return found, errors
 
 
-def _settle(fut: Future, *, value=None, error: BaseException | None = None) -> None:
+def _settle(fut: Promise, *, value=None, error: BaseException | None = None) -> None:
     """Complete ``fut`` unless a failed batch already did (decodes may still be running)."""
-    try:
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(value)
-    except InvalidStateError:
-        pass
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)

@@ -11,6 +11,7 @@ from .codecs import Crc32cCodec
 from .metadata import ShardingSpec
 
 EMPTY = np.uint64(2**64 - 1)
+_EMPTY_INT = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -21,16 +22,26 @@ class ShardIndex:
     entries: np.ndarray  # uint64 (offset, nbytes); EMPTY rows are missing chunks
     object_size: int | None
 
+    def __post_init__(self) -> None:
+        # The same numbers as Python ints on indexing: a plane looks up hundreds of entries, and
+        # a memoryview item costs a tenth of a numpy row unpacked into ints.
+        flat = np.ascontiguousarray(self.entries, dtype=np.uint64).reshape(-1)
+        object.__setattr__(self, "_items", memoryview(flat))
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.entries, self.object_size))
+
     @property
     def nbytes(self) -> int:
         return self.entries.nbytes + 64
 
     def chunk_slice(self, flat: int) -> tuple[int, int] | None:
         """``(offset, nbytes)`` of inner chunk ``flat`` (C order in the shard), or None if empty."""
-        offset, length = self.entries[flat]
-        if offset == EMPTY:
+        items = self._items
+        offset = items[2 * flat]
+        if offset == _EMPTY_INT:
             return None
-        return int(offset), int(length)
+        return offset, items[2 * flat + 1]
 
 
 def decode_index(raw: bytes, *, spec: ShardingSpec, n_chunks: int, key: str, where: str,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Priorities of :meth:`PriorityPool.submit`: lower runs first.
 NOW, LATER = 0, 1
@@ -23,12 +26,13 @@ class PriorityPool:
     among equals). ``submit`` and ``map`` behave like :class:`ThreadPoolExecutor`'s."""
 
     def __init__(self, workers: int, name: str):
-        self._heap: list[tuple[int, int, Future, Callable, tuple, dict]] = []
+        self._heap: list[tuple[int, int, Future | None, Callable, tuple, dict]] = []
         lock = threading.Lock()
         self._cv = threading.Condition(lock)  # workers wait here for tasks
         self._idle = threading.Condition(lock)  # wait_idle waits here
         self._seq = itertools.count()
         self._unfinished = 0  # queued or running
+        self._name = name
         for i in range(workers):
             threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
 
@@ -39,6 +43,14 @@ class PriorityPool:
             self._unfinished += 1
             self._cv.notify()
         return fut
+
+    def post(self, fn: Callable, /, *args: Any, priority: int = NOW, **kwargs: Any) -> None:
+        """Run ``fn`` like :meth:`submit`, for a task nobody waits on: no future is made (a
+        task handles its own errors; one that escapes is logged)."""
+        with self._cv:
+            heapq.heappush(self._heap, (priority, next(self._seq), None, fn, args, kwargs))
+            self._unfinished += 1
+            self._cv.notify()
 
     def map(self, fn: Callable, iterable: Iterable, *, priority: int = NOW) -> Iterator:
         """Submit every item now; yield the results in order (the first error is raised)."""
@@ -56,7 +68,12 @@ class PriorityPool:
                 while not self._heap:
                     self._cv.wait()
                 _, _, fut, fn, args, kwargs = heapq.heappop(self._heap)
-            if fut.set_running_or_notify_cancel():
+            if fut is None:
+                try:
+                    fn(*args, **kwargs)
+                except BaseException:
+                    log.exception("a background task of the %s pool failed", self._name)
+            elif fut.set_running_or_notify_cancel():
                 try:
                     fut.set_result(fn(*args, **kwargs))
                 except BaseException as e:  # delivered to whoever waits on the future
@@ -81,6 +98,8 @@ _SIZES = {
     "io": lambda: max(8, 4 * (os.cpu_count() or 1)),
     # numcodecs and zstandard release the GIL while decompressing: one thread per core
     "decode": lambda: os.cpu_count() or 1,
+    # read-ahead batches that run after the read that started them has its own data
+    "readahead": lambda: 2,
 }
 
 
@@ -103,6 +122,12 @@ def io_pool() -> ThreadPoolExecutor:
 
 def decode_pool() -> PriorityPool:
     return _pool("decode")
+
+
+def readahead_pool() -> ThreadPoolExecutor:
+    """Where read-ahead fetches run once the read that asked for them has its own bytes (their
+    own threads: a batch waits for its requests, which may use the I/O pool)."""
+    return _pool("readahead")
 
 
 def _forget_after_fork() -> None:

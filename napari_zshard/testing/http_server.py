@@ -19,6 +19,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -103,6 +104,7 @@ class RangeHTTPServer:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._stopping = threading.Event()
+        self._released = threading.Event()  # ends the hangs in progress (release_hangs)
         self._connections: set[socket.socket] = set()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -177,6 +179,16 @@ class RangeHTTPServer:
                     return fault.kind
             return None
 
+    def release_hangs(self) -> None:
+        """End the ``"hang"`` faults in progress now: their connections close unanswered."""
+        released, self._released = self._released, threading.Event()
+        released.set()
+
+    def _hang(self) -> None:
+        released, deadline = self._released, time.monotonic() + _HANG_SECONDS
+        while not (released.is_set() or self._stopping.is_set()) and time.monotonic() < deadline:
+            released.wait(0.05)
+
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self._stopping.wait(seconds)
@@ -233,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault in ("drop", "hang"):
             record(0)
             if fault == "hang":
-                owner._sleep(_HANG_SECONDS)
+                owner._hang()
             self.close_connection = True
             return
         if fault is not None and fault != "truncate":
