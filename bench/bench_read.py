@@ -397,6 +397,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="any other volume shape")
     p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / "data",
                    help="where the volume is generated once and cached (default: bench/data)")
+    p.add_argument("--whole-chunks", action="store_true",
+                   help="open napari-zshard with progressive=False (decode chunks whole at "
+                   "once; no prefix decoded first)")
     p.add_argument("--cache-mb", type=int, default=512,
                    help="engine cache budget = tensorstore cache pool, MiB (default 512, the "
                    "engine's default budget)")
@@ -449,7 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{spec.shard}^3 shards, bytes+zstd({spec.zstd_level})+crc32c, "
         f"{stored / 2**20:.0f} MiB stored (compression {np.prod(shape) * 2 / stored:.2f}x)")
     log(f"engine cache budget = tensorstore cache pool = {args.cache_mb} MiB; "
-        f"{os.cpu_count()} cores; HTTP server in its own process")
+        f"{os.cpu_count()} cores; HTTP server in its own process; napari-zshard "
+        + ("progressive=False (chunks decoded whole)" if args.whole_chunks else
+           "progressive=True (default: a cold read decodes the top of its chunks first)"))
     for p in patterns:
         log(f"  {p.describe()}")
     log("")
@@ -458,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup_key = (shape[0] - 1, slice(0, min(256, shape[1])), slice(0, min(256, shape[2])))
 
     def readers_at(where: Location) -> list[Reader]:
-        return [r for r in make_readers(where, cache_bytes) if r.name in wanted_readers]
+        return [r for r in make_readers(where, cache_bytes, not args.whole_chunks)
+                if r.name in wanted_readers]
 
     if "local" in wanted_transports:
         local = Location("local", str(root))

@@ -51,15 +51,15 @@ class ZShardRaw(Reader):
 
     name, label = "zshard", "napari-zshard raw arr[z]"
 
-    def __init__(self, where: Location, cache_bytes: int):
-        self.where, self.cache_bytes = where, cache_bytes
+    def __init__(self, where: Location, cache_bytes: int, progressive: bool = True):
+        self.where, self.cache_bytes, self.progressive = where, cache_bytes, progressive
         self.arr = None
 
     def open_cold(self) -> None:
         from napari_zshard import EngineCache, open_array
 
         self.arr = open_array(self.where.address, cache=EngineCache(self.cache_bytes),
-                              readahead=True)
+                              readahead=True, progressive=self.progressive)
         self.arr.reset_counters()
 
     def read(self, key) -> np.ndarray:
@@ -199,8 +199,9 @@ class TensorStore(Reader):
         return self.arr[key].read().result()
 
 
-def make_readers(where: Location, cache_bytes: int) -> list[Reader]:
-    return [ZShardRaw(where, cache_bytes), ZShardDask(where, cache_bytes), DaskAlone(where),
+def make_readers(where: Location, cache_bytes: int, progressive: bool = True) -> list[Reader]:
+    return [ZShardRaw(where, cache_bytes, progressive), ZShardDask(where, cache_bytes, progressive),
+            DaskAlone(where),
             ZarrPython(where),
             DaskFromZarr(where), TensorStore(where, 0), TensorStore(where, cache_bytes)]
 

@@ -141,3 +141,23 @@ def test_the_decode_pool_runs_what_a_read_waits_for_before_read_ahead():
     assert list(pool.map(lambda x: x * 2, range(5))) == [0, 2, 4, 6, 8]
     with pytest.raises(ZeroDivisionError):
         list(pool.map(lambda x: 1 / x, [1, 0]))
+
+
+def test_progressive_false_decodes_every_chunk_whole_before_returning(tmp_path):
+    """For loops that read every plane as fast as they can: no prefix decoded twice."""
+    import pickle
+
+    data = structured(SHAPE)
+    path = write(tmp_path / "a.zarr", data, CHAINS["zstd+crc32c"])
+    arr = napari_zshard.open_array(path, cache=EngineCache(), progressive=False)
+
+    np.testing.assert_array_equal(arr[0], data[0])
+
+    cache = arr._reader.cache
+    assert len(cache.partials) == 0  # nothing left to finish in the background
+    assert len(cache.chunks._data) == ROW  # the row's chunks are in the cache, whole
+    assert arr.counters["chunks_decoded"] == ROW
+    np.testing.assert_array_equal(arr[31], data[31])
+    assert arr.counters["chunks_decoded"] == ROW
+    # the choice travels with the array (to dask workers)
+    assert pickle.loads(pickle.dumps(arr))._reader._progressive is None

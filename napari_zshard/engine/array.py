@@ -62,17 +62,18 @@ class ShardedArray:
 
     def __init__(self, store: Store, meta: ArrayMeta, *, cache: EngineCache | None = None,
                  coalesce: CoalescePolicy | None = None, readahead: bool = True,
-                 index_max_age: float | None = None, fallback_reason: str | None = None):
+                 index_max_age: float | None = None, progressive: bool = True,
+                 fallback_reason: str | None = None):
         self.store = store
         self.meta = meta
         self._options = {"readahead": readahead, "index_max_age": index_max_age,
-                         "coalesce": coalesce}
+                         "coalesce": coalesce, "progressive": progressive}
         self._explicit_cache = cache
         if fallback_reason is None:
             self._reader: Any = RegionReader(
                 store, meta, cache=cache or default_cache(),
                 coalesce=coalesce or CoalescePolicy(), readahead=readahead,
-                index_max_age=index_max_age)
+                index_max_age=index_max_age, progressive=progressive)
         else:
             self._reader = ZarrFallbackReader(store, fallback_reason)
 
@@ -219,7 +220,8 @@ def _plan_selection(key, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tup
 
 def open_array(url: str | os.PathLike | Store, *, storage_options: dict[str, Any] | None = None,
                cache: EngineCache | None = None, coalesce: CoalescePolicy | None = None,
-               readahead: bool = True, index_max_age: float | None = None) -> ShardedArray:
+               readahead: bool = True, index_max_age: float | None = None,
+               progressive: bool = True) -> ShardedArray:
     """Open the Zarr array at ``url`` for lazy reading.
 
     Parameters
@@ -238,10 +240,16 @@ def open_array(url: str | os.PathLike | Store, *, storage_options: dict[str, Any
         On a miss, fetch the rest of the plane's chunk row in the same batch.
     index_max_age
         Seconds after which a cached shard index is re-read; None trusts it until ``refresh()``.
+    progressive
+        On a cold read that needs only the top of its inner chunks (a plane near the top of a
+        chunk row), decode that part first and return, then the chunks whole in the background
+        (zstd or gzip chunks in C order). What a viewer wants: a cold z-step about 2x sooner.
+        A loop that reads every plane of a row as fast as it can decodes those tops twice
+        (~10-15% more time overall); ``False`` decodes chunks whole at once.
     """
     store = url if isinstance(url, Store) else open_store(url, storage_options)
     return _open(store, None, cache=cache, coalesce=coalesce, readahead=readahead,
-                 index_max_age=index_max_age)
+                 index_max_age=index_max_age, progressive=progressive)
 
 
 def _open(store: Store, zarr_json: bytes | None, **options: Any) -> ShardedArray:

@@ -134,7 +134,7 @@ class RegionReader:
 
     def __init__(self, store: Store, meta: ArrayMeta, *, cache: EngineCache,
                  coalesce: CoalescePolicy, readahead: bool = True,
-                 index_max_age: float | None = None):
+                 index_max_age: float | None = None, progressive: bool = True):
         self.store = store
         self.meta = meta
         self.cache = cache
@@ -144,7 +144,9 @@ class RegionReader:
         self.counters = ReadCounters()
         self.token = cache_token(store, meta)
         self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
-        self._progressive = progressive_codecs(meta.chunk_codecs, meta.dtype)
+        # the codecs when chunks can be decoded front to back (engine/progressive.py)
+        self._progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
+                             else None)
         # C-order element strides of an inner chunk: how far into it a region reaches
         self._strides = [math.prod(meta.chunk_shape[i + 1:]) for i in range(meta.ndim)]
 
