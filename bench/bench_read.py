@@ -128,8 +128,9 @@ def drain_engine_pool() -> None:
     front to back outlive the read call)."""
     if "napari_zshard.store.pool" not in sys.modules:
         return
-    from napari_zshard.store.pool import decode_pool
+    from napari_zshard.store.pool import decode_pool, readahead_pool
 
+    readahead_pool().wait_idle(60)  # read-ahead fetched after the read, in other shards
     decode_pool().wait_idle(60)
 
 

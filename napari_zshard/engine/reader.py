@@ -184,7 +184,7 @@ class RegionReader:
                 self.cache.chunks.fail([(token, c) for c in far], e)
                 raise
             if far:
-                readahead_pool().submit(self._fetch_in_background, far)
+                readahead_pool().post(self._fetch_in_background, far)
         fill = self.meta.fill_value
         later = []
         for key, (dst, src, need) in zip(keys, places, strict=True):

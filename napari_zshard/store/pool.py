@@ -110,8 +110,8 @@ def _pool(name: str):
             pool = _pools.get(name)
             if pool is None:
                 size = _SIZES[name]()
-                pool = (PriorityPool(size, f"zshard-{name}") if name == "decode" else
-                        ThreadPoolExecutor(size, thread_name_prefix=f"zshard-{name}"))
+                pool = (PriorityPool(size, f"zshard-{name}") if name in ("decode", "readahead")
+                        else ThreadPoolExecutor(size, thread_name_prefix=f"zshard-{name}"))
                 _pools[name] = pool
     return pool
 
@@ -124,7 +124,7 @@ def decode_pool() -> PriorityPool:
     return _pool("decode")
 
 
-def readahead_pool() -> ThreadPoolExecutor:
+def readahead_pool() -> PriorityPool:
     """Where read-ahead fetches run once the read that asked for them has its own bytes (their
     own threads: a batch waits for its requests, which may use the I/O pool)."""
     return _pool("readahead")
