@@ -9,10 +9,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, is_dataclass
 
 import numpy as np
 
@@ -20,7 +18,9 @@ from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreE
 from ..store import FullRequest, RangeRequest, Store, SuffixRequest
 from ..store.pool import LATER, NOW, decode_pool, readahead_pool
 from .cache import EngineCache
+from .cache_keys import cache_token
 from .coalesce import CoalescePolicy, coalesce_ranges
+from .counters import ReadCounters
 from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, decode_prefix, progressive_codecs
 from .promise import Promise
@@ -47,73 +47,6 @@ class _NotProgressive(Exception):
     """A chunk that is not decoded front to back after all (fill value, or its fetch failed):
     readers wait for the chunk's own future instead."""
 _MISSING_SHARD = "missing-shard"
-
-
-@dataclass
-class ReadCounters:
-    """What one opened array did: requests by kind, chunks decoded, cache use."""
-
-    index_requests: int = 0
-    data_requests: int = 0
-    chunks_decoded: int = 0
-    decoded_bytes: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {k: getattr(self, k) for k in
-                    ("index_requests", "data_requests", "chunks_decoded", "decoded_bytes")}
-
-    def reset(self) -> None:
-        with self._lock:
-            self.index_requests = self.data_requests = self.chunks_decoded = 0
-            self.decoded_bytes = 0
-
-
-class CacheToken(int):
-    """The array part of a cache key: one small int per distinct array layout.
-
-    Cache keys are ``(token, coords)``; a warm plane looks up hundreds of them, and hashing an
-    int is cheap where a tuple describing the layout would be re-hashed for every lookup.
-    ``url`` says which store the entries came from (for :meth:`EngineCache.forget`).
-    """
-
-    url: str
-
-
-_tokens: dict[tuple, CacheToken] = {}
-_tokens_lock = threading.Lock()
-
-
-def _token_for(layout: tuple) -> CacheToken:
-    with _tokens_lock:
-        token = _tokens.get(layout)
-        if token is None:
-            token = _tokens[layout] = CacheToken(len(_tokens))
-            token.url = layout[0]
-        return token
-
-
-def cache_token(store: Store, meta: ArrayMeta) -> CacheToken:
-    """What cache entries of this array are keyed by: the store and the array's layout.
-
-    The caches are process-wide, so an array rewritten at the same URL with another shape,
-    dtype, grid or codec chain must never meet the entries of the old one (stale indexes of
-    another size, chunks of another shape or dtype).
-    """
-    codecs = meta.chunk_codecs
-    spec = meta.sharding
-    return _token_for((
-        store.url, meta.zarr_format, meta.shape, meta.dtype.str, repr(meta.fill_value),
-        meta.grid_shape, meta.chunk_shape, meta.key_prefix, meta.key_separator,
-        codecs.endian, codecs.order, tuple(repr(f) for f in codecs.filters),
-        tuple(repr(c) if is_dataclass(c) else type(c).__name__ for c in codecs.bytes_codecs),
-        None if spec is None else (spec.index_location, spec.index_checksum, spec.index_endian)))
 
 
 def normalize_region(region: Sequence[slice], shape: tuple[int, ...]) -> tuple[slice, ...]:
