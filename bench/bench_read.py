@@ -308,12 +308,6 @@ def compute_ratios(results: list[Result], transports: list[str]) -> list[Ratio]:
             add(f"{pattern}: zshard dask / zshard raw", t,
                 _get(results, t, pattern, "zshard-dask"), _get(results, t, pattern, "zshard"),
                 "<= 1.2")
-            # dask's own cost per compute bounds that ratio from below: (raw + it) / raw
-            alone, raw = _get(results, t, pattern, "dask-alone"), _get(results, t, pattern,
-                                                                      "zshard")
-            if alone is not None and raw is not None:
-                out.append(Ratio(f"{pattern}: best possible dask / raw = (raw + dask alone) / raw",
-                                 t, (raw.seconds + alone.seconds) / raw.seconds, "", "reported"))
     return out
 
 

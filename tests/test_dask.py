@@ -284,3 +284,31 @@ def test_a_fallback_array_reads_inside_a_running_asyncio_loop(tmp_path):
 
     assert uses_fallback
     assert np.array_equal(plane, data[1]) and np.array_equal(dask_plane, data[0])
+
+
+def test_np_asarray_of_a_slice_reads_it_without_a_scheduler_pass_unless_one_is_configured(
+        volume):
+    """napari calls ``np.asarray(level[slices])`` twice per step: with no scheduler configured
+    the one task runs directly; a configured scheduler (a distributed client sets one) gets
+    the work as usual."""
+    from dask.callbacks import Callback
+
+    path, data = volume
+    d = napari_zshard.open_array(path, cache=EngineCache()).to_dask()
+    computes = []
+
+    class Count(Callback):
+        def _start(self, dsk):
+            computes.append(len(dsk))
+
+    with Count(), dask.config.set(NO_FUSION):
+        direct = np.asarray(d[3, 10:200])
+        as_float = np.asarray(d[4], dtype="float32")
+    assert computes == []
+    assert np.array_equal(direct, data[3, 10:200])
+    assert as_float.dtype == np.float32 and np.array_equal(as_float, data[4])
+
+    with Count(), dask.config.set({**NO_FUSION, "scheduler": "threads"}):
+        scheduled = np.asarray(d[3, 10:200])
+    assert len(computes) == 1  # one compute, through the scheduler
+    assert np.array_equal(scheduled, data[3, 10:200])
