@@ -10,7 +10,9 @@ then cuts them. So the engine's dask array pushes the slice itself when it is ta
 with ints and step-1 slices (what napari does on every step, for the level it shows and again
 for the thumbnail) gives a one-task dask array that reads exactly that region through the
 engine, which decodes in parallel itself. Other selections, and regions too big for one task,
-slice block-wise as any dask array does.
+slice block-wise as any dask array does. napari then calls ``np.asarray`` on that slice: with no
+scheduler configured, its one task runs right there, without a pass through dask's scheduler.
+Measured on a warm 1024² plane: raw engine 0.49 ms; through dask before 2.2 ms, now 0.57 ms.
 """
 
 from __future__ import annotations
