@@ -97,7 +97,7 @@ class RegionReader:
         axes = self._axis_ranges(region)
         token = self.token
         keys = [(token, c) for c in itertools.product(*axes)]
-        places = self._placements(region, axes)
+        places = list(self._placements(region, axes))
         # A chunk is as fresh as the index it was found through: it expires with it.
         hits, waits, claimed = self.cache.chunks.claim(keys, max_age=self.index_max_age)
         pending: dict[Coords, Promise] = {k[1]: f for k, f in waits.items()}
@@ -105,7 +105,8 @@ class RegionReader:
             claimed_coords = [k[1] for k in claimed]
             extra = self._readahead(claimed_coords) if self.readahead else []
             mine = set(claimed)
-            needs = {key[1]: need for key, (_, _, need) in zip(keys, places, strict=True)
+            needs = {key[1]: self._need(last) for key, (_, _, last) in zip(keys, places,
+                                                                           strict=True)
                      if key in mine}
             # Read-ahead in the shards this read fetches anyway rides along in its requests;
             # read-ahead in other shards is fetched after it, in the background: it never
@@ -120,9 +121,10 @@ class RegionReader:
                 readahead_pool().post(self._fetch_in_background, far)
         fill = self.meta.fill_value
         later = []
-        for key, (dst, src, need) in zip(keys, places, strict=True):
+        for key, (dst, src, last) in zip(keys, places, strict=True):
             value = hits.get(key)
             if value is None:  # first the chunks that are ready, or that nobody else is busy with
+                need = self._need(last)
                 value = self._await(key, pending[key[1]], need, wait=False)
                 if value is None:
                     later.append((key, dst, src, need))
@@ -138,6 +140,11 @@ class RegionReader:
             else:
                 out[dst] = value[src]
         return out
+
+    def _need(self, last: tuple[int, ...]) -> int:
+        """Bytes of an inner chunk (C order) up to the element whose per-axis offsets (times
+        the axis strides) are ``last``: how much of it a read needs decoded."""
+        return (sum(last) + 1) * self.meta.dtype.itemsize
 
     def _await(self, key, fut: Promise, need: int, wait: bool = True):
         """A chunk being fetched or decoded: its array as soon as its first ``need`` bytes are
@@ -168,12 +175,12 @@ class RegionReader:
         return [range(s.start // c, (s.stop - 1) // c + 1)
                 for s, c in zip(region, self.meta.chunk_shape, strict=True)]
 
-    def _placements(self, region: tuple[slice, ...], axes: list[range]
-                     ) -> list[tuple[tuple[slice, ...], tuple[slice, ...], int]]:
+    def _placements(self, region: tuple[slice, ...], axes: list[range]):
         """Per touched chunk (in ``itertools.product(*axes)`` order): the ``(dst, src)`` slices
-        that copy its part of ``region`` into the output, and how many of the chunk's first
-        bytes (C order) that part needs. Built per axis once, so a plane of hundreds of chunks
-        costs a few tuple operations per chunk, not slice arithmetic."""
+        that copy its part of ``region`` into the output, and the per-axis offsets of that
+        part's last element (:meth:`_need` turns them into bytes, for chunks not cached yet
+        only). Built per axis once, so a plane of hundreds of chunks costs a tuple per chunk,
+        not slice arithmetic."""
         dst_axes, src_axes, last_axes = [], [], []
         for s, c, rng, stride in zip(region, self.meta.chunk_shape, axes, self._strides,
                                      strict=True):
@@ -186,10 +193,8 @@ class RegionReader:
             dst_axes.append(dsts)
             src_axes.append(srcs)
             last_axes.append(lasts)
-        itemsize = self.meta.dtype.itemsize
-        return [(dst, src, (sum(last) + 1) * itemsize) for dst, src, last in zip(
-            itertools.product(*dst_axes), itertools.product(*src_axes),
-            itertools.product(*last_axes), strict=True)]
+        return zip(itertools.product(*dst_axes), itertools.product(*src_axes),
+                   itertools.product(*last_axes), strict=True)
 
     def _readahead(self, claimed: list[Coords]) -> list[Coords]:
         """The rest of each claimed chunk's row: same leading coords, every (y, x) chunk."""
@@ -285,7 +290,7 @@ class RegionReader:
                 for (c, _), _, _ in request_parts[i]:
                     if unsharded:  # a chunk never written: fill value
                         self.cache.chunks.fulfil((self.token, c), FILL, 64)
-                        _settle(pending[c], value=FILL)
+                        pending[c].set_result(FILL)
                         self._close_partial(c, partials.get(c))
                     else:
                         self._fail(c, pending[c], StoreError(
@@ -323,7 +328,7 @@ class RegionReader:
               partials: dict[Coords, Promise] | None = None) -> None:
         if not fut.done():
             self.cache.chunks.fail([(self.token, coords)], error)
-            _settle(fut, error=error)
+            fut.set_exception(error)
         if partials:
             self._close_partial(coords, partials.get(coords), error)
 
@@ -332,9 +337,9 @@ class RegionReader:
         if fut.done():  # the batch already failed
             return
         try:
-            _settle(fut, value=self._decode_one(coords, src, count=count, verified=verified))
+            fut.set_result(self._decode_one(coords, src, count=count, verified=verified))
         except BaseException as e:
-            _settle(fut, error=e)
+            fut.set_exception(e)
 
     def _decode_prefix_first(self, coords: Coords, src: tuple[str, int, memoryview],
                              fut: Promise, partial: Promise, need: int) -> None:
@@ -351,7 +356,7 @@ class RegionReader:
             self._decode_whole(coords, src, fut, partial)
             return
         self.counters.add(chunks_decoded=1, decoded_bytes=self._chunk_nbytes)
-        _settle(partial, value=prefix)
+        partial.set_result(prefix)
         # decode_prefix verified the crc32c over these same bytes: the whole decode skips it
         decode_pool().post(self._decode_whole, coords, src, fut, partial, count=False,
                            verified=True, priority=LATER)
@@ -368,7 +373,7 @@ class RegionReader:
         """Readers of this chunk wait for its own future from now on (unless its prefix was
         set, it never will be: fill value, failed fetch, or decoded whole)."""
         if partial is not None:
-            _settle(partial, error=error or _NotProgressive())
+            partial.set_exception(error or _NotProgressive())
             self.cache.partials.close((self.token, coords), partial)
 
     def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview], *,
@@ -532,10 +537,3 @@ class RegionReader:
                 raise error
         return found, errors
 
-
-def _settle(fut: Promise, *, value=None, error: BaseException | None = None) -> None:
-    """Complete ``fut`` unless a failed batch already did (decodes may still be running)."""
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(value)
