@@ -9,22 +9,22 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
-from ..store import FullRequest, RangeRequest, Store, SuffixRequest
+from ..store import Store
 from ..store.pool import LATER, NOW, decode_pool, readahead_pool
 from .cache import EngineCache
 from .cache_keys import cache_token
-from .coalesce import CoalescePolicy, coalesce_ranges
+from .coalesce import CoalescePolicy
 from .counters import ReadCounters
+from .fetch_plan import FetchPlanner
 from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, decode_prefix, progressive_codecs
 from .promise import Promise
-from .shard_index import ShardIndex, decode_index
+from .shard_index import ShardIndex
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ FILL = _Fill()
 class _NotProgressive(Exception):
     """A chunk that is not decoded front to back after all (fill value, or its fetch failed):
     readers wait for the chunk's own future instead."""
-_MISSING_SHARD = "missing-shard"
 
 
 def normalize_region(region: Sequence[slice], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -76,6 +75,7 @@ class RegionReader:
         self.index_max_age = index_max_age
         self.counters = ReadCounters()
         self.token = cache_token(store, meta)
+        self._planner = FetchPlanner(self)
         self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
         # the codecs when chunks can be decoded front to back (engine/progressive.py)
         self._progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
@@ -263,7 +263,7 @@ class RegionReader:
         """
         everything = claimed + extra
         try:
-            fills, requests, request_parts = self._plan_fetch(everything, optional=set(extra))
+            fills, requests, request_parts = self._planner.plan(everything, optional=set(extra))
         except BaseException as e:
             self.cache.chunks.fail([(self.token, c) for c in everything], e)
             raise
@@ -399,141 +399,10 @@ class RegionReader:
         self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
         return arr
 
-    def _plan_fetch(self, chunks: list[Coords], optional: set[Coords] = frozenset()):
-        """What to fetch for ``chunks``: the chunks that read as fill value, the byte requests
-        (coalesced per shard), and per request the ``((coords, index entry), offset, nbytes)``
-        of each chunk inside it (nbytes None: the whole object).
-
-        ``optional`` chunks are read-ahead: when their shard's index is corrupt they are left
-        out (their claims failed) instead of failing the chunks that were asked for.
-        """
-        meta = self.meta
-        if meta.sharding is None:
-            keys = [meta.object_key(c) for c in chunks]
-            return [], [FullRequest(k) for k in keys], [[((c, -1), 0, None)] for c in chunks]
-        cps = meta.chunks_per_object
-        by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
-        for c in chunks:
-            shard, flat = [], 0
-            for g, n in zip(c, cps, strict=True):
-                q, r = divmod(g, n)
-                shard.append(q)
-                flat = flat * n + r  # C-order position of the chunk inside its shard
-            by_shard[tuple(shard)].append((c, flat))
-        optional_shards = {shard for shard, members in by_shard.items()
-                           if all(c in optional for c, _ in members)}
-        indexes, errors = self._read_indexes(list(by_shard), optional_shards)
-        for shard, error in errors.items():
-            self.cache.chunks.fail([(self.token, c) for c, _ in by_shard.pop(shard)], error)
-        fills: list[Coords] = []
-        requests: list[RangeRequest] = []
-        request_parts = []
-        for shard, members in by_shard.items():
-            index = indexes[shard]
-            key = meta.object_key(shard)
-            ranges = []
-            for c, flat in members:
-                sl = None if index is None else index.chunk_slice(flat)
-                if sl is None:
-                    fills.append(c)
-                else:
-                    ranges.append(((c, flat), sl[0], sl[1]))
-            for rng in coalesce_ranges(ranges, self.coalesce):
-                requests.append(RangeRequest(key, rng.start, rng.length))
-                request_parts.append(rng.parts)
-        return fills, requests, request_parts
-
     def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
         """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
-        found, _ = self._read_indexes(shards, frozenset())
-        return found
+        return self._planner.shard_indexes(shards)
 
     def stored_chunks(self, chunks: list[Coords]) -> dict[Coords, tuple[str, memoryview] | None]:
-        """The stored, still encoded bytes of ``chunks`` with the key of the object holding
-        each (None: not stored, reads as fill value), fetched in one coalesced batch; for
-        copying chunks whose codecs do not change without decoding and re-encoding them."""
-        fills, requests, request_parts = self._plan_fetch(chunks)
-        out: dict[Coords, tuple[str, memoryview] | None] = dict.fromkeys(fills)
-        try:
-            results = self.store.read_many(requests)
-        except ShortReadError as e:
-            raise CorruptShardError(
-                f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
-                f"{e.start + e.requested - 1} named by its index lie past the end of the file"
-            ) from e
-        self.counters.add(data_requests=len(requests))
-        for req, parts, res in zip(requests, request_parts, results, strict=True):
-            if res.data is None and self.meta.sharding is not None:
-                raise StoreError(f"{self.store.url}/{req.key} disappeared after its index was "
-                                 "read; the store is being rewritten — call refresh()")
-            view = None if res.data is None else memoryview(res.data)
-            for (c, _), offset, nbytes in parts:
-                out[c] = None if view is None else (
-                    req.key, view[offset:] if nbytes is None else view[offset:offset + nbytes])
-        return out
-
-    def _read_indexes(self, shards: list[Coords], optional: set[Coords]
-                      ) -> tuple[dict[Coords, ShardIndex | None], dict[Coords, CorruptDataError]]:
-        """Indexes of ``shards`` and, for ``optional`` shards only, the corruption errors that
-        left them out; a corrupt index of any other shard raises."""
-        meta = self.meta
-        spec = meta.sharding
-        assert spec is not None
-        n_chunks = math.prod(meta.chunks_per_object)
-        size = spec.index_nbytes(meta.grid_shape)
-        hits, waits, claimed = self.cache.indexes.claim(
-            ((self.token, "index", s) for s in shards), max_age=self.index_max_age)
-        found: dict[Coords, ShardIndex | None] = {
-            k[2]: (None if v is _MISSING_SHARD else v) for k, v in hits.items()}
-        errors: dict[Coords, CorruptDataError] = {}
-        while claimed:
-            keys = [meta.object_key(k[2]) for k in claimed]
-            reqs = [SuffixRequest(key, size) if spec.index_location == "end"
-                    else RangeRequest(key, 0, size) for key in keys]
-            try:
-                results = self.store.read_many(reqs)
-            except ShortReadError as e:
-                error = CorruptShardError(f"{self.store.url}/{e.key}: shard has {e.received} "
-                                          f"bytes where its index needs {size}: truncated")
-                error.__cause__ = e
-                short = [ck for ck, key in zip(claimed, keys, strict=True) if key == e.key]
-                if not short or short[0][2] not in optional:
-                    self.cache.indexes.fail(claimed, error)
-                    raise error from e
-                # A read-ahead shard is truncated: leave it out, fetch the others again.
-                self.cache.indexes.fail(short, error)
-                errors[short[0][2]] = error
-                claimed = [ck for ck in claimed if ck != short[0]]
-                continue
-            except BaseException as e:
-                self.cache.indexes.fail(claimed, e)
-                raise
-            self.counters.add(index_requests=len(reqs))
-            for ck, key, res in zip(claimed, keys, results, strict=True):
-                try:
-                    index = None if res.data is None else decode_index(
-                        res.data, spec=spec, n_chunks=n_chunks, key=key, where=self.store.url,
-                        object_size=res.object_size)
-                except CorruptDataError as e:
-                    self.cache.indexes.fail([ck], e)
-                    errors[ck[2]] = e
-                    continue
-                except BaseException as e:
-                    self.cache.indexes.fail(claimed, e)  # releases the ones still in flight
-                    raise
-                self.cache.indexes.fulfil(ck, _MISSING_SHARD if index is None else index,
-                                          64 if index is None else index.nbytes)
-                found[ck[2]] = index
-            break
-        for k, fut in waits.items():
-            try:
-                v = fut.result()
-            except CorruptDataError as e:
-                errors[k[2]] = e
-                continue
-            found[k[2]] = None if v is _MISSING_SHARD else v
-        for shard, error in errors.items():
-            if shard not in optional:
-                raise error
-        return found, errors
-
+        """The stored, still encoded bytes of ``chunks`` (:meth:`.FetchPlanner.stored_chunks`)."""
+        return self._planner.stored_chunks(chunks)

@@ -1,0 +1,174 @@
+"""Which bytes to request for which inner chunks: validated shard indexes (cached, fetched in one
+batch), then byte ranges coalesced per shard. The read path (:mod:`.reader`) and the reshard's
+chunk copy use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
+from ..store import FullRequest, RangeRequest, SuffixRequest
+from .coalesce import coalesce_ranges
+from .shard_index import ShardIndex, decode_index
+
+if TYPE_CHECKING:
+    from .reader import RegionReader
+
+Coords = tuple[int, ...]
+
+_MISSING_SHARD = "missing-shard"
+
+
+class FetchPlanner:
+    """The fetch planning of one :class:`~.reader.RegionReader`: its store, layout, caches,
+    coalescing policy and counters."""
+
+    def __init__(self, reader: RegionReader):
+        self.store = reader.store
+        self.meta = reader.meta
+        self.cache = reader.cache
+        self.token = reader.token
+        self.counters = reader.counters
+        self.coalesce = reader.coalesce
+        self.index_max_age = reader.index_max_age
+
+    def plan(self, chunks: list[Coords], optional: set[Coords] = frozenset()):
+        """What to fetch for ``chunks``: the chunks that read as fill value, the byte requests
+        (coalesced per shard), and per request the ``((coords, index entry), offset, nbytes)``
+        of each chunk inside it (nbytes None: the whole object).
+
+        ``optional`` chunks are read-ahead: when their shard's index is corrupt they are left
+        out (their claims failed) instead of failing the chunks that were asked for.
+        """
+        meta = self.meta
+        if meta.sharding is None:
+            keys = [meta.object_key(c) for c in chunks]
+            return [], [FullRequest(k) for k in keys], [[((c, -1), 0, None)] for c in chunks]
+        cps = meta.chunks_per_object
+        by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
+        for c in chunks:
+            shard, flat = [], 0
+            for g, n in zip(c, cps, strict=True):
+                q, r = divmod(g, n)
+                shard.append(q)
+                flat = flat * n + r  # C-order position of the chunk inside its shard
+            by_shard[tuple(shard)].append((c, flat))
+        optional_shards = {shard for shard, members in by_shard.items()
+                           if all(c in optional for c, _ in members)}
+        indexes, errors = self._read_indexes(list(by_shard), optional_shards)
+        for shard, error in errors.items():
+            self.cache.chunks.fail([(self.token, c) for c, _ in by_shard.pop(shard)], error)
+        fills: list[Coords] = []
+        requests: list[RangeRequest] = []
+        request_parts = []
+        for shard, members in by_shard.items():
+            index = indexes[shard]
+            key = meta.object_key(shard)
+            ranges = []
+            for c, flat in members:
+                sl = None if index is None else index.chunk_slice(flat)
+                if sl is None:
+                    fills.append(c)
+                else:
+                    ranges.append(((c, flat), sl[0], sl[1]))
+            for rng in coalesce_ranges(ranges, self.coalesce):
+                requests.append(RangeRequest(key, rng.start, rng.length))
+                request_parts.append(rng.parts)
+        return fills, requests, request_parts
+
+    def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
+        """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
+        found, _ = self._read_indexes(shards, frozenset())
+        return found
+
+    def stored_chunks(self, chunks: list[Coords]) -> dict[Coords, tuple[str, memoryview] | None]:
+        """The stored, still encoded bytes of ``chunks`` with the key of the object holding
+        each (None: not stored, reads as fill value), fetched in one coalesced batch; for
+        copying chunks whose codecs do not change without decoding and re-encoding them."""
+        fills, requests, request_parts = self.plan(chunks)
+        out: dict[Coords, tuple[str, memoryview] | None] = dict.fromkeys(fills)
+        try:
+            results = self.store.read_many(requests)
+        except ShortReadError as e:
+            raise CorruptShardError(
+                f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
+                f"{e.start + e.requested - 1} named by its index lie past the end of the file"
+            ) from e
+        self.counters.add(data_requests=len(requests))
+        for req, parts, res in zip(requests, request_parts, results, strict=True):
+            if res.data is None and self.meta.sharding is not None:
+                raise StoreError(f"{self.store.url}/{req.key} disappeared after its index was "
+                                 "read; the store is being rewritten — call refresh()")
+            view = None if res.data is None else memoryview(res.data)
+            for (c, _), offset, nbytes in parts:
+                out[c] = None if view is None else (
+                    req.key, view[offset:] if nbytes is None else view[offset:offset + nbytes])
+        return out
+
+    def _read_indexes(self, shards: list[Coords], optional: set[Coords]
+                      ) -> tuple[dict[Coords, ShardIndex | None], dict[Coords, CorruptDataError]]:
+        """Indexes of ``shards`` and, for ``optional`` shards only, the corruption errors that
+        left them out; a corrupt index of any other shard raises."""
+        meta = self.meta
+        spec = meta.sharding
+        assert spec is not None
+        n_chunks = math.prod(meta.chunks_per_object)
+        size = spec.index_nbytes(meta.grid_shape)
+        hits, waits, claimed = self.cache.indexes.claim(
+            ((self.token, "index", s) for s in shards), max_age=self.index_max_age)
+        found: dict[Coords, ShardIndex | None] = {
+            k[2]: (None if v is _MISSING_SHARD else v) for k, v in hits.items()}
+        errors: dict[Coords, CorruptDataError] = {}
+        while claimed:
+            keys = [meta.object_key(k[2]) for k in claimed]
+            reqs = [SuffixRequest(key, size) if spec.index_location == "end"
+                    else RangeRequest(key, 0, size) for key in keys]
+            try:
+                results = self.store.read_many(reqs)
+            except ShortReadError as e:
+                error = CorruptShardError(f"{self.store.url}/{e.key}: shard has {e.received} "
+                                          f"bytes where its index needs {size}: truncated")
+                error.__cause__ = e
+                short = [ck for ck, key in zip(claimed, keys, strict=True) if key == e.key]
+                if not short or short[0][2] not in optional:
+                    self.cache.indexes.fail(claimed, error)
+                    raise error from e
+                # A read-ahead shard is truncated: leave it out, fetch the others again.
+                self.cache.indexes.fail(short, error)
+                errors[short[0][2]] = error
+                claimed = [ck for ck in claimed if ck != short[0]]
+                continue
+            except BaseException as e:
+                self.cache.indexes.fail(claimed, e)
+                raise
+            self.counters.add(index_requests=len(reqs))
+            for ck, key, res in zip(claimed, keys, results, strict=True):
+                try:
+                    index = None if res.data is None else decode_index(
+                        res.data, spec=spec, n_chunks=n_chunks, key=key, where=self.store.url,
+                        object_size=res.object_size)
+                except CorruptDataError as e:
+                    self.cache.indexes.fail([ck], e)
+                    errors[ck[2]] = e
+                    continue
+                except BaseException as e:
+                    self.cache.indexes.fail(claimed, e)  # releases the ones still in flight
+                    raise
+                self.cache.indexes.fulfil(ck, _MISSING_SHARD if index is None else index,
+                                          64 if index is None else index.nbytes)
+                found[ck[2]] = index
+            break
+        for k, fut in waits.items():
+            try:
+                v = fut.result()
+            except CorruptDataError as e:
+                errors[k[2]] = e
+                continue
+            found[k[2]] = None if v is _MISSING_SHARD else v
+        for shard, error in errors.items():
+            if shard not in optional:
+                raise error
+        return found, errors
