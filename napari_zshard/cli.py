@@ -1,8 +1,9 @@
-"""The ``zshard`` command: ``zshard info URL`` and ``zshard fsck URL``.
+"""The ``zshard`` command: ``info``, ``fsck``, ``convert``, ``reshard``, ``view``, ``demo``.
 
-A thin shell over :mod:`napari_zshard.survey`: argument parsing, printing and exit codes.
-Exit codes: 0 clean, 1 problems found (fsck), 2 usage error or the URL cannot be opened,
-130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback).
+This module parses the command line and runs the command (:mod:`napari_zshard.commands` holds
+them: thin shells over the library that print and return exit codes). Exit codes: 0 clean,
+1 problems found, 2 usage error or the URL cannot be opened, 130 interrupted. Errors are one
+line on stderr (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -16,14 +17,9 @@ import threading
 from typing import Any
 
 from . import __version__
-from .survey import ArrayInfo, FsckPlan, FsckReport, describe, plan_fsck, run_fsck, survey
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-_METHODS = {
-    "crc32c": "crc32c of every chunk, no decompression",
-    "decode": "every chunk decoded",
-}
+from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line
+from .commands.survey import cmd_fsck, cmd_info
+from .commands.write import cmd_convert, cmd_reshard
 
 
 def _storage_option(text: str) -> tuple[str, Any]:
@@ -154,96 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from .multiscale.convert import convert
-    from .multiscale.write import WriteOptions
-
-    def shape(text: str | None, what: str):
-        if not text:
-            return None
-        try:
-            return tuple(int(v) for v in text.replace("x", ",").split(","))
-        except ValueError:
-            raise ValueError(f"{what} must look like 64,64,64, not {text!r}") from None
-
-    options = WriteOptions(chunks=shape(args.chunks, "--chunks"),
-                           shards=shape(args.shards, "--shards"), compressor=args.codec,
-                           level=args.codec_level, checksum=not args.no_checksum,
-                           levels=args.levels, overwrite=args.overwrite)
-    steps = convert(args.src, args.dst, options=options,
-                    rebuild=args.rebuild_pyramid or args.levels is not None,
-                    src_options=dict(args.options), dst_options=dict(args.dst_options))
-    show = not args.quiet and sys.stderr.isatty()
-    bar = None
-    try:
-        for step in steps:
-            if show and bar is None:
-                from tqdm import tqdm
-
-                bar = tqdm(total=step.total, unit="shard", file=sys.stderr)
-            if bar is not None:
-                bar.update(step.done - bar.n)
-                bar.set_description(step.message)
-    except KeyboardInterrupt:
-        steps.close()
-        print(f"zshard: interrupted; nothing was written to {args.dst}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if bar is not None:
-            bar.close()
-    print(f"wrote {args.dst}")
-    return EXIT_OK
-
-
-def cmd_reshard(args: argparse.Namespace) -> int:
-    from .reshard import VerificationError, plan_reshard
-
-    levels = None
-    if args.levels:
-        levels = []
-        for text in args.levels:
-            chunks, sep, shards = text.partition("/")
-            if text != "-" and not sep:
-                raise ValueError(f"--levels takes CHUNKS/SHARDS per level, not {text!r}")
-            levels.append(None if text == "-" else (chunks or None, shards or None))
-    plan = plan_reshard(args.src, args.dst, chunks=args.chunks, shards=args.shards,
-                        codec=args.codec, codec_level=args.codec_level,
-                        checksum=not args.no_checksum, levels=levels,
-                        recompress=args.recompress, src_options=dict(args.options),
-                        dst_options=dict(args.dst_options))
-    print(plan.table(), flush=True)
-    if args.plan_only:
-        return EXIT_OK
-    steps = plan.run(verify=args.verify, on_corrupt=args.on_corrupt, workers=args.workers,
-                     client=args.scheduler)
-    show = not args.quiet and sys.stderr.isatty()
-    bar = summary = None
-    try:
-        for step in steps:
-            summary = step.summary or summary
-            if show and bar is None:
-                from tqdm import tqdm
-
-                bar = tqdm(total=step.total, unit="shard", file=sys.stderr)
-            if bar is not None:
-                bar.update(step.done - bar.n)
-                bar.set_description(step.message[-40:])
-    except KeyboardInterrupt:
-        steps.close()
-        print(f"zshard: interrupted; the shards done so far are journaled in {args.dst}: run "
-              "the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except VerificationError as e:
-        print(f"zshard: verification failed: {_one_line(e)}", file=sys.stderr)
-        return EXIT_PROBLEMS
-    finally:
-        if bar is not None:
-            bar.close()
-    assert summary is not None
-    print(summary.text())
-    return EXIT_OK if summary.complete else EXIT_PROBLEMS
-
-
 def cmd_view(args: argparse.Namespace) -> int:
     from ._launch import main as launch  # napari is imported only for this command
 
@@ -281,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"zshard: error: {_one_line(e)}", file=sys.stderr)
+        print(f"zshard: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     if code == EXIT_INTERRUPTED and argv is None and (
             threading.current_thread() is threading.main_thread()):
@@ -289,151 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         # meanwhile should end it quietly, not print a traceback from the interpreter's exit.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     return code
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    if isinstance(error, (OSError, ValueError)) or type(error).__module__.startswith(
-            "napari_zshard"):
-        return text or type(error).__name__
-    return f"{type(error).__name__}: {text} (run with --debug for the traceback)"
-
-
-# -- info ------------------------------------------------------------------------------------
-def cmd_info(args: argparse.Namespace) -> int:
-    found = survey(args.url, storage_options=dict(args.options))
-    infos = describe(found)
-    if args.json:
-        print(json.dumps({"url": found.url, "node_type": found.node_type,
-                          "listable": found.listable, "listing_error": found.listing_error,
-                          "arrays": [i.to_json() for i in infos]}, indent=2))
-        return EXIT_OK
-    if found.node_type == "group":
-        print(f"group {found.url}: {len(infos)} array{'s' if len(infos) != 1 else ''}\n")
-    if not found.listable:
-        print(f"note: this store cannot be listed ({found.listing_error}); what is stored "
-              "is unknown, the rest comes from metadata\n")
-    if not infos and not found.listable:
-        print("no arrays found: the group's metadata names none (no consolidated metadata or "
-              "OME-Zarr multiscales) and the store cannot be listed; give an array's URL")
-    if infos:
-        print("\n\n".join(_format_info(info) for info in infos))
-    return EXIT_OK
-
-
-def _dims(shape: tuple[int, ...] | None) -> str:
-    return " x ".join(map(str, shape)) if shape else "scalar"
-
-
-def _size(n: int, *, exact: bool = True) -> str:
-    value, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{n} B"
-    return f"{value:.1f} {unit}" + (f" ({n:,} B)" if exact else "")
-
-
-def _arrow() -> str:
-    """The codec chain separator, in ASCII where stdout cannot encode the arrow (a cp1252 pipe)."""
-    try:
-        "→".encode(sys.stdout.encoding or "ascii")
-        return " → "
-    except (UnicodeEncodeError, LookupError):
-        return " -> "
-
-
-def _format_info(info: ArrayInfo) -> str:
-    lines = [f"{info.path}  ({info.url})" if info.path else info.url]
-    if info.error is not None:
-        return "\n".join([*lines, f"  cannot describe: {info.error}"])
-    noun = "shards" if info.shard_shape else "chunks"
-    rows: list[tuple[str, str]] = [
-        ("zarr format", str(info.zarr_format)),
-        ("shape", f"{_dims(info.shape)}  {info.dtype}  ({_size(info.nbytes or 0, exact=False)})"),
-        ("inner chunks" if info.shard_shape else "chunks", _dims(info.chunk_shape)),
-    ]
-    if info.shard_shape:
-        rows.append(("shards", _dims(info.shard_shape)))
-    rows.append(("codecs", _arrow().join(info.codecs)))
-    if info.shard_shape:
-        rows.append(("shard index", f"at {info.index_location}, "
-                     + ("crc32c" if info.index_checksum else "no checksum")))
-    rows.append(("fill value", str(info.fill_value)))
-    if info.objects_present is None:
-        rows.append((f"{noun} present", f"unknown (store not listable) of "
-                     f"{info.objects_possible:,} possible"))
-    else:
-        rows.append((f"{noun} present", f"{info.objects_present:,} of "
-                     f"{info.objects_possible:,}"))
-        rows.append(("bytes stored", _size(info.bytes_stored or 0)))
-        rows.append(("uncompressed", f"{_size(info.uncompressed_bytes or 0)} in stored {noun}"))
-        ratio = info.compression_ratio
-        rows.append(("compression", "n/a" if ratio is None else f"{ratio:.2f}x"))
-    return "\n".join([*lines, *(f"  {name:<15} {value}" for name, value in rows)])
-
-
-# -- fsck ------------------------------------------------------------------------------------
-def cmd_fsck(args: argparse.Namespace) -> int:
-    found = survey(args.url, storage_options=dict(args.options))
-    if not found.arrays and not found.listable:
-        print(f"zshard: error: no arrays found in {found.url}: the store cannot be listed and the "
-              "group's metadata names none; give an array's URL", file=sys.stderr)
-        return EXIT_ERROR
-    plan = plan_fsck(found, full=args.full)
-    report = FsckReport(found.url, problems=list(plan.problems), skipped=list(plan.skipped))
-    sharded = all(n.meta.sharding for n, _ in plan.targets if n.meta)
-    noun = "shards" if sharded else "objects"
-    try:
-        _check_with_progress(args, plan, report, noun)
-    except KeyboardInterrupt:
-        if args.json:
-            print(json.dumps(report.to_json(), indent=2))
-        print(f"zshard: interrupted after {report.objects_checked:,} of {plan.total:,} {noun}; "
-              f"{len(report.problems)} problem(s) found so far", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        totals = (f"{report.objects_found:,} {noun} and {report.chunks_checked:,} inner chunks "
-                  "checked" if sharded else f"{report.objects_found:,} {noun} checked")
-        if report.clean and not report.objects_checked and report.skipped:
-            print(f"nothing checked: {len(report.skipped)} array(s) skipped")
-        elif report.clean:
-            print(f"clean: {totals}")
-        else:
-            print(f"DAMAGED: {report.damaged_objects:,} of {report.objects_found:,} {noun} "
-                  f"have problems ({len(report.problems)} problem(s); {totals})")
-    return EXIT_OK if report.clean else EXIT_PROBLEMS
-
-
-def _check_with_progress(args: argparse.Namespace, plan: FsckPlan, report: FsckReport,
-                         noun: str) -> None:
-    from tqdm import tqdm
-
-    say = (lambda text: None) if args.json else print
-    methods = sorted({_METHODS[m] for _, m in plan.targets})
-    say(f"checking {report.url}: {len(plan.targets)} array(s), {plan.total:,} {noun} "
-        f"({'; '.join(methods) or 'nothing to check'})")
-    if not plan.survey.listable:
-        say(f"note: the store cannot be listed ({plan.survey.listing_error}); asking for every "
-            f"possible {noun[:-1]}")
-    for problem in plan.problems:
-        say(f"bad metadata: {problem.message}")
-    for path, reason in plan.skipped:
-        say(f"skipped: {path or report.url}: {reason}")
-    with tqdm(total=plan.total, unit=noun[:-1], file=sys.stderr, leave=False,
-              disable=args.quiet or not sys.stderr.isatty()) as bar:
-        for check in run_fsck(plan):
-            report.add(check)
-            bar.update(1)
-            for problem in check.problems:
-                kind = "unreadable" if problem.kind == "read" else "corrupt"
-                if not args.json:
-                    bar.write(f"{kind}: {problem.message}", file=sys.stdout)
-    report.complete = True
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""``zshard convert`` and ``zshard reshard``: commands that write a store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, follow, one_line
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..multiscale.convert import convert
+    from ..multiscale.write import WriteOptions
+
+    def shape(text: str | None, what: str):
+        if not text:
+            return None
+        try:
+            return tuple(int(v) for v in text.replace("x", ",").split(","))
+        except ValueError:
+            raise ValueError(f"{what} must look like 64,64,64, not {text!r}") from None
+
+    options = WriteOptions(chunks=shape(args.chunks, "--chunks"),
+                           shards=shape(args.shards, "--shards"), compressor=args.codec,
+                           level=args.codec_level, checksum=not args.no_checksum,
+                           levels=args.levels, overwrite=args.overwrite)
+    steps = convert(args.src, args.dst, options=options,
+                    rebuild=args.rebuild_pyramid or args.levels is not None,
+                    src_options=dict(args.options), dst_options=dict(args.dst_options))
+    try:
+        for _ in follow(steps, show=not args.quiet and sys.stderr.isatty()):
+            pass
+    except KeyboardInterrupt:
+        steps.close()
+        print(f"zshard: interrupted; nothing was written to {args.dst}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"wrote {args.dst}")
+    return EXIT_OK
+
+
+def cmd_reshard(args: argparse.Namespace) -> int:
+    from ..reshard import VerificationError, plan_reshard
+
+    levels = None
+    if args.levels:
+        levels = []
+        for text in args.levels:
+            chunks, sep, shards = text.partition("/")
+            if text != "-" and not sep:
+                raise ValueError(f"--levels takes CHUNKS/SHARDS per level, not {text!r}")
+            levels.append(None if text == "-" else (chunks or None, shards or None))
+    plan = plan_reshard(args.src, args.dst, chunks=args.chunks, shards=args.shards,
+                        codec=args.codec, codec_level=args.codec_level,
+                        checksum=not args.no_checksum, levels=levels,
+                        recompress=args.recompress, src_options=dict(args.options),
+                        dst_options=dict(args.dst_options))
+    print(plan.table(), flush=True)
+    if args.plan_only:
+        return EXIT_OK
+    steps = plan.run(verify=args.verify, on_corrupt=args.on_corrupt, workers=args.workers,
+                     client=args.scheduler)
+    summary = None
+    try:
+        for step in follow(steps, show=not args.quiet and sys.stderr.isatty(),
+                           describe=lambda message: message[-40:]):
+            summary = step.summary or summary
+    except KeyboardInterrupt:
+        steps.close()
+        print(f"zshard: interrupted; the shards done so far are journaled in {args.dst}: run "
+              "the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except VerificationError as e:
+        print(f"zshard: verification failed: {one_line(e)}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    assert summary is not None
+    print(summary.text())
+    return EXIT_OK if summary.complete else EXIT_PROBLEMS
