@@ -1,0 +1,159 @@
+"""Where a save writes so that a cancelled or crashed one never leaves a store that claims to be
+complete: a locked hidden sibling folder renamed into place (local), or the target itself with
+its root ``zarr.json`` written last (object stores); interrupted local saves are swept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..engine import default_cache
+from ..errors import StoreError
+from ..store import FullRequest, Store, open_store
+
+if TYPE_CHECKING:
+    from .write import WriteOptions
+
+try:
+    import fcntl
+except ImportError:  # Windows: interrupted saves are not swept
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+
+#: What makes a location a Zarr store (one that overwrite may replace).
+_ZARR_MARKERS = ("zarr.json", ".zattrs", ".zarray", ".zgroup")
+_SAVE_LOCK = ".zshard-save.lock"
+
+
+def _holds_zarr(store: Store) -> bool:
+    return any(r.data is not None for r in store.read_many([FullRequest(k)
+                                                             for k in _ZARR_MARKERS]))
+
+
+def _sweep_interrupted(root: Path) -> None:
+    """Remove the staging folders of earlier saves to ``root`` whose process died (killed,
+    crashed, power cut): their lock file is no longer locked by anyone."""
+    if fcntl is None:
+        return
+    for staging in root.parent.glob(f".{root.name}.partial-*"):
+        try:
+            fd = os.open(staging / _SAVE_LOCK, os.O_RDWR)
+        except OSError:  # no lock yet (a save starting this instant) or not ours: leave it
+            continue
+        try:  # (flock: closing this descriptor never releases another save's lock)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a save in progress
+        finally:
+            os.close(fd)  # (releases the lock if it was taken)
+        log.info("removing %s, left behind by an interrupted save", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _local_staging(root: Path, exists: bool, options: WriteOptions,
+                   storage_options: dict[str, Any] | None) -> Iterator[Store]:
+    """A hidden sibling folder, locked while the save runs, renamed into place on success and
+    removed on failure. A killed save leaves only the hidden folder, which the next save to
+    the same place removes."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file: choose another name")
+    if root.is_dir() and not exists and any(root.iterdir()):
+        raise StoreError(f"{root} is a folder that does not hold a Zarr store: choose another "
+                         "name (overwrite only ever replaces a Zarr store)")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_interrupted(root)
+        staging = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    except OSError as e:
+        raise StoreError(f"cannot write to {root.parent}: {e.strerror or e}") from e
+    lock_fd = None
+    try:
+        if fcntl is not None:
+            lock_fd = os.open(staging / _SAVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield open_store(staging, storage_options)
+        if options.overwrite and root.exists():
+            trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(root, trash)
+            try:
+                os.replace(staging, root)
+            except BaseException:
+                os.replace(trash, root)  # the old store goes back where it was
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            try:  # fails if another save (or anything else) took the name meanwhile
+                os.rename(staging, root)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise StoreError(f"{root} already exists: it was created while this save "
+                                     "ran; choose another name or allow overwriting") from e
+                raise
+        if lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(root / _SAVE_LOCK)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _object_cleanup(target: Store) -> None:
+    """Best effort: remove what a failed save wrote to a fresh object-store location (its
+    level arrays and labels; the root ``zarr.json`` is never written before success)."""
+    try:
+        keys = [k for k, _ in target.list_prefix("")
+                if k.split("/", 1)[0].isdigit() or k.startswith("labels/")]
+        for key in keys:
+            target.delete(key)
+    except Exception as e:  # the save's own error is what the user must see
+        log.warning("could not remove the partial save at %s: %s", target.url, e)
+
+
+@contextlib.contextmanager
+def staged_target(url: str | os.PathLike, options: WriteOptions,
+                   storage_options: dict[str, Any] | None) -> Iterator[Store]:
+    """Where to write: a hidden sibling folder for local targets (renamed into place on
+    success, removed on failure), the target itself on object stores (the root ``zarr.json``
+    written last; removed first when overwriting)."""
+    target = open_store(url, storage_options)
+    root = getattr(target, "root", None)
+    exists = _holds_zarr(target)
+    if exists and not options.overwrite:
+        where = root if isinstance(root, Path) else target.url
+        raise StoreError(f"{where} already exists; choose another name or allow overwriting")
+    if isinstance(root, Path):
+        with _local_staging(root, exists, options, storage_options) as store:
+            yield store
+    else:
+        if exists:
+            target.delete("zarr.json")  # from now on the old store no longer claims to be whole
+        try:
+            yield target
+        except BaseException:
+            if not exists:
+                _object_cleanup(target)
+            raise
+    default_cache().forget(target.url)
+
+
+def disk_full(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
