@@ -412,21 +412,36 @@ def zstd_cases() -> dict:
     }
 
 
-@pytest.mark.parametrize("library", ["zstandard", "numcodecs"])
+@pytest.mark.parametrize("library", ["zstandard", "numcodecs", "first plane first"])
 @pytest.mark.parametrize("case", list(zstd_cases()))
 def test_a_damaged_zstd_chunk_is_an_error_whichever_library_decodes(case, library,
                                                                    monkeypatch):
     from napari_zshard.engine import codecs
+    from napari_zshard.engine.progressive import decode_prefix
 
     if library == "numcodecs":  # (zstandard missing)
         monkeypatch.setattr(codecs, "_zstd_decompressor", lambda: None)
     chunk, expected = zstd_cases()[case]
     chain = codecs.ChunkCodecs(bytes_codecs=(codecs.ZstdCodec(level=3),))
+    shape, dtype = (8, 16, 16), np.dtype("u2")
+
+    def decode():
+        if library != "first plane first":
+            return chain.decode(chunk, shape, dtype)
+        # as the reader does for a cold plane: the first plane, then the rest (or, when the
+        # stream cannot be resumed, the whole chunk by the one-shot decoder)
+        try:
+            prefix = decode_prefix(chain, chunk, shape, dtype, 16 * 16 * 2)
+        except Exception:
+            return chain.decode(chunk, shape, dtype)
+        whole = prefix.finish()
+        return chain.decode(chunk, shape, dtype) if whole is None else whole
+
     if isinstance(expected, np.ndarray):
-        np.testing.assert_array_equal(chain.decode(chunk, (8, 16, 16), np.dtype("u2")), expected)
+        np.testing.assert_array_equal(decode(), expected)
         return
     with pytest.raises(expected):
-        chain.decode(chunk, (8, 16, 16), np.dtype("u2"))
+        decode()
 
 
 def max_rss_bytes() -> int:

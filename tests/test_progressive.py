@@ -161,3 +161,84 @@ def test_progressive_false_decodes_every_chunk_whole_before_returning(tmp_path):
     assert arr.counters["chunks_decoded"] == ROW
     # the choice travels with the array (to dask workers)
     assert pickle.loads(pickle.dumps(arr))._reader._progressive is None
+
+
+def test_the_rest_of_a_chunk_is_decoded_by_resuming_not_from_the_start(tmp_path, monkeypatch):
+    """The decoder that produced a plane's prefix goes on from where it stopped: no chunk of
+    the row is handed to the one-shot decoder afterwards, and the bytes decoded add up to the
+    row's size exactly once."""
+    from napari_zshard.engine.codecs import ChunkCodecs
+
+    data = structured(SHAPE)
+    path = write(tmp_path / "a.zarr", data, CHAINS["zstd+crc32c"])
+    one_shot = []
+    real_decode = ChunkCodecs.decode
+    monkeypatch.setattr(ChunkCodecs, "decode",
+                        lambda self, *a, **k: one_shot.append(1) or real_decode(self, *a, **k))
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    np.testing.assert_array_equal(arr[3], data[3])
+    wait_until_decoded(arr)
+    np.testing.assert_array_equal(arr[3:32], data[3:32])  # from the cache, whole
+    assert one_shot == []
+    assert arr.counters["chunks_decoded"] == ROW
+    assert arr.counters["decoded_bytes"] == ROW * np.prod(CHUNK) * 2
+
+
+ONE = (32, 64, 64)  # one chunk, 256 KiB: two zstd blocks
+
+
+def one_chunk_shard(path, chunk: bytes) -> str:
+    """An array of one shard holding one inner chunk (zstd, no crc32c) stored as ``chunk``."""
+    import crc32c
+
+    zarr.create_array(str(path), shape=ONE, dtype="uint16", chunks=ONE,
+                      serializer=ShardingCodec(chunk_shape=ONE,
+                                               codecs=[BytesCodec(), ZstdCodec(level=3)]),
+                      compressors=None, fill_value=0, zarr_format=3)
+    entries = np.array([[0, len(chunk)]], dtype="<u8").tobytes()
+    (path / "c" / "0" / "0").mkdir(parents=True)
+    (path / "c" / "0" / "0" / "0").write_bytes(
+        chunk + entries + crc32c.crc32c(entries).to_bytes(4, "little"))
+    return str(path)
+
+
+def zstd_frames(*parts: np.ndarray, declare_size: bool = True) -> bytes:
+    import zstandard
+
+    c = zstandard.ZstdCompressor(level=3, write_content_size=declare_size)
+    return b"".join(c.compress(np.ascontiguousarray(p).tobytes()) for p in parts)
+
+
+def test_a_chunk_whose_rest_overflows_or_is_cut_fails_only_the_reads_that_need_the_rest(
+        tmp_path):
+    from napari_zshard.errors import DecompressionBombError
+
+    data = structured(ONE)
+    cases = {
+        # a valid stream that goes on past the chunk's 256 KiB (its size not declared)
+        "overflow": (zstd_frames(np.concatenate([data, data[:8]]), declare_size=False),
+                     DecompressionBombError, "expands beyond"),
+        # the second block cut short (the first block intact)
+        "cut": (zstd_frames(data)[:-2000], CorruptDataError, "131072 of 262144|to 131072"),
+    }
+    for name, (chunk, error, message) in cases.items():
+        path = one_chunk_shard(tmp_path / f"{name}.zarr", chunk)
+        arr = napari_zshard.open_array(path, cache=EngineCache())
+        assert arr._reader._progressive is not None
+        np.testing.assert_array_equal(arr[0], data[0])  # served from the first block
+        wait_until_decoded(arr)
+        with pytest.raises(error, match=rf"c/0/0/0: inner chunk \(0, 0, 0\).*({message})"):
+            arr[31]
+        with pytest.raises(error):  # every time: nothing half-decoded is cached as whole
+            arr[:, 5]
+
+
+def test_a_chunk_stored_as_two_frames_reads_back_whole(tmp_path):
+    data = structured(ONE)
+    # two frames without declared sizes: the one-shot decoder reads across them
+    path = one_chunk_shard(tmp_path / "a.zarr",
+                           zstd_frames(data[:20], data[20:], declare_size=False))
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    np.testing.assert_array_equal(arr[0], data[0])
+    wait_until_decoded(arr)
+    np.testing.assert_array_equal(arr[:], data)

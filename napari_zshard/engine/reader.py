@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .coalesce import CoalescePolicy
 from .counters import ReadCounters
 from .fetch_plan import FetchPlanner
 from .metadata import ArrayMeta
-from .progressive import MAX_PREFIX_SHARE, decode_prefix, progressive_codecs
+from .progressive import MAX_PREFIX_SHARE, Prefix, decode_prefix, progressive_codecs
 from .promise import Promise
 from .shard_index import ShardIndex
 
@@ -343,8 +343,8 @@ class RegionReader:
 
     def _decode_prefix_first(self, coords: Coords, src: tuple[str, int, memoryview],
                              fut: Promise, partial: Promise, need: int) -> None:
-        """Decode the first ``need`` bytes of a chunk for the read waiting on them; the whole
-        chunk later, at low priority (a failure is reported by that whole decode, at once)."""
+        """Decode the first ``need`` bytes of a chunk for the read waiting on them; the rest
+        later, at low priority, by the same decoder (a failure is reported by then, at once)."""
         if fut.done():  # the batch already failed
             self._close_partial(coords, partial)
             return
@@ -355,16 +355,34 @@ class RegionReader:
         except Exception:
             self._decode_whole(coords, src, fut, partial)
             return
-        self.counters.add(chunks_decoded=1, decoded_bytes=self._chunk_nbytes)
-        partial.set_result(prefix)
-        # decode_prefix verified the crc32c over these same bytes: the whole decode skips it
-        decode_pool().post(self._decode_whole, coords, src, fut, partial, count=False,
-                           verified=True, priority=LATER)
+        self.counters.add(chunks_decoded=1, decoded_bytes=prefix.done)
+        partial.set_result((prefix.array, prefix.done))
+        decode_pool().post(self._finish, coords, src, fut, partial, prefix, priority=LATER)
 
-    def _decode_whole(self, coords: Coords, src, fut: Promise, partial: Promise, *,
-                      count: bool = True, verified: bool = False) -> None:
+    def _finish(self, coords: Coords, src, fut: Promise, partial: Promise,
+                prefix: Prefix) -> None:
+        """Decode the rest of a chunk whose prefix was decoded first, into the same array."""
         try:
-            self._decode_into(coords, src, fut, count=count, verified=verified)
+            if fut.done():
+                return
+            before = prefix.done
+            try:
+                whole = self._decode_one(coords, src, count=False, decode=prefix.finish)
+            except BaseException as e:
+                fut.set_exception(e)
+                return
+            if whole is None:  # bytes after the stream: the one-shot decoder judges them
+                self.counters.add(decoded_bytes=self._chunk_nbytes)
+                self._decode_into(coords, src, fut, count=False, verified=True)
+            else:
+                self.counters.add(decoded_bytes=self._chunk_nbytes - before)
+                fut.set_result(whole)
+        finally:
+            self._close_partial(coords, partial)
+
+    def _decode_whole(self, coords: Coords, src, fut: Promise, partial: Promise) -> None:
+        try:
+            self._decode_into(coords, src, fut)
         finally:
             self._close_partial(coords, partial)
 
@@ -377,13 +395,21 @@ class RegionReader:
             self.cache.partials.close((self.token, coords), partial)
 
     def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview], *,
-                    count: bool = True, verified: bool = False) -> np.ndarray:
-        """Decode a chunk whole into the cache (``verified``: its crc32c was already checked)."""
+                    count: bool = True, verified: bool = False,
+                    decode: Callable[[], np.ndarray | None] | None = None) -> np.ndarray | None:
+        """Decode a chunk whole into the cache (``verified``: its crc32c was already checked;
+        ``decode``: how, instead of the chain's one-shot decode — None from it caches nothing).
+        """
         key, entry, data = src
         meta = self.meta
         try:
-            arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
-                                           checksum_verified=verified)
+            if decode is None:
+                arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
+                                               checksum_verified=verified)
+            else:
+                arr = decode()
+                if arr is None:
+                    return None
         except BaseException as e:
             error = e
             if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
