@@ -12,6 +12,10 @@ import pytest
 
 from napari_zshard.testing import RangeHTTPServer
 
+# gcsfs asks GCS's control plane over gRPC what kind of bucket it reads, which no emulator
+# serves; read at gcsfs's import, so set before any test can import it (testing/gcs_server.py).
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
 # Variables that would point a test at the developer's own cloud account or endpoint.
 _FOREIGN_AWS = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
@@ -90,6 +94,25 @@ def put_on_s3(local_store_dir: str | os.PathLike, s3_url: str, endpoint: str) ->
     from napari_zshard.testing.s3_server import upload_dir
 
     return upload_dir(local_store_dir, s3_url, endpoint)
+
+
+# -- GCS --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """gcp-storage-emulator on 127.0.0.1 for the whole session (anonymous access)."""
+    pytest.importorskip("gcp_storage_emulator", reason="the GCS tests need gcp-storage-emulator")
+    from napari_zshard.testing.gcs_server import GCSEmulator
+
+    emulator = GCSEmulator()  # before gcsfs is imported (see its module)
+    pytest.importorskip("gcsfs", reason="the GCS tests need gcsfs")
+    with emulator:
+        yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """A fresh, empty bucket; returns ``"gs://<bucket>"``."""
+    return gcs_emulator.make_bucket(f"test-{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture(name="put_on_s3")

@@ -439,7 +439,7 @@ def test_codec_chains_the_engine_lacks_read_through_zarr_python(kind, tmp_path):
     assert_identical(np.asarray(arr.to_dask().compute()), data)
 
 
-# -- HTTP and S3: a pairwise subset -----------------------------------------------------------
+# -- HTTP, S3 and GCS: a pairwise subset ---------------------------------------------------
 
 @pytest.fixture
 def publish(request, tmp_path):
@@ -459,6 +459,13 @@ def publish(request, tmp_path):
             options = request.getfixturevalue("s3_options")
             upload_dir(local, f"{bucket}/{rel}", options["endpoint_url"])
             return f"{bucket}/{rel}", dict(options)
+        if transport == "gcs":
+            from napari_zshard.testing.gcs_server import upload_dir as upload_to_gcs
+
+            bucket = request.getfixturevalue("gcs_bucket")
+            emulator = request.getfixturevalue("gcs_emulator")
+            upload_to_gcs(local, f"{bucket}/{rel}", emulator.endpoint_url)
+            return f"{bucket}/{rel}", emulator.storage_options
         raise ValueError(transport)
 
     return _publish
@@ -475,6 +482,9 @@ REMOTE_CASES = [
     ("s3", Case("tensorstore", "float16", "bytes-be", "start", False)),
     ("s3", Case("zarr-python", "int8", "zstd", "start", True)),
     ("s3", Case("tensorstore", "uint32", "bytes-le", "end", True)),
+    # gs:// goes through gcsfs (the generic fsspec store): one case per writer
+    ("gcs", Case("zarr-python", "uint16", "zstd", "end", True)),
+    ("gcs", Case("tensorstore", "int32", "transpose-zstd", "start", False)),
 ]
 
 

@@ -30,6 +30,8 @@ class FsspecStore(Store):
             hint = f": pip install 'napari-zshard[{extra}]'" if extra else ""
             raise UnsupportedURLError(f"cannot open {url}: {e}{hint}") from e
         self.root = path
+        # an object store behind an async client (gcsfs...), where every lookup is a request
+        self._remote = bool(getattr(self.fs, "async_impl", False))
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}" if self.root else key
@@ -40,11 +42,12 @@ class FsspecStore(Store):
             if isinstance(req, FullRequest):
                 data = self.fs.cat_file(path)
                 size = len(data)
-            else:
+            elif self._remote:
+                data, size = self._read_remote(path, req)
+            else:  # an in-process file system: its sizes cost nothing
                 size = self.fs.size(path)
                 if isinstance(req, SuffixRequest):
-                    start = max(0, size - req.length)
-                    end = size
+                    start, end = max(0, size - req.length), size
                 else:
                     start, end = req.start, req.start + req.length
                 data = self.fs.cat_file(path, start=start, end=end)
@@ -55,11 +58,23 @@ class FsspecStore(Store):
         if isinstance(req, RangeRequest) and len(data) != req.length:
             raise ShortReadError(
                 f"{self.url}/{req.key}: asked for bytes {req.start}..{req.start + req.length - 1}"
-                f", but the object has only {size} bytes",
+                f", but the object ends after {req.start + len(data)} bytes",
                 key=req.key, start=req.start, requested=req.length, received=len(data),
             )
         self.stats.record(len(data))
         return ByteResult(data, object_size=size)
+
+    def _read_remote(self, path: str, req: ByteRequest) -> tuple[bytes, int | None]:
+        """One request per read: no size lookup first (gcsfs: two more requests, a listing
+        among them). The object's size is known only when the answer shows it."""
+        if isinstance(req, RangeRequest):
+            return self.fs.cat_file(path, start=req.start, end=req.start + req.length), None
+        if not req.length:
+            return b"", None
+        # "bytes=-n". A server that ignores suffix ranges sends everything; fewer bytes than
+        # asked for are the whole object.
+        data = self.fs.cat_file(path, start=-req.length)
+        return data[-req.length:], (len(data) if len(data) != req.length else None)
 
     def read_many(self, requests: Sequence[ByteRequest], *,
                   on_result: ResultCallback | None = None) -> list[ByteResult]:
