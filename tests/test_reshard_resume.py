@@ -72,9 +72,19 @@ def test_an_interrupted_or_killed_reshard_resumes_where_it_stopped(tmp_path, htt
     assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
     assert 6 <= killed_at < 32
     assert not (dst / "zarr.json").exists()  # not marked complete
+    # what a shard write cut short by the kill leaves (unlocked: its writer is dead), aged
+    # past the grace period; the kill itself may have left one too
+    abandoned = dst / "c" / "0" / "0" / ".1.k1ll3d.tmp"
+    abandoned.parent.mkdir(parents=True, exist_ok=True)
+    abandoned.write_bytes(bytes(1000))
+    partials = list(dst.rglob(".*.tmp"))
+    for p in partials:
+        os.utime(p, (time.time() - 3600,) * 2)
     http_server.latency = 0.0
     assert main([*command, "-q"]) == 0
     out = capsys.readouterr().out
+    assert f"removed {len(partials)} partial file(s)" in out
+    assert not list(dst.rglob(".*.tmp"))
     assert "resuming an interrupted reshard" in out
     assert count(out, "already done") >= killed_at  # the journaled shards were skipped
     assert count(out, "written") + count(out, "already done") == 32

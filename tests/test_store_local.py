@@ -270,3 +270,61 @@ def test_a_store_opened_read_only_refuses_writes(tmp_path):
     with pytest.raises(StoreError, match="read-only"):
         store.writer("zarr.json")
     assert not (tmp_path / "vol.zarr" / "zarr.json").exists()
+
+
+WRITER = """
+import sys
+from napari_zshard.store.local import LocalStore
+w = LocalStore(sys.argv[1]).writer("c/0/1")
+w.write([bytes(1 << 20)])
+print("writing", flush=True)
+sys.stdin.read()  # the writer stays open until killed
+"""
+
+
+def partial_files(root) -> list:
+    return sorted(p for p in root.rglob(".*.tmp"))
+
+
+def age(paths, seconds: float = 3600) -> None:
+    import time
+
+    for p in paths:
+        os.utime(p, (time.time() - seconds,) * 2)
+
+
+def test_a_killed_writers_partial_file_is_swept_a_live_writers_is_not(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "vol.zarr")
+    store.write("c/0/0", b"kept")
+    job = subprocess.Popen([sys.executable, "-c", WRITER, str(store.root)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout.readline() == "writing\n"
+        (partial,) = partial_files(store.root)
+        age([partial])  # however old it looks, a live writer holds it
+        assert store.sweep_temporaries() == (0, 0)
+        assert partial.exists()
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait(10)
+    # the writer died with its lock: what it left is swept, and nothing else
+    assert store.sweep_temporaries() == (1, 1 << 20)
+    assert partial_files(store.root) == []
+    assert store.read("c/0/0") == b"kept" and store.read("c/0/1") is None
+
+
+def test_a_partial_file_is_left_alone_for_its_first_seconds(tmp_path):
+    store = LocalStore(tmp_path / "vol.zarr")
+    store.write("c/0/0", b"kept")
+    # what a writer holds for an instant between creating its file and locking it
+    fresh = store.root / "c" / "0" / ".1.abc123.tmp"
+    fresh.write_bytes(b"x" * 10)
+
+    assert store.sweep_temporaries() == (0, 0)
+    age([fresh])
+    assert store.sweep_temporaries() == (1, 10)
+    assert [k for k, _ in store.list_prefix("")] == ["c/0/0"]

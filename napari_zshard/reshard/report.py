@@ -111,6 +111,9 @@ def summary_text(summary: ReshardSummary) -> str:
              f"  bytes written: {format_bytes(s.bytes_written)} for "
              f"{format_bytes(s.pixels)} of pixels"
              + (f" ({s.pixels / s.bytes_written:.2f}x)" if s.bytes_written else "")]
+    if s.swept[0]:
+        lines.append(f"  removed {s.swept[0]:,} partial file(s) ({format_bytes(s.swept[1])}) "
+                     "left by the interrupted run")
     if s.verify != "none":
         lines.append(f"  verification ({s.verify}): {s.verified:,} region(s) equal to the "
                      "source")

@@ -47,6 +47,7 @@ class ReshardSummary:
     written: int = 0
     fill: int = 0
     resumed: int = 0
+    swept: tuple[int, int] = (0, 0)  # partial files of the interrupted run removed, bytes
     corrupt: list[tuple[str, str, str]] = field(default_factory=list)
     bytes_written: int = 0
     pixels: int = 0
@@ -113,6 +114,8 @@ def run_reshard(plan: ReshardPlan, *, verify: str = "sample", on_corrupt: str = 
                 todo.append((ref, store, a.path, a.target, shard, a.depth, a.passthrough))
     checks = _verification_tasks(plan, store, verify)
     total = plan.n_shards + len(checks)
+    if state.kind == "resume":
+        summary.swept = _sweep_interrupted_writes(store)
     yield ReshardProgress(summary.resumed, total, f"{summary.resumed:,} of {plan.n_shards:,} "
                           "shards already done" if summary.resumed else "starting")
     # on threads, shards are committed on a thread of their own while the next is computed
@@ -209,6 +212,19 @@ def _mark_complete(store: Store, plan: ReshardPlan) -> None:
         if path:
             store.write(join_key(path, "zarr.json"), group_json(attributes))
     store.write("zarr.json", root if root is not None else group_json(plan.groups.get("", {})))
+
+
+def _sweep_interrupted_writes(store) -> tuple[int, int]:
+    """On a resume: remove the partial shard files the interrupted run was writing when it
+    died (a local destination only: an object store never shows a partial object)."""
+    sweep = getattr(store, "sweep_temporaries", None)
+    if sweep is None:
+        return 0, 0
+    removed, freed = sweep()
+    if removed:
+        log.info("removed %d partial files (%d bytes) left by the interrupted run", removed,
+                 freed)
+    return removed, freed
 
 
 def _connect(client: Any) -> tuple[Any, bool]:
