@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 
-from .reshard import parse_shape
+from .reshard import parse_level_layouts, parse_shape
 
 if TYPE_CHECKING:
     import napari
@@ -47,6 +47,10 @@ class ReshardWidget(Container):
                                     value=default_destination(source) if source else "")
         self.chunks = LineEdit(label="chunk shape", value="auto")
         self.shards = LineEdit(label="shard shape", value="auto")
+        # other layouts for some pyramid levels: "CHUNKS/SHARDS" per level, "-" keeps the above
+        self.levels = LineEdit(label="per level (optional)", value="")
+        self.levels.tooltip = ("CHUNKS/SHARDS for levels 0, 1, …, separated by blanks, e.g. "
+                               "'- 32,64,64/64,512,512'; '-' keeps the shapes above")
         self.codec = ComboBox(label="codec", choices=["zstd", "blosc", "gzip", "none"],
                               value="zstd")
         self.verify = ComboBox(label="verify", choices=["sample", "full", "none"],
@@ -59,9 +63,10 @@ class ReshardWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.table = Label(value="")
-        self.extend([self.source, self.destination, self.chunks, self.shards, self.codec,
-                     self.verify, self.on_corrupt, self.open_result, self.preview_button,
-                     self.run_button, self.cancel_button, self.status, self.table])
+        self.extend([self.source, self.destination, self.chunks, self.shards, self.levels,
+                     self.codec, self.verify, self.on_corrupt, self.open_result,
+                     self.preview_button, self.run_button, self.cancel_button, self.status,
+                     self.table])
         self._monospace(self.table)
         self.preview_button.changed.connect(self.preview)
         self.run_button.changed.connect(self.start)
@@ -93,6 +98,7 @@ class ReshardWidget(Container):
         return {"src": source, "dst": destination,
                 "chunks": parse_shape(self.chunks.value, "chunk shape"),
                 "shards": parse_shape(self.shards.value, "shard shape"),
+                "levels": parse_level_layouts(self.levels.value),
                 "codec": self.codec.value}
 
     def suggest(self) -> None:

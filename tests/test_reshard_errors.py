@@ -60,6 +60,26 @@ def test_shapes_need_one_value_per_axis(volume, tmp_path, capsys):
     assert not (tmp_path / "d.zarr").exists()
 
 
+@pytest.mark.parametrize(("levels", "message"), [
+    (["16,16,16"], "level 0: give CHUNKS/SHARDS (like 32,32,32/512,512,512) or '-'"),
+    (["8,8/16,16,16"], "chunk shape 8x8 has 2 values"),
+    (["16,a,16/32,32,32"], "level 0 chunk shape must be integers"),
+    (["-", "8,8,8/16,16,16"], "2 per-level layouts given, but"),
+])
+def test_per_level_layouts_on_the_command_line_say_which_level_is_wrong(volume, tmp_path,
+                                                                        capsys, levels,
+                                                                        message):
+    src, _ = volume
+    assert main(["reshard", str(src), str(tmp_path / "d.zarr"), "--levels", *levels]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "d.zarr").exists()
+    # a valid one: this single-level array gets it
+    assert main(["reshard", str(src), str(tmp_path / "d.zarr"), "--levels", "8,16,16/16,32,64",
+                 "-q"]) == 0
+    assert zarr.open_array(str(tmp_path / "d.zarr"), mode="r").shards == (16, 32, 64)
+
+
 def test_an_existing_destination_with_another_layout_is_refused(volume, tmp_path):
     src, data = volume
     dst = tmp_path / "d.zarr"

@@ -65,6 +65,22 @@ def test_run_reshards_in_the_background_and_opens_the_result(widget, source, qtb
                                                                                      128)
 
 
+def test_a_level_can_get_its_own_layout_and_a_wrong_one_is_explained(widget, source, qtbot):
+    widget.chunks.value, widget.shards.value = "8,32,32", "16,128,128"
+    widget.levels.value = "32,64"  # no shard shape: nothing starts, the form says why
+    widget.run_button.native.click()
+    assert widget.worker is None
+    assert "level 0: give CHUNKS/SHARDS" in widget.status.value
+    widget.levels.value = "- 8,16,16/24,64,64"  # level 0 as above, level 1 its own
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.summary is not None and widget.summary.complete, widget.status.value
+    node = nz.open_image(source[0].parent / "src-resharded.zarr")
+    assert [(a.chunks, a.shards) for a in node.arrays] == [((8, 32, 32), (16, 128, 128)),
+                                                           ((8, 16, 16), (24, 64, 64))]
+    np.testing.assert_array_equal(node.arrays[1][:], nz.open_image(source[0]).arrays[1][:])
+
+
 def test_cancel_leaves_a_resumable_destination_not_marked_complete(make_napari_viewer,
                                                                    tmp_path, qtbot):
     from napari_zshard._reshard_widget import ReshardWidget

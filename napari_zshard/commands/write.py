@@ -39,16 +39,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_reshard(args: argparse.Namespace) -> int:
-    from ..reshard import VerificationError, plan_reshard
+    from ..reshard import VerificationError, parse_level_layouts, plan_reshard
 
-    levels = None
-    if args.levels:
-        levels = []
-        for text in args.levels:
-            chunks, sep, shards = text.partition("/")
-            if text != "-" and not sep:
-                raise ValueError(f"--levels takes CHUNKS/SHARDS per level, not {text!r}")
-            levels.append(None if text == "-" else (chunks or None, shards or None))
+    levels = parse_level_layouts(args.levels)
     plan = plan_reshard(args.src, args.dst, chunks=args.chunks, shards=args.shards,
                         codec=args.codec, codec_level=args.codec_level,
                         checksum=not args.no_checksum, levels=levels,

@@ -20,13 +20,14 @@ from .errors import (
     VerificationError,
 )
 from .journal import JOURNAL, DestinationState
-from .layout import CodecChoice, parse_shape, suggest_layout
+from .layout import CodecChoice, parse_level_layouts, parse_shape, suggest_layout
 from .plan import ArrayPlan, ReshardPlan, plan_reshard
 from .run import ReshardProgress, ReshardSummary, reshard, run_reshard
 
 __all__ = [
     "JOURNAL", "ArrayPlan", "CodecChoice", "CorruptSourceError", "DestinationError",
     "DestinationState", "LayoutError", "ReshardError", "ReshardPlan", "ReshardProgress",
-    "ReshardSummary", "Sample", "SourceError", "VerificationError", "ViewCost", "parse_shape",
-    "plan_reshard", "reshard", "run_reshard", "suggest_layout",
+    "ReshardSummary", "Sample", "SourceError", "VerificationError", "ViewCost",
+    "parse_level_layouts", "parse_shape", "plan_reshard", "reshard", "run_reshard",
+    "suggest_layout",
 ]

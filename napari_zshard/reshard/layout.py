@@ -57,6 +57,31 @@ def parse_shape(value: str | Sequence[int] | None, what: str) -> Shape | None:
     return shape
 
 
+def parse_level_layouts(texts: str | Sequence[str] | None
+                        ) -> list[tuple[str | None, str | None] | None] | None:
+    """Per pyramid level, ``"CHUNKS/SHARDS"`` (``"32,32,32/512,512,512"``; either side may be
+    empty for the default, ``"-"`` keeps the default for that level) → the ``levels`` argument
+    of :func:`~napari_zshard.reshard.plan_reshard`. A string holds the levels separated by
+    blanks or semicolons. None or nothing: None."""
+    if texts is None:
+        return None
+    if isinstance(texts, str):
+        texts = texts.replace(";", " ").split()
+    levels: list[tuple[str | None, str | None] | None] = []
+    for i, text in enumerate(texts):
+        if text == "-":
+            levels.append(None)
+            continue
+        chunks, sep, shards = text.partition("/")
+        if not sep:
+            raise LayoutError(f"level {i}: give CHUNKS/SHARDS (like 32,32,32/512,512,512) or "
+                              f"'-' for the default, not {text!r}")
+        parse_shape(chunks, f"level {i} chunk shape")  # checked here, with the level named
+        parse_shape(shards, f"level {i} shard shape")
+        levels.append((chunks or None, shards or None))
+    return levels or None
+
+
 def fit_layout(shape: Shape, dtype: np.dtype, chunks: Shape | None, shards: Shape | None, *,
                where: str) -> tuple[Shape, Shape]:
     """Check ``chunks``/``shards`` against an array of ``shape`` (None: the suggestion) and

@@ -14,7 +14,7 @@ from ..engine import ArrayMeta, CoalescePolicy, ShardedArray
 from ..errors import StoreError, ZShardError
 from ..store import normalize_url, open_store
 from .cost import Sample, ViewCost, estimated_cost, measure_sample, measured_cost, view_regions
-from .errors import DestinationError
+from .errors import DestinationError, LayoutError
 from .journal import DestinationState, inspect_destination
 from .layout import (
     CodecChoice,
@@ -208,6 +208,10 @@ def plan_reshard(src: str | os.PathLike, dst: str | os.PathLike, *,
     if codec not in ("zstd", "blosc", "gzip", "none"):
         raise ValueError(f"codec must be 'zstd', 'blosc', 'gzip' or 'none', not {codec!r}")
     tree = open_source(src, src_options)
+    n_levels = 1 + max((a.level for a in tree.arrays), default=0)
+    if len(per_level) > n_levels:
+        raise LayoutError(f"{len(per_level)} per-level layouts given, but {tree.url} has "
+                          f"{n_levels} level{'s' if n_levels != 1 else ''}")
     arrays = [_plan_array(a, chunks_default, shards_default, per_level, codec_choice)
               for a in tree.arrays]
     for a in arrays:
