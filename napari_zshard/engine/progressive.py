@@ -10,7 +10,9 @@ it stopped (:meth:`Prefix.finish`), ready for the next planes. Nothing is decode
 zstd streams are decoded block by block with zstd's buffer-less API (through the cffi module
 that ships with ``zstandard``): each block goes from the stored bytes into the array, and its
 back-references point into the array itself, so a paused decoder holds no window buffer — only
-its context (96 KiB, re-used from a small pool). Measured on a row of 256 64³ uint16 chunks
+its context (96 KiB, re-used from a small pool). A cold row of 256 chunks keeps 256 of them
+until its chunks are finished: peak RSS of a 64-plane scroll 322 MiB, against 301 MiB when
+each chunk is decoded whole at once. Measured on a row of 256 64³ uint16 chunks
 (one thread): first blocks then the rest 1.11-1.14x the CPU time of one-shot decodes, where
 decoding the first block and then the whole chunk again cost 1.23-1.30x. What is left of the
 difference is the cache: resuming a chunk, its first block is no longer in the CPU's cache.
