@@ -63,8 +63,9 @@ class Prefix:
         self.array, self.done, self._stream = array, done, stream
 
     def finish(self) -> np.ndarray | None:
-        """Decode the rest; the whole array, or None when the stored bytes hold more than one
-        stream (the caller decodes those whole). Raises what a whole decode raises."""
+        """Decode the rest; the whole array, or None when more bytes follow the stream (a
+        second stream, or garbage: the caller hands them to the one-shot decoder, which
+        tells). Raises what a whole decode raises."""
         stream, self._stream = self._stream, None
         if stream is None:
             raise RuntimeError("chunk already finished")
