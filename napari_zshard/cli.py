@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     fsck.add_argument("url", metavar="URL", help="the array or group to check")
     fsck.add_argument("--full", action="store_true",
                       help="decode every inner chunk, even where a crc32c checksum exists")
+    fsck.add_argument("--remove-partial", action="store_true",
+                      help="delete the temporary files of writes whose process died (a "
+                           "killed save or reshard; never a running writer's)")
     fsck.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     fsck.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fsck.set_defaults(run=cmd_fsck)

@@ -109,6 +109,28 @@ def test_fsck_of_a_clean_store_exits_0(volume):
     assert "clean: 4 shards and 32 inner chunks checked" in result.stdout
 
 
+def test_fsck_tells_of_partial_files_of_interrupted_writes_and_removes_them(volume, capsys):
+    import os
+    import time
+
+    # what a write killed mid-shard leaves (its writer dead: nothing holds its lock)
+    partial = volume / "c" / "0" / "1" / ".0.1a2b3c.tmp"
+    partial.write_bytes(bytes(3 << 20))
+    os.utime(partial, (time.time() - 3600,) * 2)
+
+    assert main(["fsck", str(volume)]) == 0  # not damage: readers never see it
+    out = capsys.readouterr().out
+    assert "note: 1 partial file(s) (3.0 MiB) of interrupted writes" in out
+    assert "clean: 4 shards" in out and partial.exists()
+    assert main(["fsck", str(volume), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["partial_files"] == {"count": 1,
+                                                                    "bytes": 3 << 20}
+    assert main(["fsck", str(volume), "--remove-partial"]) == 0
+    assert "removed 1 partial file(s) (3.0 MiB)" in capsys.readouterr().out
+    assert not partial.exists()
+    assert sorted(p.name for p in (volume / "c" / "0" / "1").iterdir()) == ["0", "1"]
+
+
 def test_fsck_names_a_shard_whose_index_has_a_flipped_bit(volume):
     flip_byte(volume / "c/0/1/0", -10)
     result = zshard("fsck", str(volume))

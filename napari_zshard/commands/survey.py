@@ -6,7 +6,17 @@ import argparse
 import json
 import sys
 
-from ..survey import ArrayInfo, FsckPlan, FsckReport, describe, plan_fsck, run_fsck, survey
+from ..survey import (
+    ArrayInfo,
+    FsckPlan,
+    FsckReport,
+    describe,
+    partial_files,
+    plan_fsck,
+    remove_partial_files,
+    run_fsck,
+    survey,
+)
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
 _METHODS = {
@@ -110,9 +120,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         print(f"zshard: interrupted after {report.objects_checked:,} of {plan.total:,} {noun}; "
               f"{len(report.problems)} problem(s) found so far", file=sys.stderr)
         return EXIT_INTERRUPTED
+    report.partial_files = (remove_partial_files if args.remove_partial else partial_files)(found)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
+        count, size = report.partial_files
+        if count:
+            what = f"{count:,} partial file(s) ({size / 2**20:,.1f} MiB) of interrupted writes"
+            print(f"removed {what}" if args.remove_partial else
+                  f"note: {what}; readers ignore them, --remove-partial deletes them")
         totals = (f"{report.objects_found:,} {noun} and {report.chunks_checked:,} inner chunks "
                   "checked" if sharded else f"{report.objects_found:,} {noun} checked")
         if report.clean and not report.objects_checked and report.skipped:

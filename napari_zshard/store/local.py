@@ -255,10 +255,19 @@ class LocalStore(Store):
         last ``min_age`` seconds are left alone (the instants between creating the file and
         locking it, and between the last write and the rename). Without ``fcntl``: nothing.
         """
-        if fcntl is None or self.read_only:
+        return self._abandoned_temporaries(prefix, min_age, remove=True)
+
+    def abandoned_temporaries(self, prefix: str = "", *,
+                              min_age: float = TEMP_MIN_AGE) -> tuple[int, int]:
+        """How many temporary files :meth:`sweep_temporaries` would remove, and their bytes."""
+        return self._abandoned_temporaries(prefix, min_age, remove=False)
+
+    def _abandoned_temporaries(self, prefix: str, min_age: float, *, remove: bool
+                               ) -> tuple[int, int]:
+        if fcntl is None or (remove and self.read_only):
             return 0, 0
         base = self.root / prefix if prefix else self.root
-        removed = freed = 0
+        found = size = 0
         now = time.time()
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
@@ -266,7 +275,7 @@ class LocalStore(Store):
                     continue
                 path = os.path.join(dirpath, name)
                 try:
-                    fd = os.open(path, os.O_RDWR)
+                    fd = os.open(path, os.O_RDONLY)
                 except OSError:  # renamed or removed meanwhile
                     continue
                 try:
@@ -276,13 +285,16 @@ class LocalStore(Store):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:  # a live writer holds it
                     continue
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                        removed, freed = removed + 1, freed + info.st_size
+                else:  # (removed while locked: no writer can have taken it meanwhile)
+                    if remove:
+                        try:
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            continue
+                    found, size = found + 1, size + info.st_size
                 finally:
                     os.close(fd)
-        return removed, freed
+        return found, size
 
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = self.root / prefix if prefix else self.root

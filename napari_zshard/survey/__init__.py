@@ -18,7 +18,9 @@ from .fsck import (
     Problem,
     check_method,
     fsck,
+    partial_files,
     plan_fsck,
+    remove_partial_files,
     run_fsck,
     verify_object,
 )
@@ -26,5 +28,6 @@ from .fsck import (
 __all__ = [
     "ArrayInfo", "ArrayNode", "FsckPlan", "FsckReport", "ObjectCheck", "Problem",
     "StoredObject", "Survey", "check_method", "codec_chain", "describe", "describe_array",
-    "fsck", "grid_coords", "plan_fsck", "run_fsck", "survey", "verify_object",
+    "fsck", "grid_coords", "partial_files", "plan_fsck", "remove_partial_files", "run_fsck",
+    "survey", "verify_object",
 ]

@@ -85,6 +85,9 @@ class FsckReport:
     problems: list[Problem] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     complete: bool = False
+    #: temporary files of writes whose process died (local stores): count, bytes. Not damage:
+    #: readers never see them; :func:`remove_partial_files` deletes them.
+    partial_files: tuple[int, int] = (0, 0)
 
     def add(self, check: ObjectCheck) -> None:
         self.objects_checked += 1
@@ -107,6 +110,7 @@ class FsckReport:
             "chunks_checked": self.chunks_checked, "damaged_objects": self.damaged_objects,
             "problems": [vars(p) for p in self.problems],
             "skipped": [{"array": a, "reason": r} for a, r in self.skipped],
+            "partial_files": {"count": self.partial_files[0], "bytes": self.partial_files[1]},
         }
 
 
@@ -168,7 +172,21 @@ def fsck(found: Survey, *, full: bool = False) -> FsckReport:
     for check in run_fsck(plan):
         report.add(check)
     report.complete = True
+    report.partial_files = partial_files(found)
     return report
+
+
+def partial_files(found: Survey) -> tuple[int, int]:
+    """Temporary files left below the surveyed URL by writes whose process died (a killed
+    save or reshard): how many, and their bytes. (0, 0) where a store has none to show."""
+    count = getattr(found.store, "abandoned_temporaries", None)
+    return count() if count is not None else (0, 0)
+
+
+def remove_partial_files(found: Survey) -> tuple[int, int]:
+    """Delete what :func:`partial_files` counts (never a live writer's file)."""
+    sweep = getattr(found.store, "sweep_temporaries", None)
+    return sweep() if sweep is not None else (0, 0)
 
 
 def _batches(objects: Iterable[StoredObject], max_bytes: int, max_count: int
