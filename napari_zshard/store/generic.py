@@ -32,6 +32,8 @@ class FsspecStore(Store):
         self.root = path
         # an object store behind an async client (gcsfs...), where every lookup is a request
         self._remote = bool(getattr(self.fs, "async_impl", False))
+        # where a suffix read ("bytes=-n", start=-n) is known to be one request: gcsfs
+        self._suffix_request = protocol in ("gs", "gcs")
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}" if self.root else key
@@ -71,6 +73,9 @@ class FsspecStore(Store):
             return self.fs.cat_file(path, start=req.start, end=req.start + req.length), None
         if not req.length:
             return b"", None
+        if not self._suffix_request:  # (a file system not known to read start=-n in one go)
+            size = self.fs.size(path)
+            return self.fs.cat_file(path, start=max(0, size - req.length), end=size), size
         # "bytes=-n". A server that ignores suffix ranges sends everything; fewer bytes than
         # asked for are the whole object.
         data = self.fs.cat_file(path, start=-req.length)
