@@ -114,8 +114,11 @@ def run_reshard(plan: ReshardPlan, *, verify: str = "sample", on_corrupt: str = 
                 todo.append((ref, store, a.path, a.target, shard, a.depth, a.passthrough))
     checks = _verification_tasks(plan, store, verify)
     total = plan.n_shards + len(checks)
-    if state.kind == "resume":
-        summary.swept = _sweep_interrupted_writes(store)
+    if state.kind == "resume":  # the partial shard files the interrupted run died writing
+        summary.swept = store.sweep_temporaries()
+        if summary.swept[0]:
+            log.info("removed %d partial files (%d bytes) left by the interrupted run",
+                     *summary.swept)
     yield ReshardProgress(summary.resumed, total, f"{summary.resumed:,} of {plan.n_shards:,} "
                           "shards already done" if summary.resumed else "starting")
     # on threads, shards are committed on a thread of their own while the next is computed
@@ -212,19 +215,6 @@ def _mark_complete(store: Store, plan: ReshardPlan) -> None:
         if path:
             store.write(join_key(path, "zarr.json"), group_json(attributes))
     store.write("zarr.json", root if root is not None else group_json(plan.groups.get("", {})))
-
-
-def _sweep_interrupted_writes(store) -> tuple[int, int]:
-    """On a resume: remove the partial shard files the interrupted run was writing when it
-    died (a local destination only: an object store never shows a partial object)."""
-    sweep = getattr(store, "sweep_temporaries", None)
-    if sweep is None:
-        return 0, 0
-    removed, freed = sweep()
-    if removed:
-        log.info("removed %d partial files (%d bytes) left by the interrupted run", removed,
-                 freed)
-    return removed, freed
 
 
 def _connect(client: Any) -> tuple[Any, bool]:

@@ -104,6 +104,16 @@ class Store(ABC):
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every object below ``prefix`` (for fsck and info)."""
 
+    # -- what interrupted writes leave ----------------------------------------------------
+    def abandoned_temporaries(self, prefix: str = "") -> tuple[int, int]:
+        """Temporary files below ``prefix`` of writes whose process died: how many, and their
+        bytes. None here: an object store never shows a partial object (a local store does)."""
+        return 0, 0
+
+    def sweep_temporaries(self, prefix: str = "") -> tuple[int, int]:
+        """Remove what :meth:`abandoned_temporaries` counts; returns the same figures."""
+        return 0, 0
+
     # -- concurrent writers ----------------------------------------------------------------
     def update(self, key: str, modify: Modify, *, tries: int = 10) -> bytes | None:
         """Replace ``key`` with ``modify(current)``, atomically with respect to other writers.

@@ -178,15 +178,13 @@ def fsck(found: Survey, *, full: bool = False) -> FsckReport:
 
 def partial_files(found: Survey) -> tuple[int, int]:
     """Temporary files left below the surveyed URL by writes whose process died (a killed
-    save or reshard): how many, and their bytes. (0, 0) where a store has none to show."""
-    count = getattr(found.store, "abandoned_temporaries", None)
-    return count() if count is not None else (0, 0)
+    save or reshard): how many, and their bytes."""
+    return found.store.abandoned_temporaries()
 
 
 def remove_partial_files(found: Survey) -> tuple[int, int]:
     """Delete what :func:`partial_files` counts (never a live writer's file)."""
-    sweep = getattr(found.store, "sweep_temporaries", None)
-    return sweep() if sweep is not None else (0, 0)
+    return found.store.sweep_temporaries()
 
 
 def _batches(objects: Iterable[StoredObject], max_bytes: int, max_count: int
