@@ -32,7 +32,7 @@ class FsspecStore(Store):
         self.root = path
         # an object store behind an async client (gcsfs...), where every lookup is a request
         self._remote = bool(getattr(self.fs, "async_impl", False))
-        # where a suffix read ("bytes=-n", start=-n) is known to be one request: gcsfs
+        # where a suffix read (start=-n) is known to be one request ("bytes=-n"): gcsfs only
         self._suffix_request = protocol in ("gs", "gcs")
 
     def _path(self, key: str) -> str:
@@ -44,9 +44,14 @@ class FsspecStore(Store):
             if isinstance(req, FullRequest):
                 data = self.fs.cat_file(path)
                 size = len(data)
-            elif self._remote:
-                data, size = self._read_remote(path, req)
-            else:  # an in-process file system: its sizes cost nothing
+            elif isinstance(req, RangeRequest) and self._remote:
+                # one request, no size lookup first (gcsfs: a metadata GET and a listing); the
+                # size matters only if the object is too short
+                data = self.fs.cat_file(path, start=req.start, end=req.start + req.length)
+                size = None
+            elif isinstance(req, SuffixRequest) and self._suffix_request:
+                data, size = self._read_suffix(path, req.length)
+            else:  # the size first (free in process): it is what a suffix read is cut by
                 size = self.fs.size(path)
                 if isinstance(req, SuffixRequest):
                     start, end = max(0, size - req.length), size
@@ -66,20 +71,14 @@ class FsspecStore(Store):
         self.stats.record(len(data))
         return ByteResult(data, object_size=size)
 
-    def _read_remote(self, path: str, req: ByteRequest) -> tuple[bytes, int | None]:
-        """One request per read: no size lookup first (gcsfs: two more requests, a listing
-        among them). The object's size is known only when the answer shows it."""
-        if isinstance(req, RangeRequest):
-            return self.fs.cat_file(path, start=req.start, end=req.start + req.length), None
-        if not req.length:
+    def _read_suffix(self, path: str, length: int) -> tuple[bytes, int | None]:
+        """The last ``length`` bytes in one request ("bytes=-n"). A server that ignores suffix
+        ranges sends everything; fewer bytes than asked for are the whole object. Either
+        way the object's size is then known."""
+        if not length:
             return b"", None
-        if not self._suffix_request:  # (a file system not known to read start=-n in one go)
-            size = self.fs.size(path)
-            return self.fs.cat_file(path, start=max(0, size - req.length), end=size), size
-        # "bytes=-n". A server that ignores suffix ranges sends everything; fewer bytes than
-        # asked for are the whole object.
-        data = self.fs.cat_file(path, start=-req.length)
-        return data[-req.length:], (len(data) if len(data) != req.length else None)
+        data = self.fs.cat_file(path, start=-length)
+        return data[-length:], (len(data) if len(data) != length else None)
 
     def read_many(self, requests: Sequence[ByteRequest], *,
                   on_result: ResultCallback | None = None) -> list[ByteResult]:
