@@ -5,7 +5,7 @@ level and for the life of the process, the calls that make up a read:
 
 * ``RegionReader.read``        one call per dask block napari computes (on dask's threads);
 * ``Store.read_many``          one batch of byte requests (index or data), waited for;
-* ``RegionReader._decode_one`` one inner chunk decompressed (on the engine's decode pool);
+* ``ChunkDecoder.decode_one`` one inner chunk decompressed (on the engine's decode pool);
 
 The report gives, for the traced step: wall time, time in napari's slicing call, how long any
 block read / any I/O batch / any decode was running (union of intervals: wall-clock coverage),
@@ -32,6 +32,7 @@ def _union(intervals: list[tuple[float, float]]) -> float:
 
 class Tracer:
     def __init__(self):
+        from napari_zshard.engine import chunk_decode, fetch_plan
         from napari_zshard.engine import reader as reader_mod
         from napari_zshard.store import base, local, remote
 
@@ -39,8 +40,8 @@ class Tracer:
         self.events: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
         self._lock = threading.Lock()
         targets = [(reader_mod.RegionReader, "read", "block_read"),
-                   (reader_mod.RegionReader, "_decode_one", "decode"),
-                   (reader_mod.RegionReader, "_read_indexes", "index_lookup")]
+                   (chunk_decode.ChunkDecoder, "decode_one", "decode"),
+                   (fetch_plan.FetchPlanner, "_read_indexes", "index_lookup")]
         for module in (base, local, remote):
             for cls in vars(module).values():
                 if isinstance(cls, type) and "read_many" in vars(cls):

@@ -1,7 +1,8 @@
 """The read path: region → shards → inner chunks → one concurrent fetch batch → parallel decode.
 
 See ../shared/DESIGN.md, "The engine". One :class:`RegionReader` serves one opened array; the
-caches it uses are shared process-wide so that re-opening a volume re-uses what was read.
+caches it uses are shared process-wide so that re-opening a volume re-uses what was read. What
+to request is :mod:`.fetch_plan`'s, how fetched bytes become cached chunks :mod:`.chunk_decode`'s.
 """
 
 from __future__ import annotations
@@ -9,43 +10,27 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
+from ..errors import CorruptShardError, ShortReadError, StoreError
 from ..store import Store
 from ..store.pool import LATER, NOW, decode_pool, readahead_pool
 from .cache import EngineCache
 from .cache_keys import cache_token
+from .chunk_decode import FILL, ChunkDecoder
 from .coalesce import CoalescePolicy
 from .counters import ReadCounters
 from .fetch_plan import FetchPlanner
 from .metadata import ArrayMeta
-from .progressive import MAX_PREFIX_SHARE, Prefix, decode_prefix, progressive_codecs
+from .progressive import MAX_PREFIX_SHARE, progressive_codecs
 from .promise import Promise
 from .shard_index import ShardIndex
 
 log = logging.getLogger(__name__)
 
 Coords = tuple[int, ...]
-
-
-class _Fill:
-    """Marker for a chunk that is not stored: it reads as the fill value."""
-
-    nbytes = 0
-
-    def __repr__(self) -> str:
-        return "FILL"
-
-
-FILL = _Fill()
-
-
-class _NotProgressive(Exception):
-    """A chunk that is not decoded front to back after all (fill value, or its fetch failed):
-    readers wait for the chunk's own future instead."""
 
 
 def normalize_region(region: Sequence[slice], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -80,6 +65,7 @@ class RegionReader:
         # the codecs when chunks can be decoded front to back (engine/progressive.py)
         self._progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
                              else None)
+        self._decoder = ChunkDecoder(self)
         # C-order element strides of an inner chunk: how far into it a region reaches
         self._strides = [math.prod(meta.chunk_shape[i + 1:]) for i in range(meta.ndim)]
 
@@ -281,7 +267,7 @@ class RegionReader:
         partials = {} if self._progressive is None else {
             c: self.cache.partials.open((self.token, c)) for c in pending
             if needs.get(c, self._chunk_nbytes) <= MAX_PREFIX_SHARE * self._chunk_nbytes}
-        pool = decode_pool()
+        pool, decoder = decode_pool(), self._decoder
         unsharded = self.meta.sharding is None
 
         def on_result(i: int, result) -> None:
@@ -291,9 +277,9 @@ class RegionReader:
                     if unsharded:  # a chunk never written: fill value
                         self.cache.chunks.fulfil((self.token, c), FILL, 64)
                         pending[c].set_result(FILL)
-                        self._close_partial(c, partials.get(c))
+                        decoder.close_partial(c, partials.get(c))
                     else:
-                        self._fail(c, pending[c], StoreError(
+                        decoder.fail(c, pending[c], StoreError(
                             f"{self.store.url}/{key} disappeared after its index was read; "
                             "the store is being rewritten — call refresh()"), partials)
                 return
@@ -301,11 +287,11 @@ class RegionReader:
             for (c, flat), offset, nbytes in request_parts[i]:
                 data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
                 if c in partials:
-                    pool.post(self._decode_prefix_first, c, (key, flat, data), pending[c],
-                                partials[c], needs[c], priority=NOW)
+                    pool.post(decoder.decode_prefix_first, c, (key, flat, data), pending[c],
+                              partials[c], needs[c], priority=NOW)
                 else:
-                    pool.post(self._decode_into, c, (key, flat, data), pending[c],
-                                priority=NOW if c in needs else LATER)
+                    pool.post(decoder.decode_into, c, (key, flat, data), pending[c],
+                              priority=NOW if c in needs else LATER)
 
         try:
             self.store.read_many(requests, on_result=on_result)
@@ -314,116 +300,15 @@ class RegionReader:
                 f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
                 f"{e.start + e.requested - 1} named by its index lie past the end of the file")
             for c, fut in pending.items():
-                self._fail(c, fut, error, partials)
+                decoder.fail(c, fut, error, partials)
             raise error from e
         except BaseException as e:
             for c, fut in pending.items():
-                self._fail(c, fut, e, partials)
+                decoder.fail(c, fut, e, partials)
             raise
         finally:
             self.counters.add(data_requests=len(requests))
         return futures
-
-    def _fail(self, coords: Coords, fut: Promise, error: BaseException,
-              partials: dict[Coords, Promise] | None = None) -> None:
-        if not fut.done():
-            self.cache.chunks.fail([(self.token, coords)], error)
-            fut.set_exception(error)
-        if partials:
-            self._close_partial(coords, partials.get(coords), error)
-
-    def _decode_into(self, coords: Coords, src, fut: Promise, *, count: bool = True,
-                     verified: bool = False) -> None:
-        if fut.done():  # the batch already failed
-            return
-        try:
-            fut.set_result(self._decode_one(coords, src, count=count, verified=verified))
-        except BaseException as e:
-            fut.set_exception(e)
-
-    def _decode_prefix_first(self, coords: Coords, src: tuple[str, int, memoryview],
-                             fut: Promise, partial: Promise, need: int) -> None:
-        """Decode the first ``need`` bytes of a chunk for the read waiting on them; the rest
-        later, at low priority, by the same decoder (a failure is reported by then, at once)."""
-        if fut.done():  # the batch already failed
-            self._close_partial(coords, partial)
-            return
-        _, _, data = src
-        meta = self.meta
-        try:
-            prefix = decode_prefix(self._progressive, data, meta.chunk_shape, meta.dtype, need)
-        except Exception:
-            self._decode_whole(coords, src, fut, partial)
-            return
-        self.counters.add(chunks_decoded=1, decoded_bytes=prefix.done)
-        partial.set_result((prefix.array, prefix.done))
-        decode_pool().post(self._finish, coords, src, fut, partial, prefix, priority=LATER)
-
-    def _finish(self, coords: Coords, src, fut: Promise, partial: Promise,
-                prefix: Prefix) -> None:
-        """Decode the rest of a chunk whose prefix was decoded first, into the same array."""
-        try:
-            if fut.done():
-                return
-            before = prefix.done
-            try:
-                whole = self._decode_one(coords, src, count=False, decode=prefix.finish)
-            except BaseException as e:
-                fut.set_exception(e)
-                return
-            if whole is None:  # bytes after the stream: the one-shot decoder judges them
-                self.counters.add(decoded_bytes=self._chunk_nbytes)
-                self._decode_into(coords, src, fut, count=False, verified=True)
-            else:
-                self.counters.add(decoded_bytes=self._chunk_nbytes - before)
-                fut.set_result(whole)
-        finally:
-            self._close_partial(coords, partial)
-
-    def _decode_whole(self, coords: Coords, src, fut: Promise, partial: Promise) -> None:
-        try:
-            self._decode_into(coords, src, fut)
-        finally:
-            self._close_partial(coords, partial)
-
-    def _close_partial(self, coords: Coords, partial: Promise | None,
-                       error: BaseException | None = None) -> None:
-        """Readers of this chunk wait for its own future from now on (unless its prefix was
-        set, it never will be: fill value, failed fetch, or decoded whole)."""
-        if partial is not None:
-            partial.set_exception(error or _NotProgressive())
-            self.cache.partials.close((self.token, coords), partial)
-
-    def _decode_one(self, coords: Coords, src: tuple[str, int, memoryview], *,
-                    count: bool = True, verified: bool = False,
-                    decode: Callable[[], np.ndarray | None] | None = None) -> np.ndarray | None:
-        """Decode a chunk whole into the cache (``verified``: its crc32c was already checked;
-        ``decode``: how, instead of the chain's one-shot decode — None from it caches nothing).
-        """
-        key, entry, data = src
-        meta = self.meta
-        try:
-            if decode is None:
-                arr = meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
-                                               checksum_verified=verified)
-            else:
-                arr = decode()
-                if arr is None:
-                    return None
-        except BaseException as e:
-            error = e
-            if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
-                where = f" (index entry {entry})" if entry >= 0 else ""
-                error = type(e)(f"{self.store.url}/{key}: inner chunk {coords}{where}: {e}")
-            self.cache.chunks.fail([(self.token, coords)], error)
-            if error is e:
-                raise
-            raise error from e
-        arr.flags.writeable = False
-        if count:
-            self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
-        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
-        return arr
 
     def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
         """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
