@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +22,22 @@ class _Entry:
     value: Any
     nbytes: int
     stamp: float
+    group: Hashable | None = None  # entries that share memory (engine/slab.py): evicted together
 
 
 class ClaimingLRU:
-    """An LRU bounded by bytes, whose misses can be claimed by exactly one fetcher."""
+    """An LRU bounded by bytes, whose misses can be claimed by exactly one fetcher.
+
+    Entries fulfilled with the same ``group`` share one block of memory, which is freed only
+    when all of them are gone: evicting one evicts them all, so that the bytes counted are
+    the bytes held.
+    """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._groups: dict[Hashable, set[Hashable]] = {}
         self._inflight: dict[Hashable, Promise] = {}
         self._lock = threading.Lock()
         self.hits = 0
@@ -60,20 +67,56 @@ class ClaimingLRU:
                 self.misses += 1
         return hits, waits, claimed
 
-    def fulfil(self, key: Hashable, value: Any, nbytes: int) -> None:
+    def get_all(self, keys: Sequence[Hashable], *, max_age: float | None = None
+                ) -> list[Any] | None:
+        """The cached values of all ``keys``, now the most recently used; None (and nothing
+        claimed, nothing counted) when any of them is missing or older than ``max_age``."""
+        now = time.monotonic()
+        values = []
+        with self._lock:
+            data = self._data
+            for key in keys:
+                entry = data.get(key)
+                if entry is None or (max_age is not None and now - entry.stamp > max_age):
+                    return None
+                values.append(entry.value)
+            for key in keys:
+                data.move_to_end(key)
+            self.hits += len(values)
+        return values
+
+    def fulfil(self, key: Hashable, value: Any, nbytes: int, group: Hashable | None = None
+               ) -> None:
         with self._lock:
             fut = self._inflight.pop(key, None)
             if nbytes <= self.max_bytes:
-                old = self._data.pop(key, None)
-                if old is not None:
-                    self.nbytes -= old.nbytes
-                self._data[key] = _Entry(value, nbytes, time.monotonic())
+                self._remove(key)
+                self._data[key] = _Entry(value, nbytes, time.monotonic(), group)
                 self.nbytes += nbytes
+                if group is not None:
+                    self._groups.setdefault(group, set()).add(key)
                 while self.nbytes > self.max_bytes and self._data:
-                    _, evicted = self._data.popitem(last=False)
-                    self.nbytes -= evicted.nbytes
+                    oldest = next(iter(self._data))
+                    entry = self._data[oldest]
+                    self._remove(oldest)
+                    if entry.group is not None:
+                        for k in list(self._groups.get(entry.group, ())):
+                            self._remove(k)
         if fut is not None:
             fut.set_result(value)
+
+    def _remove(self, key: Hashable) -> None:
+        """Drop ``key``'s entry, if any (the lock held)."""
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return
+        self.nbytes -= entry.nbytes
+        if entry.group is not None:
+            members = self._groups.get(entry.group)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._groups[entry.group]
 
     def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:
         futs = []
@@ -89,11 +132,12 @@ class ClaimingLRU:
         """Drop every cached entry whose key satisfies ``predicate`` (used by ``refresh()``)."""
         with self._lock:
             for key in [k for k in self._data if predicate(k)]:
-                self.nbytes -= self._data.pop(key).nbytes
+                self._remove(key)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._groups.clear()
             self.nbytes = 0
 
 

@@ -18,6 +18,7 @@ from ..errors import CorruptDataError
 from ..store.pool import LATER, decode_pool
 from .progressive import Prefix, decode_prefix
 from .promise import Promise
+from .slab import Slab
 
 if TYPE_CHECKING:
     from .reader import RegionReader
@@ -74,18 +75,20 @@ class ChunkDecoder:
             partial.set_exception(error or NotProgressive())
             self.cache.partials.close((self.token, coords), partial)
 
-    def decode_into(self, coords: Coords, src: Source, fut: Promise, *, count: bool = True,
-                    decode: Callable[[], np.ndarray] | None = None) -> None:
-        """Decode the chunk whole into the cache and settle ``fut`` with it (or its error)."""
+    def decode_into(self, coords: Coords, src: Source, fut: Promise, slab: Slab | None = None,
+                    *, count: bool = True, decode: Callable[[], np.ndarray] | None = None
+                    ) -> None:
+        """Decode the chunk whole into the cache (into its slot of ``slab``, if any) and settle
+        ``fut`` with it (or its error)."""
         if fut.done():  # the batch already failed
             return
         try:
-            fut.set_result(self.decode_one(coords, src, count=count, decode=decode))
+            fut.set_result(self.decode_one(coords, src, count=count, decode=decode, slab=slab))
         except BaseException as e:
             fut.set_exception(e)
 
     def decode_prefix_first(self, coords: Coords, src: Source, fut: Promise, partial: Promise,
-                            need: int) -> None:
+                            need: int, slab: Slab | None = None) -> None:
         """Decode the first ``need`` bytes of a chunk for the read waiting on them; the rest
         later, at low priority, by the same decoder (a failure is reported by then, at once)."""
         if fut.done():  # the batch already failed
@@ -93,19 +96,20 @@ class ChunkDecoder:
             return
         meta = self.meta
         try:
-            prefix = decode_prefix(self.progressive, src[2], meta.chunk_shape, meta.dtype, need)
+            prefix = decode_prefix(self.progressive, src[2], meta.chunk_shape, meta.dtype, need,
+                                   out=None if slab is None else slab.slot(coords))
         except Exception:  # decoded whole instead, which reports the error with its location
             try:
-                self.decode_into(coords, src, fut)
+                self.decode_into(coords, src, fut, slab)
             finally:
                 self.close_partial(coords, partial)
             return
         self.counters.add(chunks_decoded=1, decoded_bytes=prefix.done)
         partial.set_result((prefix.array, prefix.done))
-        decode_pool().post(self._finish, coords, src, fut, partial, prefix, priority=LATER)
+        decode_pool().post(self._finish, coords, src, fut, partial, prefix, slab, priority=LATER)
 
     def _finish(self, coords: Coords, src: Source, fut: Promise, partial: Promise,
-                prefix: Prefix) -> None:
+                prefix: Prefix, slab: Slab | None) -> None:
         """Decode the rest of a chunk whose prefix was decoded first, into the same array."""
         meta, before = self.meta, prefix.done
 
@@ -117,22 +121,24 @@ class ChunkDecoder:
             # bytes after the stream: the one-shot decoder judges them (crc32c already checked)
             self.counters.add(decoded_bytes=self.chunk_nbytes)
             return meta.chunk_codecs.decode(src[2], meta.chunk_shape, meta.dtype,
-                                            checksum_verified=True)
+                                            out=prefix.array, checksum_verified=True)
 
         try:
-            self.decode_into(coords, src, fut, count=False, decode=rest)
+            self.decode_into(coords, src, fut, slab, count=False, decode=rest)
         finally:
             self.close_partial(coords, partial)
 
     def decode_one(self, coords: Coords, src: Source, *, count: bool = True,
-                   verified: bool = False, decode: Callable[[], np.ndarray] | None = None
-                   ) -> np.ndarray:
+                   verified: bool = False, decode: Callable[[], np.ndarray] | None = None,
+                   slab: Slab | None = None) -> np.ndarray:
         """Decode a chunk whole into the cache (``verified``: its crc32c was already checked;
-        ``decode``: how, instead of the chain's one-shot decode)."""
+        ``decode``: how, instead of the chain's one-shot decode; ``slab``: whose slot it is
+        decoded into, and whose chunks the cache evicts together)."""
         key, entry, data = src
         meta = self.meta
         try:
             arr = (meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
+                                            out=None if slab is None else slab.slot(coords),
                                             checksum_verified=verified)
                    if decode is None else decode())
         except BaseException as e:
@@ -147,5 +153,5 @@ class ChunkDecoder:
         arr.flags.writeable = False
         if count:
             self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
-        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes)
+        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes, slab)
         return arr

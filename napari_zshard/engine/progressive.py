@@ -79,14 +79,15 @@ class Prefix:
 
 
 def decode_prefix(codecs: ChunkCodecs, data, shape: tuple[int, ...], dtype: np.dtype,
-                  nbytes: int) -> Prefix:
-    """Decode at least the first ``nbytes`` bytes (C order) of a chunk stored as ``data``."""
+                  nbytes: int, out: np.ndarray | None = None) -> Prefix:
+    """Decode at least the first ``nbytes`` bytes (C order) of a chunk stored as ``data``
+    (into ``out``, a C-ordered array of ``shape`` and ``dtype``, when given)."""
     payload = memoryview(data).cast("B")
     chain = codecs.bytes_codecs
     if isinstance(chain[-1], Crc32cCodec):
         payload = chain[-1].decode(payload, None)  # raises ChecksumError
         chain = chain[:-1]
-    array = np.empty(shape, dtype)
+    array = np.empty(shape, dtype) if out is None else out
     out = array.reshape(-1).view("B")
     codec = chain[0]
     if isinstance(codec, ZstdCodec):

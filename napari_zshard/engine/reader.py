@@ -27,6 +27,7 @@ from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, progressive_codecs
 from .promise import Promise
 from .shard_index import ShardIndex
+from .slab import gather, plan_slabs, prefault_tail, slab_position
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class RegionReader:
         shape = tuple(s.stop - s.start for s in region)
         if out is None:
             out = np.empty(shape, dtype=meta.dtype)
+            prefault_tail(out)
         elif out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, the region {shape}")
         if 0 in shape:
@@ -83,8 +85,12 @@ class RegionReader:
         axes = self._axis_ranges(region)
         token = self.token
         keys = [(token, c) for c in itertools.product(*axes)]
-        places = list(self._placements(region, axes))
         # A chunk is as fresh as the index it was found through: it expires with it.
+        cached = self.cache.chunks.get_all(keys, max_age=self.index_max_age)
+        if cached is not None:  # a step through rows already decoded: nothing to plan
+            self._copy_out(region, axes, cached, out)
+            return out
+        places = list(self._placements(region, axes))
         hits, waits, claimed = self.cache.chunks.claim(keys, max_age=self.index_max_age)
         pending: dict[Coords, Promise] = {k[1]: f for k, f in waits.items()}
         if claimed:
@@ -105,8 +111,8 @@ class RegionReader:
                 raise
             if far:
                 readahead_pool().post(self._fetch_in_background, far)
-        fill = self.meta.fill_value
         later = []
+        values = []
         for key, (dst, src, last) in zip(keys, places, strict=True):
             value = hits.get(key)
             if value is None:  # first the chunks that are ready, or that nobody else is busy with
@@ -114,11 +120,9 @@ class RegionReader:
                 value = self._await(key, pending[key[1]], need, wait=False)
                 if value is None:
                     later.append((key, dst, src, need))
-                    continue
-            if value is FILL:
-                out[dst] = fill
-            else:
-                out[dst] = value[src]
+            values.append(value)
+        self._copy_out(region, axes, values, out, places)
+        fill = self.meta.fill_value
         for key, dst, src, need in later:
             value = self._await(key, pending[key[1]], need)
             if value is FILL:
@@ -126,6 +130,67 @@ class RegionReader:
             else:
                 out[dst] = value[src]
         return out
+
+    def _copy_out(self, region: tuple[slice, ...], axes: list[range], values: list,
+                  out: np.ndarray, places: list | None = None) -> None:
+        """Copy the chunks at hand (``values`` in ``itertools.product(*axes)`` order; None:
+        not ready, skipped) into ``out``: rows of chunks decoded into one slab in one strided
+        copy each (engine/slab.py), the others chunk by chunk."""
+        copied = (self._gather_rows(region, axes, values, out)
+                  if len(values) > 1 and self.meta.ndim >= 2 else ())
+        if len(copied) == len(values):
+            return
+        fill = self.meta.fill_value
+        for i, (value, (dst, src, _)) in enumerate(zip(
+                values, self._placements(region, axes) if places is None else places,
+                strict=True)):
+            if value is None or i in copied:
+                continue
+            if value is FILL:
+                out[dst] = fill
+            else:
+                out[dst] = value[src]
+
+    def _gather_rows(self, region: tuple[slice, ...], axes: list[range], values: list,
+                     out: np.ndarray) -> range | set[int]:
+        """Copy each row of chunks (same leading chunk coordinates) that lies whole in one slab
+        in one go: the indexes into ``values`` (``itertools.product(*axes)`` order) copied.
+        Only chunks the region covers in full along the last two axes take part; the partial
+        ones at its edges are left to the caller."""
+        meta = self.meta
+        cy, cx = meta.chunk_shape[-2:]
+        ry, rx = axes[-2], axes[-1]
+        ny, nx = len(ry), len(rx)
+        # chunk columns/rows the region covers whole
+        sy, sx = region[-2], region[-1]
+        full_y = [i for i, g in enumerate(ry) if sy.start <= g * cy and (g + 1) * cy <= sy.stop]
+        full_x = [j for j, g in enumerate(rx) if sx.start <= g * cx and (g + 1) * cx <= sx.stop]
+        if len(full_y) * len(full_x) < 2:
+            return ()
+        y0, y1, x0, x1 = full_y[0], full_y[-1] + 1, full_x[0], full_x[-1] + 1
+        lead_shape = meta.chunk_shape[:-2]
+        copied: set[int] = set()
+        per_row = ny * nx
+        for r, lead in enumerate(itertools.product(*axes[:-2])):
+            first = r * per_row
+            block = [values[first + i * nx + j] for i in range(y0, y1) for j in range(x0, x1)]
+            if any(v is None or v is FILL for v in block):
+                continue
+            found = slab_position(block, self._chunk_nbytes)
+            if found is None:
+                continue
+            slab, row, col = found
+            if row + (y1 - y0) > slab.shape[0] or col + (x1 - x0) > slab.shape[1]:
+                continue
+            inner = tuple(slice(max(s.start - g * c, 0), min(s.stop - g * c, c))
+                          for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
+            dst = tuple(slice(max(g * c, s.start) - s.start, min((g + 1) * c, s.stop) - s.start)
+                        for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
+            dst += (slice(ry[y0] * cy - sy.start, ry[y1 - 1] * cy + cy - sy.start),
+                    slice(rx[x0] * cx - sx.start, rx[x1 - 1] * cx + cx - sx.start))
+            gather(out[dst], slab, slice(row, row + y1 - y0), slice(col, col + x1 - x0), inner)
+            copied.update(first + i * nx + j for i in range(y0, y1) for j in range(x0, x1))
+        return copied
 
     def _need(self, last: tuple[int, ...]) -> int:
         """Bytes of an inner chunk (C order) up to the element whose per-axis offsets (times
@@ -267,6 +332,10 @@ class RegionReader:
         partials = {} if self._progressive is None else {
             c: self.cache.partials.open((self.token, c)) for c in pending
             if needs.get(c, self._chunk_nbytes) <= MAX_PREFIX_SHARE * self._chunk_nbytes}
+        # a chunk row's chunks decoded into one array (engine/slab.py); not when the cache
+        # could not hold it, nor when caching is off (each chunk is dropped once read)
+        slabs = plan_slabs(pending, self.meta.chunk_shape, self.meta.dtype,
+                           self.cache.chunks.max_bytes // 2)
         pool, decoder = decode_pool(), self._decoder
         unsharded = self.meta.sharding is None
 
@@ -288,10 +357,10 @@ class RegionReader:
                 data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
                 if c in partials:
                     pool.post(decoder.decode_prefix_first, c, (key, flat, data), pending[c],
-                              partials[c], needs[c], priority=NOW)
+                              partials[c], needs[c], slabs.get(c), priority=NOW)
                 else:
                     pool.post(decoder.decode_into, c, (key, flat, data), pending[c],
-                              priority=NOW if c in needs else LATER)
+                              slabs.get(c), priority=NOW if c in needs else LATER)
 
         try:
             self.store.read_many(requests, on_result=on_result)

@@ -1,0 +1,176 @@
+"""A chunk row fetched together is decoded into one array and copied out in one strided copy:
+every region reads back exactly what was written (edges, holes, several planes, several rows,
+readers racing), and the cache evicts a row's chunks together so it holds what it counts."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+
+import napari_zshard
+from napari_zshard import EngineCache
+from napari_zshard.engine import slab
+from napari_zshard.engine.cache import ClaimingLRU
+from napari_zshard.store.pool import decode_pool, readahead_pool
+
+CHAIN = [BytesCodec(), ZstdCodec(level=1), Crc32cCodec()]
+
+
+def structured(shape) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return ((x * 7 + y * 3 + z * 11) % 4000 + (x * y) % 97).astype("uint16")
+
+
+def write(path, data, chunk, shard, *, skip=()) -> str:
+    """``data`` as a sharded array; the chunks at ``skip`` (chunk coordinates) never written."""
+    arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=shard,
+                            serializer=ShardingCodec(chunk_shape=chunk, codecs=CHAIN),
+                            compressors=None, fill_value=7, zarr_format=3)
+    arr[...] = data
+    for c in skip:
+        arr[tuple(slice(g * n, (g + 1) * n) for g, n in zip(c, chunk, strict=True))] = 7
+    return str(path)
+
+
+def cached_chunks(arr) -> dict:
+    lru = arr._reader.cache.chunks
+    with lru._lock:
+        return {k[1]: e.value for k, e in lru._data.items() if k[0] == arr._reader.token}
+
+
+# an array whose last chunk row and column are partial (200 = 6*32 + 8, 260 = 8*32 + 4)
+SHAPE, CHUNK, SHARD = (40, 200, 260), (16, 32, 32), (32, 128, 128)
+
+REGIONS = [
+    (5,),
+    (slice(5, 6), slice(0, 64), slice(0, 96)),  # aligned
+    (5, slice(10, 190), slice(3, 250)),  # unaligned on every side
+    (slice(3, 30), slice(None), slice(None)),  # several planes, two chunk rows
+    (slice(14, 18), slice(31, 97), slice(100, 260)),  # across two rows, to the right edge
+    (39, slice(190, 200), slice(250, 260)),  # the corner chunk alone
+    (slice(None), 150, slice(None)),  # an XZ plane
+]
+
+
+@pytest.mark.parametrize("region", REGIONS, ids=[str(i) for i in range(len(REGIONS))])
+def test_every_region_reads_back_exactly_cold_and_warm(tmp_path, region):
+    data = structured(SHAPE)
+    path = write(tmp_path / "a.zarr", data, CHUNK, SHARD)
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    np.testing.assert_array_equal(arr[region], data[region])  # cold: prefixes, then slabs
+    readahead_pool().wait_idle(30)
+    decode_pool().wait_idle(30)
+    for again in REGIONS:  # warm: copied out of the slabs
+        np.testing.assert_array_equal(arr[again], data[again], err_msg=str(again))
+
+
+def test_a_rows_chunks_share_one_array_and_a_plane_is_one_copy_of_it(tmp_path, monkeypatch):
+    data = structured(SHAPE)
+    arr = napari_zshard.open_array(write(tmp_path / "a.zarr", data, CHUNK, SHARD),
+                                   cache=EngineCache())
+    np.testing.assert_array_equal(arr[5], data[5])
+    decode_pool().wait_idle(30)
+    row = {c: v for c, v in cached_chunks(arr).items() if c[0] == 0}
+    assert len(row) == 7 * 9  # the whole row was read ahead, into one slab
+    assert len({id(v.base) for v in row.values()}) == 1
+    copies = []
+    real = slab.gather
+    monkeypatch.setattr("napari_zshard.engine.reader.gather",
+                        lambda out, *a: (copies.append(out.shape), real(out, *a)))
+    np.testing.assert_array_equal(arr[9], data[9])
+    # the 6 x 8 chunks the plane covers whole in one copy; the partial edge chunk by chunk
+    assert copies == [(1, 6 * 32, 8 * 32)]
+
+
+def test_rows_with_chunks_never_written_read_the_fill_value_around_them(tmp_path):
+    data = structured(SHAPE)
+    holes = [(0, 2, 3), (0, 0, 0), (1, 6, 8)]
+    path = write(tmp_path / "a.zarr", data, CHUNK, SHARD, skip=holes)
+    for c in holes:
+        data[tuple(slice(g * n, (g + 1) * n) for g, n in zip(c, CHUNK, strict=True))] = 7
+    arr = napari_zshard.open_array(path, cache=EngineCache())
+    for region in REGIONS:
+        np.testing.assert_array_equal(arr[region], data[region], err_msg=str(region))
+        np.testing.assert_array_equal(arr[region], data[region], err_msg=str(region))
+
+
+def test_readers_racing_over_big_planes_each_get_their_own_plane(tmp_path):
+    # 1 MiB planes: each copy is split over two threads
+    shape = (32, 1024, 512)
+    data = structured(shape)
+    arr = napari_zshard.open_array(write(tmp_path / "a.zarr", data, (16, 64, 64),
+                                         (16, 256, 256)), cache=EngineCache())
+    assert data[0].nbytes >= slab.SPLIT_BYTES
+    errors: list[str] = []
+    start = threading.Barrier(8)
+
+    def scroll(offset: int) -> None:
+        start.wait()
+        for z in range(offset, offset + 24):
+            if not np.array_equal(arr[z % 32], data[z % 32]):
+                errors.append(f"plane {z % 32} differs")
+
+    threads = [threading.Thread(target=scroll, args=(3 * i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+
+
+def test_a_slab_is_evicted_whole_so_the_cache_holds_what_it_counts(tmp_path):
+    shape = (64, 256, 256)
+    data = structured(shape)
+    chunk_bytes = 16 * 64 * 64 * 2
+    # room for two and a half rows of 16 chunks: a third row evicts the first, whole
+    budget = 40 * chunk_bytes
+    cache = EngineCache(budget * 16 // 15 + 1)  # 1/16 of a budget goes to shard indexes
+    arr = napari_zshard.open_array(write(tmp_path / "a.zarr", data, (16, 64, 64),
+                                         (32, 256, 256)), cache=cache)
+    for z in (0, 20, 40, 60, 1):
+        np.testing.assert_array_equal(arr[z], data[z])
+        decode_pool().wait_idle(30)
+        rows: dict[int, list] = {}
+        for c, v in cached_chunks(arr).items():
+            rows.setdefault(c[0], []).append(v)
+        assert cache.chunks.nbytes <= cache.chunks.max_bytes
+        for members in rows.values():
+            assert len(members) == 16, "a row's chunks stay or go together"
+        held = {id(v.base): v.base.nbytes for members in rows.values() for v in members}
+        assert sum(held.values()) == cache.chunks.nbytes
+
+
+def test_groups_in_the_lru():
+    lru = ClaimingLRU(100)
+    a, b = object(), object()
+    for k in range(4):
+        lru.claim([("a", k)])
+        lru.fulfil(("a", k), k, 10, a)
+    lru.claim([("x",)])
+    lru.fulfil(("x",), "x", 10)
+    for k in range(4):
+        lru.claim([("b", k)])
+        lru.fulfil(("b", k), k, 10, b)
+    assert lru.nbytes == 90
+    lru.get_all([("a", 0)])  # one member used recently does not keep the group
+    lru.claim([("c",)])
+    lru.fulfil(("c",), "c", 20)  # 110 > 100: the oldest entry, ("a", 1), goes with its group
+    assert lru.nbytes == 70
+    assert lru.get_all([("a", 0)]) is None
+    assert lru.get_all([("x",), ("b", 0), ("b", 3), ("c",)]) == ["x", 0, 3, "c"]
+    lru.discard(lambda k: k == ("b", 2))
+    assert lru.nbytes == 60 and lru._groups[b] == {("b", 0), ("b", 1), ("b", 3)}
+    lru.clear()
+    assert lru.nbytes == 0 and not lru._groups
+
+
+def test_faulting_in_a_new_arrays_pages_leaves_what_is_written_there():
+    out = np.empty((1024, 1024), "uint16")
+    out[...] = structured((1, 1024, 1024))[0]
+    expected = out.copy()
+    slab._populate(out)  # whenever the pool gets to it: before, during or after the copy
+    np.testing.assert_array_equal(out, expected)
