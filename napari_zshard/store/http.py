@@ -1,8 +1,14 @@
-"""HTTP(S) store: ranged GETs on the aiohttp session of fsspec's HTTP file system."""
+"""HTTP(S) store: ranged GETs through the engine's own HTTP/1.1 client (:mod:`.http_client`),
+or through the aiohttp session of fsspec's HTTP file system when the store's options ask for
+what only aiohttp does (client options, authentication objects) or
+``NAPARI_ZSHARD_HTTP_CLIENT=aiohttp`` is set."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
+import ssl
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -11,6 +17,7 @@ import aiohttp
 import yarl
 
 from ..errors import RangeNotSupportedError, RemoteReadError, ShortReadError, StoreError
+from .http_client import client_for_loop
 from .keys import validate_key
 from .remote import RemoteStore, check_range_result, parse_content_range
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -54,9 +61,22 @@ class HTTPStore(RemoteStore):
 
         self.fs = fsspec.filesystem("https" if url.startswith("https") else "http",
                                     asynchronous=False, **self.options)
+        from fsspec.implementations.http import get_client
+
+        self._own_client = (set(self.fs.kwargs) <= {"headers"} and not self.fs.client_kwargs
+                            and self.fs.get_client is get_client
+                            and os.environ.get("NAPARI_ZSHARD_HTTP_CLIENT") != "aiohttp")
+
+    async def _get(self, target: yarl.URL, headers: dict[str, str]):
+        """The answer to a GET of ``target``, as an async context manager (status, headers,
+        ``read()``) from whichever client this store uses."""
+        if self._own_client:
+            return await client_for_loop(asyncio.get_running_loop()).get(target, headers)
+        session = await self.fs.set_session()
+        kwargs = {k: v for k, v in self.fs.kwargs.items() if k != "headers"}
+        return session.get(target, headers=headers, **kwargs)
 
     async def _fetch_once(self, req: ByteRequest) -> ByteResult:
-        session = await self.fs.set_session()
         headers = dict(self.fs.kwargs.get("headers") or {})
         rng = range_header(req)
         if rng:
@@ -65,9 +85,8 @@ class HTTPStore(RemoteStore):
         # Percent-encode the key's segments: a key holding '#', '?' or '%' must name that very
         # object, not a fragment, a query or another (decoded) name.
         target = yarl.URL(self.url).joinpath(*req.key.split("/"))
-        kwargs = {k: v for k, v in self.fs.kwargs.items() if k != "headers"}
         try:
-            async with session.get(target, headers=headers, **kwargs) as r:
+            async with await self._get(target, headers) as r:
                 if r.status in (404, 410):
                     return ByteResult(None)
                 if r.status in TRANSIENT_HTTP_STATUS:
@@ -98,13 +117,18 @@ class HTTPStore(RemoteStore):
                     )
                 data = await r.read()
                 if isinstance(req, FullRequest):
+                    data = bytes(data)  # metadata, parsed as JSON: bytes, not a buffer view
                     length = r.headers.get("Content-Length")
                     if length is not None and int(length) != len(data):
                         raise TransientError(f"{url}: body {len(data)} of {length} bytes")
                     return ByteResult(data, object_size=len(data), etag=r.headers.get("ETag"))
                 result = check_range_result(self, req, data, r.headers.get("Content-Range"))
                 return ByteResult(result.data, result.object_size, r.headers.get("ETag"))
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+        except ssl.SSLCertVerificationError as e:
+            raise StoreError(f"{url}: the server's TLS certificate is not trusted "
+                             f"({e.verify_message or e}); if it is a private CA's, point "
+                             "SSL_CERT_FILE at its certificate") from e
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
             raise TransientError(f"{url}: {type(e).__name__}: {e}") from e
 
     def write(self, key: str, data: bytes) -> None:

@@ -36,10 +36,13 @@ ByteRequest = RangeRequest | SuffixRequest | FullRequest
 class ByteResult:
     """The bytes a request returned, plus what the response told about the whole object.
 
-    ``data`` is ``None`` when the object does not exist. ``object_size`` is the object's full
-    size when the transport reported it (a local ``fstat``, HTTP ``Content-Range``), else None.
+    ``data`` is ``None`` when the object does not exist; else ``bytes``, or, for a big ranged
+    read that a transport received straight into a buffer, a read-only ``memoryview`` (index
+    it, ``memoryview()`` it or ``bytes()`` it; whole-object reads are always ``bytes``).
+    ``object_size`` is the object's full size when the transport reported it (a local
+    ``fstat``, HTTP ``Content-Range``), else None.
     """
 
-    data: bytes | None
+    data: bytes | memoryview | None
     object_size: int | None = None
     etag: str | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 __all__ = ["FAULTS", "RangeHTTPServer", "RequestRecord"]
 
 #: faults :meth:`RangeHTTPServer.inject` understands
-FAULTS = frozenset({"500", "502", "503", "504", "408", "429", "drop", "truncate", "hang"})
+FAULTS = frozenset({"500", "502", "503", "504", "408", "429", "drop", "truncate", "hang",
+                    "chunked", "close-delimited", "redirect", "overlong"})
 
 _HANG_SECONDS = 60.0
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -38,7 +40,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class RequestRecord:
     """One request the server answered (or deliberately did not).
 
-    ``status`` is 0 for a dropped or hung connection; ``nbytes`` counts body bytes sent.
+    ``status`` is 0 for a dropped or hung connection; ``nbytes`` counts body bytes sent;
+    ``authorized``: the request carried an ``Authorization`` header.
     """
 
     method: str
@@ -46,6 +49,7 @@ class RequestRecord:
     range_header: str | None
     status: int
     nbytes: int
+    authorized: bool = False
 
 
 @dataclass
@@ -93,12 +97,20 @@ class RangeHTTPServer:
     latency
         Seconds slept before each response, like an object store's time to first byte.
         Can be changed while the server runs.
+    tls
+        A server-side SSL context: serve ``https://`` instead.
     """
 
-    def __init__(self, root: str | Path, *, latency: float = 0.0):
+    def __init__(self, root: str | Path, *, latency: float = 0.0,
+                 tls: ssl.SSLContext | None = None):
         self.root = Path(root).resolve()
+        self.tls = tls
         self.latency = latency
         self.ignore_range = False
+        #: where a ``"redirect"`` fault sends the client (default: this server, same path)
+        self.redirect_to: str | None = None
+        #: connections accepted so far (a client that pools connections opens few)
+        self.connections_opened = 0
         self.log: list[RequestRecord] = []
         self.url = ""
         self._lock = threading.Lock()
@@ -113,12 +125,15 @@ class RangeHTTPServer:
     def start(self) -> RangeHTTPServer:
         httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.owner = self
+        if self.tls is not None:  # each connection's handshake happens when it is accepted
+            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True)
         self._httpd = httpd
         self._stopping.clear()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="RangeHTTPServer", daemon=True)
         self._thread.start()
-        self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
         return self
 
     def stop(self) -> None:
@@ -136,6 +151,15 @@ class RangeHTTPServer:
         if self._thread is not None:
             self._thread.join()
         self._httpd = None
+
+    def close_connections(self) -> None:
+        """Close every open connection from the server's side, as a server does with idle
+        keep-alive connections after its timeout."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> RangeHTTPServer:
         return self.start()
@@ -164,7 +188,11 @@ class RangeHTTPServer:
 
         ``fault`` is an HTTP status (``"500"``, ``"502"``, ``"503"``, ``"504"``, ``"408"``,
         ``"429"``), ``"drop"`` (close without answering), ``"truncate"`` (correct headers, half
-        the body, close) or ``"hang"`` (answer nothing for 60 s, to test timeouts).
+        the body, close) or ``"hang"`` (answer nothing for 60 s, to test timeouts). Answers that
+        are correct but framed otherwise: ``"chunked"`` (the body in chunked transfer encoding),
+        ``"close-delimited"`` (no length: the body ends when the connection closes),
+        ``"redirect"`` (302 to :attr:`redirect_to`, or to the same URL). ``"overlong"``: ten
+        bytes more than the ``Content-Length`` says.
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {sorted(FAULTS)}")
@@ -213,6 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.owner._lock:
             self.server.owner._connections.add(self.connection)
+            self.server.owner.connections_opened += 1
 
     def finish(self) -> None:
         with self.server.owner._lock:
@@ -236,7 +265,8 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
 
         def record(status: int, nbytes: int = 0) -> None:
-            owner._record(RequestRecord(self.command, path, range_header, status, nbytes))
+            owner._record(RequestRecord(self.command, path, range_header, status, nbytes,
+                                        "Authorization" in self.headers))
 
         # Every request is logged before its answer leaves, so a client that has its answer
         # can count it.
@@ -248,7 +278,12 @@ class _Handler(BaseHTTPRequestHandler):
                 owner._hang()
             self.close_connection = True
             return
-        if fault is not None and fault != "truncate":
+        if fault == "redirect":
+            record(302)
+            base = owner.redirect_to or owner.url
+            self._send_empty(302, {"Location": base + self.path})
+            return
+        if fault is not None and fault.isdigit():
             record(int(fault))
             self._send_empty(int(fault))
             return
@@ -283,14 +318,27 @@ class _Handler(BaseHTTPRequestHandler):
 
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(length))
+        if fault == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        elif fault == "close-delimited":
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "none" if owner.ignore_range else "bytes")
         self.send_header("ETag", f'"{size:x}-{stat.st_mtime_ns:x}"')
         if span is not None:
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        if fault == "truncate":
+        if fault in ("truncate", "close-delimited"):
             self.send_header("Connection", "close")
         self.end_headers()
+        if fault == "chunked":  # uneven chunks, with an extension and a trailer
+            pieces = [data[i:i + 777] for i in range(0, len(data), 777)]
+            out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
+            self.wfile.write(out + b"0\r\nX-Trailer: yes\r\n\r\n")
+            return
+        if fault == "overlong":
+            data += b"0123456789"
+            self.close_connection = True
         self.wfile.write(data)
 
     def _resolve(self, path: str) -> Path | None:
