@@ -214,3 +214,36 @@ def test_https_reads_back_and_an_untrusted_certificate_is_refused(folder, tmp_pa
             assert read_back(store) == EXPECTED
         finally:
             client._ssl = None
+
+
+def test_a_big_body_is_handed_out_as_it_arrives(folder, http_server):
+    store = store_at(f"{http_server.url}/vol.zarr")
+    http_server.inject("slow-body")
+    seen: list[int] = []
+
+    def on_progress(i: int, body: memoryview, available: int) -> None:
+        assert i == 0 and body.readonly and len(body) == 200_000
+        assert bytes(body[:available]) == PAYLOAD[1000:1000 + available]
+        seen.append(available)
+
+    (result,) = store.read_many(REQUESTS[:1], on_progress=on_progress)
+    assert bytes(result.data) == EXPECTED[0]
+    assert seen and min(seen) <= 100_000 < 200_000 and seen == sorted(seen)
+
+
+def test_a_plane_decoded_while_its_ranges_arrive_reads_back_exactly(tmp_path, http_server):
+    import numpy as np
+    import zarr
+
+    import napari_zshard
+    from napari_zshard import EngineCache
+
+    z, y, x = np.indices((32, 256, 256))
+    data = ((x * 7 + y * 3 + z * 11) % 4000).astype("uint16")
+    arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=data.shape, dtype=data.dtype,
+                            chunks=(8, 32, 32), shards=(32, 256, 256), compressors=None)
+    arr[...] = data
+    http_server.inject("slow-body", times=10, contains="/c/")
+    engine = napari_zshard.open_array(f"{http_server.url}/v.zarr", cache=EngineCache())
+    np.testing.assert_array_equal(engine[5], data[5])
+    np.testing.assert_array_equal(engine[20, 10:200, 30:250], data[20, 10:200, 30:250])

@@ -126,6 +126,9 @@ class _ZstdStream:
         self._src = ffi.cast("char *", _address(stored[0]))
         self._dst = ffi.cast("char *", _address(out))
         self._src_len, self._in, self.total, self.done = len(src), 0, out.nbytes, 0
+        # zstd's error codes are the top values of size_t (what ZSTD_isError tests); a block
+        # decodes to at most 128 KiB: compared here, without another call into C per block
+        self._errors = 1 << (8 * ffi.sizeof("size_t") - 1)
 
     def run(self, until: int) -> bool:
         """Decode blocks until ``until`` bytes are out or the frame ends. Returns False when
@@ -134,7 +137,7 @@ class _ZstdStream:
         lib, dctx, src, dst = self._lib, self._dctx, self._src, self._dst
         if dctx is None:
             raise RuntimeError("zstd stream already closed")
-        total, src_len = self.total, self._src_len
+        total, src_len, errors = self.total, self._src_len, self._errors
         done, pos = self.done, self._in
         try:
             while True:
@@ -147,7 +150,7 @@ class _ZstdStream:
                     raise CorruptDataError(
                         f"truncated zstd stream: {done} of {total} bytes decoded")
                 r = lib.ZSTD_decompressContinue(dctx, dst + done, total - done, src + pos, n)
-                if lib.ZSTD_isError(r):
+                if r >= errors:
                     name = self._ffi.string(lib.ZSTD_getErrorName(r)).decode()
                     if "too small" in name:
                         raise DecompressionBombError(

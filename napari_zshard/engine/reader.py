@@ -339,6 +339,26 @@ class RegionReader:
         pool, decoder = decode_pool(), self._decoder
         unsharded = self.meta.sharding is None
 
+        posted = [0] * len(requests)  # per request: how many of its parts are being decoded
+
+        def post(i: int, body: memoryview, available: int | None) -> None:
+            """Decode each part of request ``i`` whose bytes are all in ``body[:available]``
+            (None: the whole body is in), in order, once."""
+            parts, key, k = request_parts[i], requests[i].key, posted[i]
+            while k < len(parts):
+                (c, flat), offset, nbytes = parts[k]
+                if available is not None and (nbytes is None or offset + nbytes > available):
+                    break
+                data = body[offset:] if nbytes is None else body[offset:offset + nbytes]
+                if c in partials:
+                    pool.post(decoder.decode_prefix_first, c, (key, flat, data), pending[c],
+                              partials[c], needs[c], slabs.get(c), priority=NOW)
+                else:
+                    pool.post(decoder.decode_into, c, (key, flat, data), pending[c],
+                              slabs.get(c), priority=NOW if c in needs else LATER)
+                k += 1
+            posted[i] = k
+
         def on_result(i: int, result) -> None:
             key = requests[i].key
             if result.data is None:
@@ -352,18 +372,11 @@ class RegionReader:
                             f"{self.store.url}/{key} disappeared after its index was read; "
                             "the store is being rewritten — call refresh()"), partials)
                 return
-            view = memoryview(result.data)
-            for (c, flat), offset, nbytes in request_parts[i]:
-                data = view[offset:] if nbytes is None else view[offset:offset + nbytes]
-                if c in partials:
-                    pool.post(decoder.decode_prefix_first, c, (key, flat, data), pending[c],
-                              partials[c], needs[c], slabs.get(c), priority=NOW)
-                else:
-                    pool.post(decoder.decode_into, c, (key, flat, data), pending[c],
-                              slabs.get(c), priority=NOW if c in needs else LATER)
+            post(i, memoryview(result.data), None)
 
         try:
-            self.store.read_many(requests, on_result=on_result)
+            # the chunks at the front of a big range decode while the rest is arriving
+            self.store.read_many(requests, on_result=on_result, on_progress=post)
         except ShortReadError as e:
             error = CorruptShardError(
                 f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."

@@ -19,6 +19,9 @@ from .requests import ByteRequest, ByteResult, FullRequest
 from .stats import RequestStats
 
 ResultCallback = Callable[[int, ByteResult], None]
+#: ``on_progress(i, body, available)``: the first ``available`` bytes of request ``i``'s body
+#: have arrived in ``body`` (a read-only view of the whole body's buffer) and will not change.
+ProgressCallback = Callable[[int, memoryview, int], None]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,17 @@ class Store(ABC):
     # -- reading ---------------------------------------------------------------------------
     @abstractmethod
     def read_many(self, requests: Sequence[ByteRequest], *,
-                  on_result: ResultCallback | None = None) -> list[ByteResult]:
+                  on_result: ResultCallback | None = None,
+                  on_progress: ProgressCallback | None = None) -> list[ByteResult]:
         """Fetch every request concurrently; results in request order.
 
         A missing object gives ``ByteResult(None)``. A range that runs past the end of the
         object raises :class:`~napari_zshard.errors.ShortReadError`. ``on_result(i, result)``
         is called as each request completes (from an I/O thread; keep it short), so a caller
-        can start decoding what arrived while the rest is still in flight.
+        can start decoding what arrived while the rest is still in flight. Stores that receive
+        a body into its buffer as it arrives also call ``on_progress`` (same thread rules) as
+        it fills: a caller can decode the front of a big range before its end arrived. A
+        request that is retried starts again from its first byte, into a new buffer.
         """
 
     def read(self, key: str) -> bytes | None:

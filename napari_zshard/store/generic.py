@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import RemoteReadError, ShortReadError, UnsupportedURLError, UpdateNotSupportedError
-from .base import Modify, ResultCallback, Store, process_key_locks
+from .base import Modify, ProgressCallback, ResultCallback, Store, process_key_locks
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -81,7 +81,8 @@ class FsspecStore(Store):
         return data[-length:], (len(data) if len(data) != length else None)
 
     def read_many(self, requests: Sequence[ByteRequest], *,
-                  on_result: ResultCallback | None = None) -> list[ByteResult]:
+                  on_result: ResultCallback | None = None,
+                  on_progress: ProgressCallback | None = None) -> list[ByteResult]:
         def read(item: tuple[int, ByteRequest]) -> ByteResult:
             result = self._read_one(item[1])
             if on_result is not None:

@@ -76,7 +76,7 @@ class HTTPStore(RemoteStore):
         kwargs = {k: v for k, v in self.fs.kwargs.items() if k != "headers"}
         return session.get(target, headers=headers, **kwargs)
 
-    async def _fetch_once(self, req: ByteRequest) -> ByteResult:
+    async def _fetch_once(self, req: ByteRequest, progress=None) -> ByteResult:
         headers = dict(self.fs.kwargs.get("headers") or {})
         rng = range_header(req)
         if rng:
@@ -115,7 +115,13 @@ class HTTPStore(RemoteStore):
                         "instead of 206 Partial Content. Sharded Zarr needs a server that "
                         "supports Range requests."
                     )
-                data = await r.read()
+                if not self._own_client:
+                    data = await r.read()
+                else:  # the front of the body is handed out early only when it is the range
+                    first, last, _ = parse_content_range(r.headers.get("Content-Range"))
+                    exact = (isinstance(req, RangeRequest) and first == req.start
+                             and last is not None and last - first + 1 == req.length)
+                    data = await r.read(progress if exact else None)
                 if isinstance(req, FullRequest):
                     data = bytes(data)  # metadata, parsed as JSON: bytes, not a buffer view
                     length = r.headers.get("Content-Length")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._trailers = False
         self._received_any = False
         self._error: BaseException | None = None
+        self._progress: Callable[[memoryview, int], None] | None = None
+        self._readonly: memoryview | None = None
 
     async def head(self, request: bytes) -> tuple[int, Headers]:
         """Send ``request``; wait for the answer's status line and headers."""
@@ -93,8 +95,12 @@ class _Connection(asyncio.BufferedProtocol):
         await waiter
         return self._status, self._headers
 
-    async def body(self) -> bytes | memoryview:
-        """The answer's body, whole."""
+    async def body(self, progress: Callable[[memoryview, int], None] | None = None
+                   ) -> bytes | memoryview:
+        """The answer's body, whole. ``progress(body, available)`` as a body of known length
+        arrives (``body`` a read-only view of the whole buffer, its first ``available`` bytes
+        final)."""
+        self._progress = progress
         if self._error is not None:
             raise self._error
         if self._status in (204, 304):
@@ -104,10 +110,10 @@ class _Connection(asyncio.BufferedProtocol):
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             self._start_body()
             await waiter
-        body = self._body
-        self._body = self._view = None
+        body, readonly = self._body, self._readonly
+        self._body = self._view = self._readonly = self._progress = None
         if isinstance(body, np.ndarray):
-            return memoryview(body).toreadonly()
+            return readonly if readonly is not None else memoryview(body).toreadonly()
         return bytes(body) if body is not None else b""
 
     @property
@@ -134,6 +140,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._length = n
             self._body = np.empty(n, np.uint8) if n >= BIG_BODY else bytearray(n)
             self._view = memoryview(self._body).cast("B")
+            if self._progress is not None and n >= BIG_BODY:
+                self._readonly = self._view.toreadonly()
             self._state = "body"
         else:
             self._state, self._body, self._keep_alive = "until-close", bytearray(), False
@@ -155,6 +163,8 @@ class _Connection(asyncio.BufferedProtocol):
                 self._fail(ProtocolError("the server sent more than its Content-Length"))
             elif self._got == self._length:
                 self._finish()
+            else:
+                self._report()
         elif state == "chunked":
             self._feed_chunked(data)
         elif state == "until-close":
@@ -207,6 +217,14 @@ class _Connection(asyncio.BufferedProtocol):
                 else:
                     self._chunk_left = size
 
+    def _report(self) -> None:
+        """Tell the reader of a big body how far it has arrived."""
+        if self._readonly is not None:
+            try:
+                self._progress(self._readonly, self._got)  # type: ignore[misc]
+            except BaseException as e:  # the reader's error ends this answer
+                self._fail(e)
+
     def _finish(self) -> None:
         self._state = "done"
         self._wake()
@@ -252,6 +270,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._got += nbytes
             if self._got == self._length:
                 self._finish()
+            else:
+                self._report()
             return
         data = self._staging[:nbytes]
         if state == "head":
@@ -336,10 +356,12 @@ class Response:
         self._client, self._conn = client, conn
         self.status, self.headers, self.url = status, headers, url
 
-    async def read(self) -> bytes | memoryview:
+    async def read(self, progress: Callable[[memoryview, int], None] | None = None
+                   ) -> bytes | memoryview:
+        """The body (see :meth:`_Connection.body` for ``progress``)."""
         conn = self._conn
         try:
-            body = await conn.body()
+            body = await conn.body(progress)
         except BaseException:
             self._release(keep=False)
             raise

@@ -12,7 +12,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
-from .base import Modify, ObjectWriter, ResultCallback, Store, process_key_locks
+from .base import (
+    Modify,
+    ObjectWriter,
+    ProgressCallback,
+    ResultCallback,
+    Store,
+    process_key_locks,
+)
 from .keys import validate_key
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
@@ -82,7 +89,8 @@ class LocalStore(Store):
         return out
 
     def read_many(self, requests: Sequence[ByteRequest], *,
-                  on_result: ResultCallback | None = None) -> list[ByteResult]:
+                  on_result: ResultCallback | None = None,
+                  on_progress: ProgressCallback | None = None) -> list[ByteResult]:
         by_key: dict[str, list[tuple[int, ByteRequest]]] = defaultdict(list)
         for i, req in enumerate(requests):
             by_key[req.key].append((i, req))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import RemoteReadError, ShortReadError
-from .base import ResultCallback, Store
+from .base import ProgressCallback, ResultCallback, Store
 from .requests import ByteRequest, ByteResult, RangeRequest, SuffixRequest
 from .retry import RetryPolicy, TransientError
 
@@ -71,19 +71,27 @@ class RemoteStore(Store):
 
         return fsspec.asyn.sync(self.fs.loop, lambda: coro)
 
-    async def _fetch_once(self, req: ByteRequest) -> ByteResult:
+    async def _fetch_once(self, req: ByteRequest,
+                          progress: Callable[[memoryview, int], None] | None = None
+                          ) -> ByteResult:
+        """Make the request, once. ``progress(body, available)`` as the body arrives, where the
+        transport receives it into its buffer (others ignore it)."""
         raise NotImplementedError
 
     async def _fetch(self, req: ByteRequest, limit: asyncio.Semaphore, index: int = 0,
-                     on_result: ResultCallback | None = None) -> ByteResult:
+                     on_result: ResultCallback | None = None,
+                     on_progress: ProgressCallback | None = None) -> ByteResult:
         last: BaseException | None = None
+        progress = (None if on_progress is None
+                    else lambda body, available: on_progress(index, body, available))
         for attempt in range(self.retry.tries):
             if attempt:
                 self.stats.record_retry()
                 await self.retry.sleep(attempt - 1)
             try:
                 async with limit:
-                    result = await asyncio.wait_for(self._fetch_once(req), self.retry.timeout)
+                    result = await asyncio.wait_for(self._fetch_once(req, progress),
+                                                    self.retry.timeout)
                 self.stats.record(len(result.data) if result.data is not None else 0)
                 if on_result is not None:
                     on_result(index, result)
@@ -104,9 +112,10 @@ class RemoteStore(Store):
         return str(error) or type(error).__name__
 
     async def _gather(self, requests: Sequence[ByteRequest],
-                      on_result: ResultCallback | None = None) -> list[ByteResult]:
+                      on_result: ResultCallback | None = None,
+                      on_progress: ProgressCallback | None = None) -> list[ByteResult]:
         limit = asyncio.Semaphore(self.max_concurrency)
-        tasks = [asyncio.ensure_future(self._fetch(r, limit, i, on_result))
+        tasks = [asyncio.ensure_future(self._fetch(r, limit, i, on_result, on_progress))
                  for i, r in enumerate(requests)]
         try:
             return list(await asyncio.gather(*tasks))
@@ -117,7 +126,8 @@ class RemoteStore(Store):
             raise
 
     def read_many(self, requests: Sequence[ByteRequest], *,
-                  on_result: ResultCallback | None = None) -> list[ByteResult]:
+                  on_result: ResultCallback | None = None,
+                  on_progress: ProgressCallback | None = None) -> list[ByteResult]:
         if not requests:
             return []
-        return self.run(self._gather(requests, on_result))
+        return self.run(self._gather(requests, on_result, on_progress))

@@ -63,7 +63,7 @@ class S3Store(RemoteStore):
         validate_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def _fetch_once(self, req: ByteRequest) -> ByteResult:
+    async def _fetch_once(self, req: ByteRequest, progress=None) -> ByteResult:
         from botocore.exceptions import ClientError, ReadTimeoutError
         from botocore.exceptions import ConnectionError as BotoConnectionError
 

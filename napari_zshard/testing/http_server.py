@@ -30,7 +30,7 @@ __all__ = ["FAULTS", "RangeHTTPServer", "RequestRecord"]
 
 #: faults :meth:`RangeHTTPServer.inject` understands
 FAULTS = frozenset({"500", "502", "503", "504", "408", "429", "drop", "truncate", "hang",
-                    "chunked", "close-delimited", "redirect", "overlong"})
+                    "chunked", "close-delimited", "redirect", "overlong", "slow-body"})
 
 _HANG_SECONDS = 60.0
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -192,7 +192,8 @@ class RangeHTTPServer:
         are correct but framed otherwise: ``"chunked"`` (the body in chunked transfer encoding),
         ``"close-delimited"`` (no length: the body ends when the connection closes),
         ``"redirect"`` (302 to :attr:`redirect_to`, or to the same URL). ``"overlong"``: ten
-        bytes more than the ``Content-Length`` says.
+        bytes more than the ``Content-Length`` says. ``"slow-body"``: the first half of the body,
+        then the rest 0.3 s later.
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {sorted(FAULTS)}")
@@ -339,6 +340,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "overlong":
             data += b"0123456789"
             self.close_connection = True
+        if fault == "slow-body":
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            owner._sleep(0.3)
+            data = data[len(data) // 2:]
         self.wfile.write(data)
 
     def _resolve(self, path: str) -> Path | None:
