@@ -89,6 +89,21 @@ def test_a_range_past_the_end_of_an_object_is_a_short_read(store):
     assert "shard" in str(partly_past.value)
 
 
+def test_big_ranges_read_back_exactly_and_cannot_be_written_through(store):
+    big = bytes(range(256)) * 8192  # 2 MiB: read into a buffer of its own on a local disk
+    store.write("c/1", big)
+    ranged, suffix, full = store.read_many([
+        RangeRequest("c/1", 3, len(big) - 10), SuffixRequest("c/1", len(big) - 1),
+        FullRequest("c/1")])
+    assert bytes(ranged.data) == big[3:-7] and bytes(suffix.data) == big[1:]
+    assert isinstance(full.data, bytes) and full.data == big
+    for data in (ranged.data, suffix.data):
+        with pytest.raises(TypeError):
+            memoryview(data)[0] = 1
+    with pytest.raises(ShortReadError):
+        store.read_many([RangeRequest("c/1", 1 << 20, 2 << 20)])
+
+
 @pytest.mark.parametrize("key", ["../outside", "/etc/passwd", "c//0", "c/./0", "a\x00b", "c\\0"])
 def test_keys_that_could_escape_the_store_are_refused(store, key):
     with pytest.raises(UnsafeKeyError):

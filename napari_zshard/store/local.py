@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
 from .base import (
     Modify,
@@ -32,6 +34,22 @@ except ImportError:  # Windows
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 #: :meth:`LocalStore.sweep_temporaries` leaves temporary files younger than this (seconds).
 TEMP_MIN_AGE = 30.0
+
+
+#: Ranges from this size on are read into an uninitialised numpy buffer (numpy backs 4 MiB and
+#: more with huge pages) and handed out as a read-only memoryview; smaller ones as ``bytes``.
+#: The 16 ranges (4.4 MiB each) of a cold 1024² plane took 18-22 ms instead of 30-37 ms.
+BIG_READ = 1 << 20
+
+
+def _pread(fd: int, length: int, start: int, big: bool) -> bytes | memoryview:
+    if not length:
+        return b""
+    if not big or length < BIG_READ or not hasattr(os, "preadv"):
+        return os.pread(fd, length, start)
+    buffer = np.empty(length, np.uint8)
+    got = os.preadv(fd, [buffer], start)
+    return memoryview(buffer).toreadonly()[:got]
 
 
 class LocalStore(Store):
@@ -73,7 +91,7 @@ class LocalStore(Store):
                 else:
                     start, length = req.start, req.length
                 try:
-                    data = os.pread(fd, length, start) if length else b""
+                    data = _pread(fd, length, start, big=not isinstance(req, FullRequest))
                 except OSError as e:  # EIO on a failing disk or a cluster file system
                     raise StoreError(f"cannot read {self._path(key)}: {e.strerror or e}") from e
                 if isinstance(req, RangeRequest) and len(data) != length:
