@@ -14,6 +14,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..store import buffers
 from .promise import Promise
 
 
@@ -212,6 +213,7 @@ def default_cache() -> EngineCache:
             if _default is None:
                 budget = int(os.environ.get("NAPARI_ZSHARD_CACHE_BYTES", DEFAULT_BUDGET))
                 _default = EngineCache(budget)
+                buffers.set_spare_limit(budget // 2)
     return _default
 
 
@@ -220,6 +222,7 @@ def set_cache_budget(budget_bytes: int) -> EngineCache:
     global _default
     with _default_lock:
         _default = EngineCache(budget_bytes)
+    buffers.set_spare_limit(budget_bytes // 2)
     return _default
 
 

@@ -6,8 +6,9 @@ microseconds of Python around 8 KiB of data, on one thread. When the fetched chu
 (same leading chunk coordinates, a full rectangle of (y, x) chunks) are decoded into one *slab*
 of shape ``(ny, nx, *chunk_shape)``, the part of a plane they cover is one numpy copy from a
 transposed view of the slab, which releases the GIL: split in two halves, one on a decode-pool
-thread. A slab of 4 MiB or more also gets transparent huge pages from numpy, where 512 KiB
-chunk arrays did not: filling 128 MiB of new memory cost 23 ms of page faults instead of 54.
+thread. A slab is one buffer of :mod:`napari_zshard.store.buffers`: in transparent huge pages,
+where 512 KiB chunk arrays were not (filling 128 MiB of new memory cost 23 ms of page faults
+instead of 54), and re-used once the cache evicted it.
 
 Measured on a 512x1024x1024 uint16 volume of 64³ chunks (2 cores), reading a cached plane into
 a new array: 0.84-1.33 ms chunk by chunk, 0.58 ms now, tensorstore 1.0 ms; into an array the
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..store import buffers
 from ..store.pool import NOW, decode_pool
 
 Coords = tuple[int, ...]
@@ -74,7 +76,7 @@ def plan_slabs(chunks: Iterable[Coords], chunk_shape: Sequence[int], dtype: np.d
         ny, nx = max(ys) - y0 + 1, max(xs) - x0 + 1
         if ny * nx != len(members) or len(set(members)) != len(members):
             continue  # holes (chunks cached already, or never written): no regular grid
-        slab = Slab(np.empty((ny, nx, *chunk_shape), dtype), (y0, x0))
+        slab = Slab(buffers.empty((ny, nx, *chunk_shape), dtype), (y0, x0))
         for c in members:
             found[c] = slab
     return found
