@@ -1,14 +1,16 @@
-"""Big buffers re-used instead of asked anew from the kernel: slabs of decoded chunks
-(:mod:`napari_zshard.engine.slab`) and buffers of fetched bytes (local reads, HTTP bodies).
+"""Big buffers re-used instead of asked anew from the kernel: the slabs of decoded chunks
+(:mod:`napari_zshard.engine.slab`).
 
 Memory new to a process is zero-filled by the kernel on first touch: for the 128 MiB slab of
-a 1024² row of 64³ uint16 chunks, 21 ms of CPU even in huge pages, and as much again for the
-71 MiB its bytes were read into. A viewer scrolling through a volume evicts one row as it
-decodes the next, and a re-opened volume decodes into memory its predecessor just freed: each
-of these buffers is an anonymous mapping (rounded up to whole 2 MiB huge pages, advised
-``MADV_HUGEPAGE``) that goes back to a pool when the last array over it is freed, and the next
-buffer of about its size is made over it. Measured on the benchmark volume, a 64-plane scroll
-after the first: 149-170 ms instead of 155-200 ms (CPU 271-298 ms instead of 288-339 ms).
+a 1024² row of 64³ uint16 chunks, 21 ms of CPU even in huge pages. A viewer scrolling through
+a volume evicts one row as it decodes the next, and a re-opened volume decodes into memory its
+predecessor just freed: each slab is an anonymous mapping (rounded up to whole 2 MiB huge
+pages, advised ``MADV_HUGEPAGE``) that goes back to a pool when the last array over it is
+freed, and the next buffer of about its size is made over it. Measured on the benchmark
+volume, a 64-plane scroll after the first: 158-185 ms instead of 155-200 ms (CPU 268-300 ms
+instead of 288-339 ms). The buffers fetched bytes arrive in are not pooled: they are freed as
+soon as their chunks are decoded, and keeping them would have added 96 MiB to the peak memory
+of that scroll (322 MiB) for a further 2-3%.
 
 The pool keeps at most :func:`spare_limit` bytes (half the process-wide cache budget, which
 sets it: 256 MiB by default), the oldest spare unmapped first; :func:`release` unmaps them

@@ -28,7 +28,6 @@ import numpy as np
 import yarl
 
 from ..errors import StoreError
-from . import buffers
 
 #: Bodies from this size on are received into an uninitialised numpy buffer and handed out as
 #: a read-only memoryview of it; smaller ones become ``bytes``.
@@ -139,7 +138,7 @@ class _Connection(asyncio.BufferedProtocol):
             if n < 0:
                 raise ProtocolError(f"bad Content-Length {length!r}")
             self._length = n
-            self._body = buffers.empty((n,), np.uint8) if n >= BIG_BODY else bytearray(n)
+            self._body = np.empty(n, np.uint8) if n >= BIG_BODY else bytearray(n)
             self._view = memoryview(self._body).cast("B")
             if self._progress is not None and n >= BIG_BODY:
                 self._readonly = self._view.toreadonly()

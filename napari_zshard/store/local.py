@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
-from . import buffers
 from .base import (
     Modify,
     ObjectWriter,
@@ -48,7 +47,7 @@ def _pread(fd: int, length: int, start: int, big: bool) -> bytes | memoryview:
         return b""
     if not big or length < BIG_READ or not hasattr(os, "preadv"):
         return os.pread(fd, length, start)
-    buffer = buffers.empty((length,), np.uint8)
+    buffer = np.empty(length, np.uint8)
     got = os.preadv(fd, [buffer], start)
     return memoryview(buffer).toreadonly()[:got]
 
