@@ -6,9 +6,8 @@ microseconds of Python around 8 KiB of data, on one thread. When the fetched chu
 (same leading chunk coordinates, a full rectangle of (y, x) chunks) are decoded into one *slab*
 of shape ``(ny, nx, *chunk_shape)``, the part of a plane they cover is one numpy copy from a
 transposed view of the slab, which releases the GIL: split in two halves, one on a decode-pool
-thread. A slab is one buffer of :mod:`napari_zshard.store.buffers`: in transparent huge pages,
-where 512 KiB chunk arrays were not (filling 128 MiB of new memory cost 23 ms of page faults
-instead of 54), and re-used once the cache evicted it.
+thread. A slab is one buffer of :mod:`napari_zshard.store.buffers`, re-used once the cache has
+evicted it (no page faults then).
 
 Measured on a 512x1024x1024 uint16 volume of 64³ chunks (2 cores), reading a cached plane into
 a new array: 0.84-1.33 ms chunk by chunk, 0.58 ms now, tensorstore 1.0 ms; into an array the

@@ -2,15 +2,21 @@
 (:mod:`napari_zshard.engine.slab`).
 
 Memory new to a process is zero-filled by the kernel on first touch: for the 128 MiB slab of
-a 1024² row of 64³ uint16 chunks, 21 ms of CPU even in huge pages. A viewer scrolling through
-a volume evicts one row as it decodes the next, and a re-opened volume decodes into memory its
-predecessor just freed: each slab is an anonymous mapping (rounded up to whole 2 MiB huge
-pages, advised ``MADV_HUGEPAGE``) that goes back to a pool when the last array over it is
-freed, and the next buffer of about its size is made over it. Measured on the benchmark
-volume, a 64-plane scroll after the first: 158-185 ms instead of 155-200 ms (CPU 268-300 ms
-instead of 288-339 ms). The buffers fetched bytes arrive in are not pooled: they are freed as
-soon as their chunks are decoded, and keeping them would have added 96 MiB to the peak memory
-of that scroll (322 MiB) for a further 2-3%.
+a 1024² row of 64³ uint16 chunks, 50 ms of CPU in 4 KiB pages. A viewer scrolling through a
+volume evicts one row as it decodes the next, and a re-opened volume decodes into memory its
+predecessor just freed: each slab is an anonymous mapping (rounded up to a multiple of 2 MiB,
+so that sizes match) that goes back to a pool when the last array over it is freed, and the
+next buffer of about its size is made over it. Measured on the benchmark volume, a 64-plane
+scroll after the first: 145-166 ms instead of 155-200 ms (CPU 262-290 ms instead of 288-339).
+
+New mappings are left in small pages on purpose. In a huge page (``MADV_HUGEPAGE``) 2 MiB are
+zeroed at the first touch, so a cold plane, which writes only the first quarter of each chunk,
+paid for zeroing the whole slab: napari's cold step took 106-114 ms, against 76-81 ms in small
+pages, which fault in as the rest of each chunk decodes, behind the plane.
+
+The buffers fetched bytes arrive in are not pooled: they are freed as soon as their chunks are
+decoded, and keeping them would have added 96 MiB to the peak memory of that scroll (322 MiB)
+for a further 2-3%.
 
 The pool keeps at most :func:`spare_limit` bytes (half the process-wide cache budget, which
 sets it: 256 MiB by default), the oldest spare unmapped first; :func:`release` unmaps them
@@ -29,7 +35,8 @@ import weakref
 
 import numpy as np
 
-HUGE_PAGE = 2 << 20
+#: Mappings are made in multiples of this, so that rows of one array find each other's.
+SIZE_STEP = 2 << 20
 #: Smaller buffers come from ``np.empty`` (the allocator re-uses those well enough).
 MIN_POOLED = 1 << 20
 
@@ -59,15 +66,11 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
         return np.empty(shape, dtype)
     region = _take(nbytes)
     if region is None:
-        size = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+        size = -(-nbytes // SIZE_STEP) * SIZE_STEP
         try:
             region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         except OSError:  # out of address space or of mappings: the allocator may still cope
             return np.empty(shape, dtype)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            # a kernel without transparent huge pages refuses: small pages then
-            with contextlib.suppress(OSError):
-                region.madvise(mmap.MADV_HUGEPAGE)
     array = np.ndarray(shape, dtype, buffer=region)
     weakref.finalize(array, _give, region)
     return array
@@ -80,7 +83,7 @@ def _take(nbytes: int) -> mmap.mmap | None:
         best = None
         for region in _spare:
             size = len(region)
-            if nbytes <= size <= nbytes + max(HUGE_PAGE, nbytes // 4) and (
+            if nbytes <= size <= nbytes + max(SIZE_STEP, nbytes // 4) and (
                     best is None or size < len(best)):
                 best = region
         if best is not None:
