@@ -79,7 +79,7 @@ def test_a_rows_chunks_share_one_array_and_a_plane_is_one_copy_of_it(tmp_path, m
     assert len({id(v.base) for v in row.values()}) == 1
     copies = []
     real = slab.gather
-    monkeypatch.setattr("napari_zshard.engine.reader.gather",
+    monkeypatch.setattr("napari_zshard.engine.slab.gather",
                         lambda out, *a: (copies.append(out.shape), real(out, *a)))
     np.testing.assert_array_equal(arr[9], data[9])
     # the 6 x 8 chunks the plane covers whole in one copy; the partial edge chunk by chunk

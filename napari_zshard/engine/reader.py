@@ -27,7 +27,7 @@ from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, progressive_codecs
 from .promise import Promise
 from .shard_index import ShardIndex
-from .slab import gather, plan_slabs, prefault_tail, slab_position
+from .slab import gather_rows, plan_slabs, prefault_tail
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,12 @@ class RegionReader:
         """Copy the chunks at hand (``values`` in ``itertools.product(*axes)`` order; None:
         not ready, skipped) into ``out``: rows of chunks decoded into one slab in one strided
         copy each (engine/slab.py), the others chunk by chunk."""
-        copied = (self._gather_rows(region, axes, values, out)
-                  if len(values) > 1 and self.meta.ndim >= 2 else ())
+        meta = self.meta
+        copied = (gather_rows(region, axes, values, out, meta.chunk_shape, self._chunk_nbytes)
+                  if len(values) > 1 and meta.ndim >= 2 else ())
         if len(copied) == len(values):
             return
-        fill = self.meta.fill_value
+        fill = meta.fill_value
         for i, (value, (dst, src, _)) in enumerate(zip(
                 values, self._placements(region, axes) if places is None else places,
                 strict=True)):
@@ -150,47 +151,6 @@ class RegionReader:
                 out[dst] = fill
             else:
                 out[dst] = value[src]
-
-    def _gather_rows(self, region: tuple[slice, ...], axes: list[range], values: list,
-                     out: np.ndarray) -> range | set[int]:
-        """Copy each row of chunks (same leading chunk coordinates) that lies whole in one slab
-        in one go: the indexes into ``values`` (``itertools.product(*axes)`` order) copied.
-        Only chunks the region covers in full along the last two axes take part; the partial
-        ones at its edges are left to the caller."""
-        meta = self.meta
-        cy, cx = meta.chunk_shape[-2:]
-        ry, rx = axes[-2], axes[-1]
-        ny, nx = len(ry), len(rx)
-        # chunk columns/rows the region covers whole
-        sy, sx = region[-2], region[-1]
-        full_y = [i for i, g in enumerate(ry) if sy.start <= g * cy and (g + 1) * cy <= sy.stop]
-        full_x = [j for j, g in enumerate(rx) if sx.start <= g * cx and (g + 1) * cx <= sx.stop]
-        if len(full_y) * len(full_x) < 2:
-            return ()
-        y0, y1, x0, x1 = full_y[0], full_y[-1] + 1, full_x[0], full_x[-1] + 1
-        lead_shape = meta.chunk_shape[:-2]
-        copied: set[int] = set()
-        per_row = ny * nx
-        for r, lead in enumerate(itertools.product(*axes[:-2])):
-            first = r * per_row
-            block = [values[first + i * nx + j] for i in range(y0, y1) for j in range(x0, x1)]
-            if any(v is None or v is FILL for v in block):
-                continue
-            found = slab_position(block, self._chunk_nbytes)
-            if found is None:
-                continue
-            slab, row, col = found
-            if row + (y1 - y0) > slab.shape[0] or col + (x1 - x0) > slab.shape[1]:
-                continue
-            inner = tuple(slice(max(s.start - g * c, 0), min(s.stop - g * c, c))
-                          for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
-            dst = tuple(slice(max(g * c, s.start) - s.start, min((g + 1) * c, s.stop) - s.start)
-                        for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
-            dst += (slice(ry[y0] * cy - sy.start, ry[y1 - 1] * cy + cy - sy.start),
-                    slice(rx[x0] * cx - sx.start, rx[x1 - 1] * cx + cx - sx.start))
-            gather(out[dst], slab, slice(row, row + y1 - y0), slice(col, col + x1 - x0), inner)
-            copied.update(first + i * nx + j for i in range(y0, y1) for j in range(x0, x1))
-        return copied
 
     def _need(self, last: tuple[int, ...]) -> int:
         """Bytes of an inner chunk (C order) up to the element whose per-axis offsets (times

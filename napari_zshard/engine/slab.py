@@ -24,6 +24,7 @@ bigger than half the cache.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import sys
 import threading
@@ -100,6 +101,48 @@ def slab_position(values: Sequence[np.ndarray], chunk_nbytes: int) -> tuple[np.n
         return None
     row, col = divmod(slot, base.shape[1])
     return base, row, col
+
+
+def gather_rows(region: tuple[slice, ...], axes: list[range], values: list, out: np.ndarray,
+                chunk_shape: Sequence[int], chunk_nbytes: int) -> set[int]:
+    """Copy into ``out`` (the array read of ``region``) each row of chunks (same leading chunk
+    coordinates) that lies whole in one slab, in one go. ``values``: the chunks of the chunk
+    grid ``axes`` in ``itertools.product`` order (an array, or anything else when not at
+    hand: skipped). Only chunks the region covers in full along the last two axes take part;
+    the partial ones at its edges are left to the caller. Returns the indexes into ``values``
+    copied."""
+    cy, cx = chunk_shape[-2:]
+    ry, rx = axes[-2], axes[-1]
+    ny, nx = len(ry), len(rx)
+    sy, sx = region[-2], region[-1]
+    full_y = [i for i, g in enumerate(ry) if sy.start <= g * cy and (g + 1) * cy <= sy.stop]
+    full_x = [j for j, g in enumerate(rx) if sx.start <= g * cx and (g + 1) * cx <= sx.stop]
+    copied: set[int] = set()
+    if len(full_y) * len(full_x) < 2:
+        return copied
+    y0, y1, x0, x1 = full_y[0], full_y[-1] + 1, full_x[0], full_x[-1] + 1
+    lead_shape = chunk_shape[:-2]
+    per_row = ny * nx
+    for r, lead in enumerate(itertools.product(*axes[:-2])):
+        first = r * per_row
+        block = [values[first + i * nx + j] for i in range(y0, y1) for j in range(x0, x1)]
+        if not all(type(v) is np.ndarray for v in block):
+            continue
+        found = slab_position(block, chunk_nbytes)
+        if found is None:
+            continue
+        slab, row, col = found
+        if row + (y1 - y0) > slab.shape[0] or col + (x1 - x0) > slab.shape[1]:
+            continue
+        inner = tuple(slice(max(s.start - g * c, 0), min(s.stop - g * c, c))
+                      for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
+        dst = tuple(slice(max(g * c, s.start) - s.start, min((g + 1) * c, s.stop) - s.start)
+                    for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
+        dst += (slice(ry[y0] * cy - sy.start, ry[y1 - 1] * cy + cy - sy.start),
+                slice(rx[x0] * cx - sx.start, rx[x1 - 1] * cx + cx - sx.start))
+        gather(out[dst], slab, slice(row, row + y1 - y0), slice(col, col + x1 - x0), inner)
+        copied.update(first + i * nx + j for i in range(y0, y1) for j in range(x0, x1))
+    return copied
 
 
 def gather(out: np.ndarray, slab: np.ndarray, rows: slice, cols: slice,
