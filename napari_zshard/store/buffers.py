@@ -72,7 +72,7 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
         except OSError:  # out of address space or of mappings: the allocator may still cope
             return np.empty(shape, dtype)
     array = np.ndarray(shape, dtype, buffer=region)
-    weakref.finalize(array, _give, region)
+    weakref.finalize(array, _give, region).atexit = False  # at exit the arrays may still be in use
     return array
 
 
