@@ -14,7 +14,7 @@ import pytest
 
 from napari_zshard.errors import RemoteReadError, StoreError
 from napari_zshard.store import FullRequest, RangeRequest, RetryPolicy, SuffixRequest, open_store
-from napari_zshard.store.http_client import BIG_BODY
+from napari_zshard.store.http_connection import BIG_BODY
 from napari_zshard.testing import RangeHTTPServer
 
 PAYLOAD = bytes((i * 7 + i // 256) % 256 for i in range(300_000))  # bigger than BIG_BODY

@@ -332,7 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault in ("truncate", "close-delimited"):
             self.send_header("Connection", "close")
         self.end_headers()
-        if fault == "chunked":  # uneven chunks, with an extension and a trailer
+        if fault == "chunked":  # 777-byte chunks, with an extension and a trailer
             pieces = [data[i:i + 777] for i in range(0, len(data), 777)]
             out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
             self.wfile.write(out + b"0\r\nX-Trailer: yes\r\n\r\n")
