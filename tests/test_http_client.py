@@ -94,12 +94,20 @@ def test_a_reused_connection_closed_before_it_answered_is_replaced_without_a_ret
     assert http_server.connections_opened == 2
 
 
-def test_an_answer_longer_than_its_length_is_refused_and_retried(folder, http_server):
+def test_an_answer_longer_than_its_length_is_not_read_into_the_data_nor_reused(folder,
+                                                                               http_server):
+    # The extra bytes come with the body (refused: the request is retried) or after it (the
+    # answer had its length; the connection is dropped): which one is up to TCP.
     store = store_at(f"{http_server.url}/vol.zarr")
+    store.read_many([RangeRequest("c/0", 0, 10)])
     http_server.inject("overlong")
     (result,) = store.read_many([RangeRequest("c/0", 0, 100)])
     assert bytes(result.data) == PAYLOAD[:100]
-    assert store.stats.snapshot()["retries"] == 1
+    assert store.stats.snapshot()["retries"] <= 1
+    (after,) = store.read_many([RangeRequest("c/0", 100, 100)])
+    assert bytes(after.data) == PAYLOAD[100:200]
+    # the connection that carried the over-long answer was dropped, one new one serves on
+    assert http_server.connections_opened == 2
 
 
 def test_a_redirect_to_another_server_leaves_the_password_behind(folder, http_server):
