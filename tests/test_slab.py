@@ -4,7 +4,9 @@ readers racing), and the cache evicts a row's chunks together so it holds what i
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -81,9 +83,41 @@ def test_a_rows_chunks_share_one_array_and_a_plane_is_one_copy_of_it(tmp_path, m
     real = slab.gather
     monkeypatch.setattr("napari_zshard.engine.slab.gather",
                         lambda out, *a: (copies.append(out.shape), real(out, *a)))
+
+    def per_chunk(*args):
+        raise AssertionError("a plane of a decoded slab was planned chunk by chunk")
+
+    monkeypatch.setattr(arr._reader, "_placements", per_chunk)
+    hits = arr._reader.cache.chunks.hits
     np.testing.assert_array_equal(arr[9], data[9])
-    # the 6 x 8 chunks the plane covers whole in one copy; the partial edge chunk by chunk
-    assert copies == [(1, 6 * 32, 8 * 32)]
+    # the plane, partial edge chunks included, in one gather of the slab's memory
+    assert copies == [(1, 200, 260)]
+    assert arr._reader.cache.chunks.hits == hits + 7 * 9
+    np.testing.assert_array_equal(arr[9, 10:190, 3:250], data[9, 10:190, 3:250])
+    assert copies[1:] == [(1, 180, 247)]
+
+
+def test_a_chunk_decoded_outside_its_slot_is_not_read_from_the_slab(tmp_path, monkeypatch):
+    from napari_zshard.engine.codecs import ChunkCodecs
+
+    real = ChunkCodecs.decode
+
+    def elsewhere(self, data, shape, dtype, out=None, **kw):
+        # a chain that decodes into an array of its own, leaving the slot it was given as it was
+        result = real(self, data, shape, dtype, None, **kw)
+        if out is not None:
+            out[...] = 0
+        return result
+
+    monkeypatch.setattr(ChunkCodecs, "decode", elsewhere)
+    data = structured(SHAPE)
+    arr = napari_zshard.open_array(write(tmp_path / "a.zarr", data, CHUNK, SHARD),
+                                   cache=EngineCache(), progressive=False)
+    np.testing.assert_array_equal(arr[5], data[5])
+    decode_pool().wait_idle(30)
+    assert not arr._reader.cache.chunks._groups
+    for region in REGIONS:
+        np.testing.assert_array_equal(arr[region], data[region], err_msg=str(region))
 
 
 def test_rows_with_chunks_never_written_read_the_fill_value_around_them(tmp_path):
@@ -163,14 +197,113 @@ def test_groups_in_the_lru():
     assert lru.get_all([("a", 0)]) is None
     assert lru.get_all([("x",), ("b", 0), ("b", 3), ("c",)]) == ["x", 0, 3, "c"]
     lru.discard(lambda k: k == ("b", 2))
-    assert lru.nbytes == 60 and lru._groups[b] == {("b", 0), ("b", 1), ("b", 3)}
+    assert lru.nbytes == 60 and lru._groups[b].members == {("b", 0), ("b", 1), ("b", 3)}
     lru.clear()
     assert lru.nbytes == 0 and not lru._groups
+
+
+def test_planes_decoded_already_are_read_from_a_slab_still_being_decoded(tmp_path,
+                                                                         monkeypatch):
+    from napari_zshard.engine.chunk_decode import ChunkDecoder
+
+    shape = (64, 256, 256)
+    data = structured(shape)
+    arr = napari_zshard.open_array(write(tmp_path / "a.zarr", data, (32, 128, 128),
+                                         (32, 256, 256)), cache=EngineCache())
+    rests = []  # the rest of each chunk, decoded when the test says so
+    real_finish = ChunkDecoder._finish
+    monkeypatch.setattr(ChunkDecoder, "_finish", lambda self, *a: rests.append((self, a)))
+    np.testing.assert_array_equal(arr[0], data[0])  # cold: the top of each chunk decoded
+    decode_pool().wait_idle(30)
+    assert len(rests) == 4
+    (rows,) = arr._reader._filling.values()
+    being_decoded = rows[0]()
+    assert 128 * 128 * 2 <= being_decoded.ready < 32 * 128 * 128 * 2
+    planes = being_decoded.ready // (128 * 128 * 2)
+
+    def per_chunk(*args):
+        raise AssertionError("planned chunk by chunk")
+
+    monkeypatch.setattr(arr._reader, "_placements", per_chunk)
+    hits = arr._reader.cache.chunks.hits
+    for z in range(1, planes):  # read off the slab as it is: no waiting, no per-chunk work
+        np.testing.assert_array_equal(arr[z], data[z])
+    region = (slice(0, planes), slice(10, 250), slice(3, 130))
+    np.testing.assert_array_equal(arr[region], data[region])
+    assert arr._reader.cache.chunks.hits == hits  # not cached yet
+    for decoder, args in rests:
+        real_finish(decoder, *args)
+    for z in (planes, 31, 7):  # decoded whole: the cache's slab now
+        np.testing.assert_array_equal(arr[z], data[z])
+    assert arr._reader.cache.chunks.hits == hits + 3 * 4
+    assert not arr._reader._filling or all(
+        r() is None or r().ready == 32 * 128 * 128 * 2 for rs in arr._reader._filling.values()
+        for r in rs)
+
+
+class Sized:
+    def __init__(self, size):
+        self.size = size
+
+
+def test_a_group_is_read_whole_only_when_complete_fresh_and_accepted():
+    lru = ClaimingLRU(1000)
+    g, h = Sized(3), Sized(2)
+    for k in range(3):
+        lru.claim([("g", k)])
+        lru.fulfil(("g", k), k, 10, g)
+    lru.claim([("h", 0)])
+    lru.fulfil(("h", 0), 0, 10, h)  # one of two: not complete
+    lru.claim([("x",)])
+    lru.fulfil(("x",), "x", 10)
+    assert lru.get_groups([("g", 1)], lambda grp: True, hits=5) == [g]
+    assert lru.hits == 5
+    assert set(list(lru._data)[-3:]) == {("g", 0), ("g", 1), ("g", 2)}  # most recently used
+    for keys, accept in (([("h", 0)], None), ([("x",)], None), ([("y",)], None),
+                         ([("g", 0), ("h", 0)], None), ([("g", 0)], lambda grp: False)):
+        order = list(lru._data)
+        assert lru.get_groups(keys, accept or (lambda grp: True), hits=1) is None
+        assert lru.hits == 5 and list(lru._data) == order  # nothing touched or counted
+    assert lru.get_groups([("g", 0)], lambda grp: True, hits=1, max_age=60) == [g]
+    time.sleep(0.02)
+    assert lru.get_groups([("g", 0)], lambda grp: True, hits=1, max_age=0.01) is None
+    lru.discard(lambda k: k == ("g", 2))  # no longer complete
+    assert lru.get_groups([("g", 0)], lambda grp: True, hits=1) is None
+    lru.claim([("g", 2)])
+    lru.fulfil(("g", 2), 2, 10, g)
+    assert lru.get_groups([("g", 0), ("g", 2)], lambda grp: True, hits=2) == [g, g]
 
 
 def test_faulting_in_a_new_arrays_pages_leaves_what_is_written_there():
     out = np.empty((1024, 1024), "uint16")
     out[...] = structured((1, 1024, 1024))[0]
     expected = out.copy()
-    slab._populate(out)  # whenever the pool gets to it: before, during or after the copy
+    slab.populate(out)
+    slab.populate(out[:, ::3])  # strided over 3x its bytes: left alone
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE, mincore")
+def test_populating_faults_a_new_arrays_pages_in():
+    import ctypes
+    import mmap
+
+    if slab._populate_call() is None:
+        pytest.skip("no MADV_POPULATE_WRITE here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = 4 << 20
+    memory = mmap.mmap(-1, size)
+    view = np.frombuffer(memory, "uint8")
+    address = view.__array_interface__["data"][0]
+
+    def resident() -> int:
+        pages = ctypes.create_string_buffer(size // mmap.PAGESIZE)
+        assert libc.mincore(address, size, pages) == 0
+        return sum(b & 1 for b in pages.raw)
+
+    assert resident() == 0
+    slab.populate(view[: size // 2])
+    assert resident() == size // 2 // mmap.PAGESIZE
+    del view
+    memory.close()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,19 +26,30 @@ class _Entry:
     group: Hashable | None = None  # entries that share memory (engine/slab.py): evicted together
 
 
+class _Group:
+    """The cached entries of one group, and when the first of them was cached."""
+
+    __slots__ = ("members", "stamp")
+
+    def __init__(self, stamp: float):
+        self.members: set[Hashable] = set()
+        self.stamp = stamp
+
+
 class ClaimingLRU:
     """An LRU bounded by bytes, whose misses can be claimed by exactly one fetcher.
 
     Entries fulfilled with the same ``group`` share one block of memory, which is freed only
     when all of them are gone: evicting one evicts them all, so that the bytes counted are
-    the bytes held.
+    the bytes held. A group object with a ``size`` is *complete* when that many of its entries
+    are cached (:meth:`get_groups`).
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._groups: dict[Hashable, set[Hashable]] = {}
+        self._groups: dict[Hashable, _Group] = {}
         self._inflight: dict[Hashable, Promise] = {}
         self._lock = threading.Lock()
         self.hits = 0
@@ -86,22 +97,52 @@ class ClaimingLRU:
             self.hits += len(values)
         return values
 
+    def get_groups(self, keys: Sequence[Hashable], accept: Callable[[Any], bool], *,
+                   hits: int, max_age: float | None = None) -> list[Any] | None:
+        """The groups of ``keys``' entries, each complete (as many entries cached as its
+        ``size``), none older than ``max_age``, and each ``accept``-ed; their entries are now
+        the most recently used and ``hits`` are counted. None (nothing touched or counted)
+        when any of that fails. A caller that knows a group's layout then reads the group's
+        memory without looking up each entry."""
+        now = time.monotonic()
+        groups = []
+        with self._lock:
+            for key in keys:
+                entry = self._data.get(key)
+                group = None if entry is None else entry.group
+                record = None if group is None else self._groups.get(group)
+                if (record is None or len(record.members) != getattr(group, "size", -1)
+                        or (max_age is not None and now - record.stamp > max_age)
+                        or not accept(group)):
+                    return None
+                groups.append(group)
+            touch = self._data.move_to_end
+            for group in dict.fromkeys(groups):
+                deque(map(touch, self._groups[group].members), maxlen=0)
+            self.hits += hits
+        return groups
+
     def fulfil(self, key: Hashable, value: Any, nbytes: int, group: Hashable | None = None
                ) -> None:
         with self._lock:
             fut = self._inflight.pop(key, None)
             if nbytes <= self.max_bytes:
                 self._remove(key)
-                self._data[key] = _Entry(value, nbytes, time.monotonic(), group)
+                now = time.monotonic()
+                self._data[key] = _Entry(value, nbytes, now, group)
                 self.nbytes += nbytes
                 if group is not None:
-                    self._groups.setdefault(group, set()).add(key)
+                    record = self._groups.get(group)
+                    if record is None:
+                        record = self._groups[group] = _Group(now)
+                    record.members.add(key)
                 while self.nbytes > self.max_bytes and self._data:
                     oldest = next(iter(self._data))
                     entry = self._data[oldest]
                     self._remove(oldest)
                     if entry.group is not None:
-                        for k in list(self._groups.get(entry.group, ())):
+                        record = self._groups.get(entry.group)
+                        for k in list(record.members) if record is not None else ():
                             self._remove(k)
         if fut is not None:
             fut.set_result(value)
@@ -113,10 +154,10 @@ class ClaimingLRU:
             return
         self.nbytes -= entry.nbytes
         if entry.group is not None:
-            members = self._groups.get(entry.group)
-            if members is not None:
-                members.discard(key)
-                if not members:
+            record = self._groups.get(entry.group)
+            if record is not None:
+                record.members.discard(key)
+                if not record.members:
                     del self._groups[entry.group]
 
     def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:

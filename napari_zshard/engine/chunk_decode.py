@@ -105,6 +105,8 @@ class ChunkDecoder:
                 self.close_partial(coords, partial)
             return
         self.counters.add(chunks_decoded=1, decoded_bytes=prefix.done)
+        if slab is not None:  # decoded into its slot
+            slab.decoded(coords, prefix.done)
         partial.set_result((prefix.array, prefix.done))
         decode_pool().post(self._finish, coords, src, fut, partial, prefix, slab, priority=LATER)
 
@@ -153,5 +155,9 @@ class ChunkDecoder:
         arr.flags.writeable = False
         if count:
             self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
-        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes, slab)
+        # a chain that decoded into an array of its own leaves its slot empty: not in the group
+        group = slab if slab is not None and slab.holds(coords, arr) else None
+        if group is not None:
+            group.decoded(coords, arr.nbytes)
+        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes, group)
         return arr

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +29,7 @@ from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, progressive_codecs
 from .promise import Promise
 from .shard_index import ShardIndex
-from .slab import gather_rows, plan_slabs, prefault_tail
+from .slab import Slab, copy_from_slabs, gather_rows, plan_slabs
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class RegionReader:
         self._progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
                              else None)
         self._decoder = ChunkDecoder(self)
+        # chunk rows being decoded into slabs: leading chunk coords → weak refs to the slabs
+        self._filling: dict[Coords, list[weakref.ref[Slab]]] = {}
+        self._filling_lock = threading.Lock()
         # C-order element strides of an inner chunk: how far into it a region reaches
         self._strides = [math.prod(meta.chunk_shape[i + 1:]) for i in range(meta.ndim)]
 
@@ -77,12 +82,13 @@ class RegionReader:
         shape = tuple(s.stop - s.start for s in region)
         if out is None:
             out = np.empty(shape, dtype=meta.dtype)
-            prefault_tail(out)
         elif out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, the region {shape}")
         if 0 in shape:
             return out
         axes = self._axis_ranges(region)
+        if self._copy_from_slabs(region, axes, out):
+            return out
         token = self.token
         keys = [(token, c) for c in itertools.product(*axes)]
         # A chunk is as fresh as the index it was found through: it expires with it.
@@ -130,6 +136,70 @@ class RegionReader:
             else:
                 out[dst] = value[src]
         return out
+
+    def _copy_from_slabs(self, region: tuple[slice, ...], axes: list[range],
+                         out: np.ndarray) -> bool:
+        """Copy ``region`` into ``out`` when each of its chunk rows lies decoded whole in one
+        slab (a step through rows already read): a few copies per row, no work per chunk.
+        False, and nothing done, otherwise."""
+        if len(axes) < 2:
+            return False
+        ry, rx = axes[-2], axes[-1]
+        leads = list(itertools.product(*axes[:-2]))
+        first = [(self.token, (*lead, ry.start, rx.start)) for lead in leads]
+        slabs = self.cache.chunks.get_groups(
+            first, lambda g: isinstance(g, Slab) and g.covers(ry, rx),
+            hits=len(leads) * len(ry) * len(rx), max_age=self.index_max_age)
+        if slabs is None and self._filling:  # being decoded: enough of each chunk already?
+            slabs = self._filling_slabs(leads, ry, rx, self._region_need(region, axes))
+        if slabs is None:
+            return False
+        copy_from_slabs(region, axes, slabs, out, self.meta.chunk_shape)
+        return True
+
+    def _register_filling(self, slabs: dict[Coords, Slab]) -> None:
+        """Let readers find ``slabs`` (by chunk row) while they are being decoded; forget the
+        slabs gone or decoded whole since (those are the cache's)."""
+        with self._filling_lock:
+            filling = self._filling
+            for lead in list(filling):
+                live = [r for r in filling[lead] if (slab := r()) is not None
+                        and slab.ready < self._chunk_nbytes]
+                if live:
+                    filling[lead] = live
+                else:
+                    del filling[lead]
+            seen: set[int] = set()
+            for coords, slab in slabs.items():
+                if id(slab) not in seen:
+                    seen.add(id(slab))
+                    filling.setdefault(coords[:-2], []).append(weakref.ref(slab))
+
+    def _filling_slabs(self, leads: list[Coords], ry: range, xs: range, need: int
+                       ) -> list[Slab] | None:
+        """Per chunk row, a slab being decoded that covers chunks ``ry`` x ``xs`` and has at
+        least ``need`` bytes of each decoded; None unless every row has one. (Once decoded
+        whole, a slab is the cache's: it alone says whether it is still fresh.)"""
+        found, whole = [], self._chunk_nbytes
+        with self._filling_lock:
+            for lead in leads:
+                slab = next((slab for r in self._filling.get(lead, ()) if (slab := r())
+                             is not None and need <= slab.ready < whole
+                             and slab.covers(ry, xs)), None)
+                if slab is None:
+                    return None
+                found.append(slab)
+        return found
+
+    def _region_need(self, region: tuple[slice, ...], axes: list[range]) -> int:
+        """Bytes of a chunk (C order) that hold every chunk's part of ``region``: up to the
+        end of the deepest (y, x) plane it reaches in any of them."""
+        meta = self.meta
+        elements = math.prod(meta.chunk_shape[-2:])
+        for s, c, rng, stride in zip(region[:-2], meta.chunk_shape, axes, self._strides,
+                                     strict=False):
+            elements += (max(min(s.stop - g * c, c) for g in rng) - 1) * stride
+        return elements * meta.dtype.itemsize
 
     def _copy_out(self, region: tuple[slice, ...], axes: list[range], values: list,
                   out: np.ndarray, places: list | None = None) -> None:
@@ -179,6 +249,8 @@ class RegionReader:
         """Forget this array's cached shard indexes and chunks (the store changed)."""
         self.cache.indexes.discard(lambda k: k[0] == self.token)
         self.cache.chunks.discard(lambda k: k[0] == self.token)
+        with self._filling_lock:
+            self._filling.clear()
 
     # -- planning --------------------------------------------------------------------------
     def _axis_ranges(self, region: tuple[slice, ...]) -> list[range]:
@@ -296,6 +368,8 @@ class RegionReader:
         # could not hold it, nor when caching is off (each chunk is dropped once read)
         slabs = plan_slabs(pending, self.meta.chunk_shape, self.meta.dtype,
                            self.cache.chunks.max_bytes // 2)
+        if slabs:
+            self._register_filling(slabs)
         pool, decoder = decode_pool(), self._decoder
         unsharded = self.meta.sharding is None
 

@@ -9,16 +9,22 @@ transposed view of the slab, which releases the GIL: split in two halves, one on
 thread. A slab is one buffer of :mod:`napari_zshard.store.buffers`, re-used once the cache has
 evicted it (no page faults then).
 
-Measured on a 512x1024x1024 uint16 volume of 64³ chunks (2 cores), reading a cached plane into
-a new array: 0.84-1.33 ms chunk by chunk, 0.58 ms now, tensorstore 1.0 ms; into an array the
-allocator re-uses: 0.45-0.60 ms, 0.29 ms now. The pages of a new array are faulted in by the
-same helper thread while this one plans the copy (:func:`prefault_tail`).
+A read whose chunk rows each lie decoded in one slab finds the slabs through the cache (one
+lookup per row: :meth:`~.cache.ClaimingLRU.get_groups`), or, while the slab is still being
+decoded, through its reader, when the first ``ready`` bytes of every slot hold what it needs
+(the planes at the top of a row whose chunks were decoded prefix first). It is then copied
+with a few strided copies per row (partial chunks at the edges their own), nothing per chunk.
+Each side of a split copy faults in its half of the output in one call first (:func:`populate`).
 
-Each chunk is still its own cache entry (a view of its slot), so tiles and partial reads are
-served as before. A slab's memory is freed only when every chunk in it is gone, so the cache
-evicts a slab's chunks together (:class:`~.cache.ClaimingLRU`'s groups): what it counts is what
-it holds. Rows with holes (chunks never written, or cached already) are not slabbed, nor rows
-bigger than half the cache.
+Measured on a 512x1024x1024 uint16 volume of 64³ chunks (2 cores), reading a cached plane into
+a new array: 0.84-1.33 ms chunk by chunk, 0.45-0.50 ms now, tensorstore 0.9-1.0 ms; into an
+array the allocator re-uses: 0.45-0.60 ms, 0.22-0.29 ms now (tensorstore 0.8 ms).
+
+Each chunk is still its own cache entry (a view of its slot), so tiles and partial reads of
+chunks not in one slab are served chunk by chunk as before. A slab's memory is freed only when
+every chunk in it is gone, so the cache evicts a slab's chunks together
+(:class:`~.cache.ClaimingLRU`'s groups): what it counts is what it holds. Rows with holes
+(chunks never written, or cached already) are not slabbed, nor rows bigger than half the cache.
 """
 
 from __future__ import annotations
@@ -45,15 +51,50 @@ SPLIT_BYTES = 1 << 20
 
 class Slab:
     """One array of the chunks of one chunk row: the chunk at ``(*lead, y, x)`` is
-    ``array[y - origin[0], x - origin[1]]``. Hashable by identity: the cache's group token."""
+    ``array[y - origin[0], x - origin[1]]``. Hashable by identity: the cache's group token,
+    complete when the cache holds ``size`` of its chunks (every slot decoded).
 
-    __slots__ = ("__weakref__", "array", "origin")
+    While its chunks are being decoded, ``ready`` says how many bytes (C order) of every slot
+    are decoded already: a read that needs no more than that reads the slab as it is, while
+    the rest of the chunks is decoded below it (:mod:`.progressive`)."""
+
+    __slots__ = ("__weakref__", "_done", "_lock", "_started", "array", "origin", "ready",
+                 "size")
 
     def __init__(self, array: np.ndarray, origin: tuple[int, int]):
         self.array, self.origin = array, origin
+        self.size = array.shape[0] * array.shape[1]
+        self.ready = 0
+        self._done = [0] * self.size  # bytes decoded, per slot
+        self._started = 0  # slots with some
+        self._lock = threading.Lock()
 
     def slot(self, coords: Coords) -> np.ndarray:
         return self.array[coords[-2] - self.origin[0], coords[-1] - self.origin[1]]
+
+    def holds(self, coords: Coords, value: np.ndarray) -> bool:
+        """Whether ``value`` (a decoded chunk) is the chunk's slot itself, not a copy."""
+        slot = self.slot(coords)
+        return (value.shape == slot.shape and value.strides == slot.strides
+                and value.__array_interface__["data"][0] == slot.__array_interface__["data"][0])
+
+    def decoded(self, coords: Coords, nbytes: int) -> None:
+        """The chunk's slot holds its first ``nbytes`` bytes decoded (called once its decoder
+        wrote them)."""
+        i = (coords[-2] - self.origin[0]) * self.array.shape[1] + coords[-1] - self.origin[1]
+        with self._lock:
+            done = self._done
+            if not done[i]:
+                self._started += 1
+            if nbytes > done[i]:
+                done[i] = nbytes
+                if self._started == self.size:
+                    self.ready = min(done)
+
+    def covers(self, ys: range, xs: range) -> bool:
+        """Whether the chunks ``ys`` x ``xs`` (chunk coordinates) of its row all lie in it."""
+        (y0, x0), (ny, nx) = self.origin, self.array.shape[:2]
+        return y0 <= ys.start and ys.stop <= y0 + ny and x0 <= xs.start and xs.stop <= x0 + nx
 
 
 def plan_slabs(chunks: Iterable[Coords], chunk_shape: Sequence[int], dtype: np.dtype,
@@ -103,6 +144,20 @@ def slab_position(values: Sequence[np.ndarray], chunk_nbytes: int) -> tuple[np.n
     return base, row, col
 
 
+def copy_from_slabs(region: tuple[slice, ...], axes: list[range], slabs: Sequence[Slab],
+                    out: np.ndarray, chunk_shape: Sequence[int]) -> None:
+    """``out`` = ``region``, each of whose chunk rows (``itertools.product(*axes[:-2])``
+    order) lies whole in the matching one of ``slabs``: a few strided copies per row, nothing
+    per chunk."""
+    cy, cx = chunk_shape[-2:]
+    sy, sx = region[-2], region[-1]
+    for lead, slab in zip(itertools.product(*axes[:-2]), slabs, strict=True):
+        inner, dst = _lead_slices(region, lead, chunk_shape)
+        oy, ox = slab.origin[0] * cy, slab.origin[1] * cx
+        gather(out[dst], slab.array, slice(sy.start - oy, sy.stop - oy),
+               slice(sx.start - ox, sx.stop - ox), inner)
+
+
 def gather_rows(region: tuple[slice, ...], axes: list[range], values: list, out: np.ndarray,
                 chunk_shape: Sequence[int], chunk_nbytes: int) -> set[int]:
     """Copy into ``out`` (the array read of ``region``) each row of chunks (same leading chunk
@@ -121,7 +176,6 @@ def gather_rows(region: tuple[slice, ...], axes: list[range], values: list, out:
     if len(full_y) * len(full_x) < 2:
         return copied
     y0, y1, x0, x1 = full_y[0], full_y[-1] + 1, full_x[0], full_x[-1] + 1
-    lead_shape = chunk_shape[:-2]
     per_row = ny * nx
     for r, lead in enumerate(itertools.product(*axes[:-2])):
         first = r * per_row
@@ -134,41 +188,91 @@ def gather_rows(region: tuple[slice, ...], axes: list[range], values: list, out:
         slab, row, col = found
         if row + (y1 - y0) > slab.shape[0] or col + (x1 - x0) > slab.shape[1]:
             continue
-        inner = tuple(slice(max(s.start - g * c, 0), min(s.stop - g * c, c))
-                      for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
-        dst = tuple(slice(max(g * c, s.start) - s.start, min((g + 1) * c, s.stop) - s.start)
-                    for s, g, c in zip(region[:-2], lead, lead_shape, strict=True))
+        inner, dst = _lead_slices(region, lead, chunk_shape)
         dst += (slice(ry[y0] * cy - sy.start, ry[y1 - 1] * cy + cy - sy.start),
                 slice(rx[x0] * cx - sx.start, rx[x1 - 1] * cx + cx - sx.start))
-        gather(out[dst], slab, slice(row, row + y1 - y0), slice(col, col + x1 - x0), inner)
+        gather(out[dst], slab, slice(row * cy, (row + y1 - y0) * cy),
+               slice(col * cx, (col + x1 - x0) * cx), inner)
         copied.update(first + i * nx + j for i in range(y0, y1) for j in range(x0, x1))
     return copied
 
 
-def gather(out: np.ndarray, slab: np.ndarray, rows: slice, cols: slice,
+def _lead_slices(region: tuple[slice, ...], lead: Coords, chunk_shape: Sequence[int]
+                 ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """For the chunk row at leading chunk coordinates ``lead``: the part of its chunks
+    ``region`` covers along the leading axes (inside a chunk), and where that goes in the
+    output."""
+    axes = list(zip(region[:len(lead)], lead, chunk_shape[:len(lead)], strict=True))
+    inner = tuple(slice(max(s.start - g * c, 0), min(s.stop - g * c, c)) for s, g, c in axes)
+    dst = tuple(slice(max(g * c, s.start) - s.start, min((g + 1) * c, s.stop) - s.start)
+                for s, g, c in axes)
+    return inner, dst
+
+
+def _runs(pixels: slice, c: int) -> list[tuple[int, int, int, int, int]]:
+    """``pixels`` (a range of pixels along one axis of a slab) cut into a partial chunk at
+    each end and a run of whole chunks between: ``(first chunk, chunks, first pixel in a
+    chunk, end pixel in a chunk, offset in the output)`` each."""
+    runs = []
+    lo, hi = pixels.start, pixels.stop
+    while lo < hi:
+        g, p = divmod(lo, c)
+        if p or hi - lo < c:
+            q = min(c, hi - g * c)
+            runs.append((g, 1, p, q, lo - pixels.start))
+            lo = g * c + q
+        else:
+            n = (hi - lo) // c
+            runs.append((g, n, 0, c, lo - pixels.start))
+            lo += n * c
+    return runs
+
+
+def gather(out: np.ndarray, slab: np.ndarray, ys: slice, xs: slice,
            inner: tuple[slice, ...]) -> None:
-    """``out`` (shape ``(*lead, ny * cy, nx * cx)``) = the chunks ``slab[rows, cols]`` sliced
-    by ``inner`` along their leading axes, laid side by side: one strided copy per half."""
-    block = slab[rows, cols]  # (ny, nx, *chunk_shape)
-    ny, nx = block.shape[:2]
-    *lead_c, cy, cx = block.shape[2:]
+    """``out`` (shape ``(*lead, len(ys), len(xs))``) = the pixels ``ys`` x ``xs`` of the
+    chunks of ``slab`` (an array ``(ny, nx, *chunk_shape)``) laid side by side, the chunks
+    sliced by ``inner`` along their leading axes: one strided copy per run of whole chunks
+    and per partial chunk at an edge; the biggest split in two halves over two threads."""
+    *lead_c, cy, cx = slab.shape[2:]
     k = len(lead_c)
-    src = block[(slice(None), slice(None), *inner, slice(None), slice(None))]
+    src = slab[(slice(None), slice(None), *inner)]
     # (ny, nx, *lead, cy, cx) -> (*lead, ny, cy, nx, cx)
     src = src.transpose(*range(2, 2 + k), 0, 2 + k, 1, 3 + k)
     *s_lead, s_y, s_x = out.strides
-    dst = np.lib.stride_tricks.as_strided(
-        out, (*out.shape[:k], ny, cy, nx, cx), (*s_lead, cy * s_y, s_y, cx * s_x, s_x))
-    if out.nbytes < SPLIT_BYTES or ny < 2:
-        dst[...] = src
+    lead_shape = out.shape[:k]
+    at = (slice(None),) * k
+    pairs = []
+    for gy, ny, y0, y1, dy in _runs(ys, cy):
+        for gx, nx, x0, x1, dx in _runs(xs, cx):
+            h, w = y1 - y0, x1 - x0
+            dst = np.lib.stride_tricks.as_strided(
+                out[(*at, slice(dy, dy + ny * h), slice(dx, dx + nx * w))],
+                (*lead_shape, ny, h, nx, w), (*s_lead, h * s_y, s_y, w * s_x, s_x))
+            pairs.append((dst, src[(*at, slice(gy, gy + ny), slice(y0, y1),
+                                    slice(gx, gx + nx), slice(x0, x1))]))
+    if out.nbytes < SPLIT_BYTES:
+        for dst, part in pairs:
+            populate(dst)
+            dst[...] = part
         return
-    half = ny // 2
-    lead = (slice(None),) * k
-    other = _Copy(dst[(*lead, slice(half, None))], src[(*lead, slice(half, None))])
-    decode_pool().post(other.run, priority=NOW)
-    dst[(*lead, slice(None, half))] = src[(*lead, slice(None, half))]
-    other.run()  # not started yet: done here
-    other.wait()
+    # the biggest copy split in halves along its chunk rows (or columns)
+    i = max(range(len(pairs)), key=lambda n: pairs[n][0].nbytes)
+    dst, part = pairs[i]
+    axis = next((a for a in (k, k + 2) if dst.shape[a] >= 2), None)
+    other = None
+    if axis is not None:
+        half = dst.shape[axis] // 2
+        cut = (*at, *(slice(None),) * (axis - k))
+        other = _Copy(dst[(*cut, slice(half, None))], part[(*cut, slice(half, None))])
+        decode_pool().post(other.run, priority=NOW)
+        pairs[i] = (dst[(*cut, slice(None, half))], part[(*cut, slice(None, half))])
+    populate(pairs[i][0])  # this thread's half of the biggest copy (the other's: its own)
+    for dst, part in pairs:
+        dst[...] = part
+    if other is not None:
+        other.run()  # not started yet: done here
+        other.wait()
 
 
 class _Copy:
@@ -187,6 +291,7 @@ class _Copy:
         if not self._taken.acquire(blocking=False):
             return
         try:
+            populate(self._dst)
             self._dst[...] = self._src
         except BaseException as e:  # re-raised in the caller's thread
             self._error = e
@@ -222,22 +327,23 @@ def _populate_call():
     return _madvise or None
 
 
-def prefault_tail(out: np.ndarray) -> None:
-    """Have a decode-pool thread fault in the second half of new array ``out``'s pages while
-    this thread plans the copy into it: that half is then copied (by the other thread of
-    :func:`gather`) without a page fault per 4 KiB. ``MADV_POPULATE_WRITE`` leaves what is in
-    the pages as it is, so it may run at any time, even after the copy (it is then a no-op)."""
-    if out.nbytes < SPLIT_BYTES or _populate_call() is None:
-        return
-    decode_pool().post(_populate, out, priority=NOW)
-
-
-def _populate(out: np.ndarray) -> None:
+def populate(view: np.ndarray) -> None:
+    """Fault in the pages under ``view`` writable in one call (``MADV_POPULATE_WRITE``: what
+    they hold stays) before a copy writes them. In a new array that is cheaper than a fault
+    per 4 KiB page: 0.23 instead of 0.33 ms per MiB here; on pages already there it costs
+    ~9 µs per MiB. Not for a small view, nor one strided over much more memory than it holds."""
     global _madvise
-    address = out.__array_interface__["data"][0]
-    start = (address + out.nbytes // 2 + _PAGE - 1) & ~(_PAGE - 1)
-    end = (address + out.nbytes) & ~(_PAGE - 1)
-    failed = (end > start and _madvise
-              and _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0)
-    if failed and ctypes.get_errno() == 22:  # EINVAL: a kernel before 5.14 — stop asking
-        _madvise = False
+    if view.nbytes < SPLIT_BYTES // 4 or _populate_call() is None:
+        return
+    span = view.itemsize
+    for n, stride in zip(view.shape, view.strides, strict=True):
+        if stride < 0:
+            return
+        span += (n - 1) * stride
+    if span > 2 * view.nbytes:
+        return
+    address = view.__array_interface__["data"][0]
+    start = address & ~(_PAGE - 1)
+    end = (address + span + _PAGE - 1) & ~(_PAGE - 1)
+    if _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0 and ctypes.get_errno() == 22:
+        _madvise = False  # EINVAL: a kernel before 5.14 — stop asking
