@@ -110,6 +110,10 @@ def test_damage_past_the_part_a_read_used_fails_the_read_that_needs_it(tmp_path)
         arr[31]
     # chunks that are intact still read
     np.testing.assert_array_equal(arr[31, :, 64:], data[31, :, 64:])
+    # the row is no longer read as it was decoded: the damaged chunk is fetched again
+    reads = arr.counters["data_requests"]
+    np.testing.assert_array_equal(arr[1], data[1])
+    assert arr.counters["data_requests"] > reads
 
 
 def test_chains_that_cannot_be_decoded_front_to_back_are_decoded_whole(tmp_path):

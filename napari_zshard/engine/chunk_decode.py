@@ -144,6 +144,8 @@ class ChunkDecoder:
                                             checksum_verified=verified)
                    if decode is None else decode())
         except BaseException as e:
+            if slab is not None:
+                slab.failed()
             error = e
             if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
                 where = f" (index entry {entry})" if entry >= 0 else ""

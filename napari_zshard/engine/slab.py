@@ -56,7 +56,8 @@ class Slab:
 
     While its chunks are being decoded, ``ready`` says how many bytes (C order) of every slot
     are decoded already: a read that needs no more than that reads the slab as it is, while
-    the rest of the chunks is decoded below it (:mod:`.progressive`)."""
+    the rest of the chunks is decoded below it (:mod:`.progressive`); -1 once a chunk of it
+    failed to decode."""
 
     __slots__ = ("__weakref__", "_done", "_lock", "_started", "array", "origin", "ready",
                  "size")
@@ -88,8 +89,14 @@ class Slab:
                 self._started += 1
             if nbytes > done[i]:
                 done[i] = nbytes
-                if self._started == self.size:
+                if self._started == self.size and self.ready >= 0:
                     self.ready = min(done)
+
+    def failed(self) -> None:
+        """A chunk of it failed to decode: nothing is read from it as it is being decoded
+        any more (its prefix was decoded before the damage showed)."""
+        with self._lock:
+            self.ready = -1
 
     def covers(self, ys: range, xs: range) -> bool:
         """Whether the chunks ``ys`` x ``xs`` (chunk coordinates) of its row all lie in it."""
