@@ -410,7 +410,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="runs per reader and pattern locally (default 5, --small 3); the median "
                    "is reported")
     p.add_argument("--http-repeats", type=int, default=None,
-                   help="the same over HTTP (default 3, --small 2)")
+                   help="the same over HTTP (default 5, --small 2)")
     p.add_argument("--seq-cap", type=float, default=None,
                    help="seconds after which a slow sequence is cut and extrapolated "
                    "(default 8, --small 1); a reader stops repeating after it too")
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     small = args.small or (args.shape is not None and np.prod(args.shape) <= np.prod(SMALL_SHAPE))
     seq_cap = args.seq_cap if args.seq_cap is not None else (1.0 if small else 8.0)
     repeats = args.repeats or (3 if small else 5)
-    http_repeats = args.http_repeats or (2 if small else 3)
+    http_repeats = args.http_repeats or (2 if small else 5)
     cache_bytes = args.cache_mb << 20
     wanted_readers = args.readers.split(",")
     wanted_transports = args.transports.split(",")
