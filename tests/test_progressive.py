@@ -147,6 +147,21 @@ def test_the_decode_pool_runs_what_a_read_waits_for_before_read_ahead():
     gate.set()
     assert pool.wait_idle(10)
     assert order == ["wanted", "ahead-1", "ahead-2"]
+    # what reads wait for (NOW) is done even while read-ahead (LATER) still runs
+    gate.clear()
+    running = threading.Event()
+    pool.submit(lambda: (running.set(), gate.wait(10)), priority=LATER)
+    assert running.wait(10)
+    pool.submit(order.append, "wanted-2", priority=NOW)
+    assert not pool.wait_urgent(0.05)  # queued behind the running read-ahead
+    assert not pool.wait_idle(0.01)
+    gate.set()
+    assert pool.wait_urgent(10) and order[-1] == "wanted-2"
+    gate.clear()
+    pool.submit(gate.wait, 10, priority=LATER)
+    assert pool.wait_urgent(0.05)  # nothing urgent queued: at once
+    gate.set()
+    assert pool.wait_idle(10)
     assert list(pool.map(lambda x: x * 2, range(5))) == [0, 2, 4, 6, 8]
     with pytest.raises(ZeroDivisionError):
         list(pool.map(lambda x: 1 / x, [1, 0]))

@@ -153,6 +153,37 @@ def test_a_tile_returns_first_and_the_rest_of_its_row_is_read_ahead_after_it(ser
     assert http_server.count() == 0
 
 
+def test_the_rest_of_a_tiles_row_is_fetched_once_the_tiles_chunks_are_decoded(
+        served, http_server, monkeypatch):
+    """Receiving the read-ahead would take cores from the decodes the tile waits for."""
+    from napari_zshard.engine import reader
+    from napari_zshard.engine.chunk_decode import ChunkDecoder
+
+    monkeypatch.setattr(reader, "READAHEAD_YIELD", 30.0)
+    gate = threading.Event()
+    for name in ("decode_into", "decode_prefix_first"):
+        real = getattr(ChunkDecoder, name)
+        monkeypatch.setattr(ChunkDecoder, name,
+                            lambda self, *a, real=real, **k: (gate.wait(30), real(self, *a, **k)))
+    arr, data = served()
+    tile: list = []
+    reading = threading.Thread(target=lambda: tile.append(arr[2, 40:60, 0:30]))
+    reading.start()
+    deadline = time.monotonic() + 20
+    while http_server.count("/c/0/1/0") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert http_server.count("/c/0/1/0") == 2  # the tile's bytes arrived; its decodes wait
+    time.sleep(0.3)
+    assert http_server.count("/c/") == 2  # nothing else asked for meanwhile
+    gate.set()
+    reading.join(20)
+    assert np.array_equal(tile[0], data[2, 40:60, 0:30])
+    while arr.counters["chunks_decoded"] < 16 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert http_server.count("/c/") == 2 + 3 * 2  # then the row's 3 other shards
+    assert np.array_equal(arr[2], data[2])
+
+
 def test_a_cache_too_small_for_the_row_still_reads_ahead_within_the_shard(http_server,
                                                                           tmp_path):
     data = volume()

@@ -32,6 +32,7 @@ class PriorityPool:
         self._idle = threading.Condition(lock)  # wait_idle waits here
         self._seq = itertools.count()
         self._unfinished = 0  # queued or running
+        self._urgent = 0  # of those, at priority NOW
         self._name = name
         for i in range(workers):
             threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
@@ -41,6 +42,7 @@ class PriorityPool:
         with self._cv:
             heapq.heappush(self._heap, (priority, next(self._seq), fut, fn, args, kwargs))
             self._unfinished += 1
+            self._urgent += priority <= NOW
             self._cv.notify()
         return fut
 
@@ -50,6 +52,7 @@ class PriorityPool:
         with self._cv:
             heapq.heappush(self._heap, (priority, next(self._seq), None, fn, args, kwargs))
             self._unfinished += 1
+            self._urgent += priority <= NOW
             self._cv.notify()
 
     def map(self, fn: Callable, iterable: Iterable, *, priority: int = NOW) -> Iterator:
@@ -62,12 +65,18 @@ class PriorityPool:
         with self._idle:
             return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
 
+    def wait_urgent(self, timeout: float | None = None) -> bool:
+        """Wait until no task of priority :data:`NOW` is queued or running: what reads are
+        waiting for is done (tasks may queue more: those too). False after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._urgent == 0, timeout)
+
     def _work(self) -> None:
         while True:
             with self._cv:
                 while not self._heap:
                     self._cv.wait()
-                _, _, fut, fn, args, kwargs = heapq.heappop(self._heap)
+                priority, _, fut, fn, args, kwargs = heapq.heappop(self._heap)
             if fut is None:
                 try:
                     fn(*args, **kwargs)
@@ -81,7 +90,8 @@ class PriorityPool:
             del fut, fn, args, kwargs  # do not keep the last task's data alive while idle
             with self._cv:
                 self._unfinished -= 1
-                if self._unfinished == 0:
+                self._urgent -= priority <= NOW
+                if self._unfinished == 0 or (self._urgent == 0 and priority <= NOW):
                     self._idle.notify_all()
 
 
