@@ -216,8 +216,7 @@ def test_planes_decoded_already_are_read_from_a_slab_still_being_decoded(tmp_pat
     np.testing.assert_array_equal(arr[0], data[0])  # cold: the top of each chunk decoded
     decode_pool().wait_idle(30)
     assert len(rests) == 4
-    (rows,) = arr._reader._filling.values()
-    being_decoded = rows[0]()
+    (being_decoded,) = arr._reader._filling.slabs()
     assert 128 * 128 * 2 <= being_decoded.ready < 32 * 128 * 128 * 2
     planes = being_decoded.ready // (128 * 128 * 2)
 
@@ -236,9 +235,7 @@ def test_planes_decoded_already_are_read_from_a_slab_still_being_decoded(tmp_pat
     for z in (planes, 31, 7):  # decoded whole: the cache's slab now
         np.testing.assert_array_equal(arr[z], data[z])
     assert arr._reader.cache.chunks.hits == hits + 3 * 4
-    assert not arr._reader._filling or all(
-        r() is None or r().ready == 32 * 128 * 128 * 2 for rs in arr._reader._filling.values()
-        for r in rs)
+    assert not arr._reader._filling.slabs()  # decoded whole: the cache's now
 
 
 class Sized:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import threading
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +27,7 @@ from .metadata import ArrayMeta
 from .progressive import MAX_PREFIX_SHARE, progressive_codecs
 from .promise import Promise
 from .shard_index import ShardIndex
-from .slab import Slab, copy_from_slabs, gather_rows, plan_slabs
+from .slab import FillingSlabs, Slab, copy_from_slabs, gather_rows, plan_slabs
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +69,7 @@ class RegionReader:
         self._progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
                              else None)
         self._decoder = ChunkDecoder(self)
-        # chunk rows being decoded into slabs: leading chunk coords → weak refs to the slabs
-        self._filling: dict[Coords, list[weakref.ref[Slab]]] = {}
-        self._filling_lock = threading.Lock()
+        self._filling = FillingSlabs(self._chunk_nbytes)  # slabs still being decoded
         # C-order element strides of an inner chunk: how far into it a region reaches
         self._strides = [math.prod(meta.chunk_shape[i + 1:]) for i in range(meta.ndim)]
 
@@ -153,55 +149,21 @@ class RegionReader:
             first, lambda g: isinstance(g, Slab) and g.covers(ry, rx),
             hits=len(leads) * len(ry) * len(rx), max_age=self.index_max_age)
         if slabs is None and self._filling:  # being decoded: enough of each chunk already?
-            slabs = self._filling_slabs(leads, ry, rx, self._region_need(region, axes))
+            slabs = self._filling.find(leads, ry, rx, self._region_need(region, axes))
         if slabs is None:
             return False
         copy_from_slabs(region, axes, slabs, out, self.meta.chunk_shape)
         return True
 
-    def _register_filling(self, slabs: dict[Coords, Slab]) -> None:
-        """Let readers find ``slabs`` (by chunk row) while they are being decoded; forget the
-        slabs gone or decoded whole since (those are the cache's)."""
-        with self._filling_lock:
-            filling = self._filling
-            for lead in list(filling):
-                live = [r for r in filling[lead] if (slab := r()) is not None
-                        and slab.ready < self._chunk_nbytes]
-                if live:
-                    filling[lead] = live
-                else:
-                    del filling[lead]
-            seen: set[int] = set()
-            for coords, slab in slabs.items():
-                if id(slab) not in seen:
-                    seen.add(id(slab))
-                    filling.setdefault(coords[:-2], []).append(weakref.ref(slab))
-
-    def _filling_slabs(self, leads: list[Coords], ry: range, xs: range, need: int
-                       ) -> list[Slab] | None:
-        """Per chunk row, a slab being decoded that covers chunks ``ry`` x ``xs`` and has at
-        least ``need`` bytes of each decoded; None unless every row has one. (Once decoded
-        whole, a slab is the cache's: it alone says whether it is still fresh.)"""
-        found, whole = [], self._chunk_nbytes
-        with self._filling_lock:
-            for lead in leads:
-                slab = next((slab for r in self._filling.get(lead, ()) if (slab := r())
-                             is not None and need <= slab.ready < whole
-                             and slab.covers(ry, xs)), None)
-                if slab is None:
-                    return None
-                found.append(slab)
-        return found
-
     def _region_need(self, region: tuple[slice, ...], axes: list[range]) -> int:
         """Bytes of a chunk (C order) that hold every chunk's part of ``region``: up to the
         end of the deepest (y, x) plane it reaches in any of them."""
-        meta = self.meta
-        elements = math.prod(meta.chunk_shape[-2:])
-        for s, c, rng, stride in zip(region[:-2], meta.chunk_shape, axes, self._strides,
-                                     strict=False):
-            elements += (max(min(s.stop - g * c, c) for g in rng) - 1) * stride
-        return elements * meta.dtype.itemsize
+        k = len(region) - 2
+        shape = self.meta.chunk_shape
+        last = [(max(min(s.stop - g * c, c) for g in rng) - 1) * stride for s, c, rng, stride
+                in zip(region[:k], shape[:k], axes[:k], self._strides[:k], strict=True)]
+        return self._need((*last, *((c - 1) * stride for c, stride in
+                                    zip(shape[k:], self._strides[k:], strict=True))))
 
     def _copy_out(self, region: tuple[slice, ...], axes: list[range], values: list,
                   out: np.ndarray, places: list | None = None) -> None:
@@ -251,8 +213,7 @@ class RegionReader:
         """Forget this array's cached shard indexes and chunks (the store changed)."""
         self.cache.indexes.discard(lambda k: k[0] == self.token)
         self.cache.chunks.discard(lambda k: k[0] == self.token)
-        with self._filling_lock:
-            self._filling.clear()
+        self._filling.clear()
 
     # -- planning --------------------------------------------------------------------------
     def _axis_ranges(self, region: tuple[slice, ...]) -> list[range]:
@@ -377,7 +338,7 @@ class RegionReader:
         slabs = plan_slabs(pending, self.meta.chunk_shape, self.meta.dtype,
                            self.cache.chunks.max_bytes // 2)
         if slabs:
-            self._register_filling(slabs)
+            self._filling.add(slabs)
         pool, decoder = decode_pool(), self._decoder
         unsharded = self.meta.sharding is None
 

@@ -34,6 +34,7 @@ import itertools
 import math
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -102,6 +103,61 @@ class Slab:
         """Whether the chunks ``ys`` x ``xs`` (chunk coordinates) of its row all lie in it."""
         (y0, x0), (ny, nx) = self.origin, self.array.shape[:2]
         return y0 <= ys.start and ys.stop <= y0 + ny and x0 <= xs.start and xs.stop <= x0 + nx
+
+
+class FillingSlabs:
+    """One array's slabs still being decoded, by chunk row (leading chunk coordinates): where a
+    read finds the top of its chunks before they are cached. Weak references: a slab nothing
+    else holds is gone here too; and once decoded whole (or failed), a slab is the cache's
+    alone, which says whether it is still fresh."""
+
+    def __init__(self, chunk_nbytes: int):
+        self._whole = chunk_nbytes
+        self._rows: dict[Coords, list[weakref.ref[Slab]]] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def add(self, slabs: dict[Coords, Slab]) -> None:
+        """``slabs`` (chunk → its slab) are being decoded; forget those done since."""
+        with self._lock:
+            rows = self._rows
+            for lead, refs in list(rows.items()):
+                live = [r for r in refs if self._filling(r())]
+                if live:
+                    rows[lead] = live
+                else:
+                    del rows[lead]
+            for lead, slab in {id(s): (c[:-2], s) for c, s in slabs.items()}.values():
+                rows.setdefault(lead, []).append(weakref.ref(slab))
+
+    def find(self, leads: Iterable[Coords], ys: range, xs: range, need: int
+             ) -> list[Slab] | None:
+        """Per chunk row ``leads``, a slab being decoded that covers chunks ``ys`` x ``xs``
+        with at least ``need`` bytes of each decoded; None unless every row has one."""
+        found = []
+        with self._lock:
+            for lead in leads:
+                slab = next((slab for r in self._rows.get(lead, ()) if self._filling(slab := r())
+                             and need <= slab.ready and slab.covers(ys, xs)), None)
+                if slab is None:
+                    return None
+                found.append(slab)
+        return found
+
+    def slabs(self) -> list[Slab]:
+        """The slabs being decoded now."""
+        with self._lock:
+            return [slab for refs in self._rows.values() for r in refs
+                    if self._filling(slab := r())]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def _filling(self, slab: Slab | None) -> bool:
+        return slab is not None and 0 <= slab.ready < self._whole
 
 
 def plan_slabs(chunks: Iterable[Coords], chunk_shape: Sequence[int], dtype: np.dtype,
