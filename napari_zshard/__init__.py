@@ -30,10 +30,10 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # napari adapters load only when asked for, so `import napari_zshard` stays napari-free.
-    if name == "view_path":
-        from ._viewer import view_path
+    if name in ("view_path", "refresh_layers"):
+        from . import _viewer
 
-        return view_path
+        return getattr(_viewer, name)
     if name in ("open_image", "open_nodes", "ImageNode"):
         from . import multiscale
 
@@ -45,5 +45,6 @@ __all__ = [
     "ChecksumError", "CoalescePolicy", "CorruptDataError", "CorruptShardError",
     "DecompressionBombError", "EngineCache", "MetadataError", "RangeNotSupportedError",
     "RemoteReadError", "ShardedArray", "StoreError", "UnsafeKeyError", "ZShardError",
-    "default_cache", "open_array", "open_image", "open_nodes", "set_cache_budget", "view_path",
+    "default_cache", "open_array", "open_image", "open_nodes", "refresh_layers",
+    "set_cache_budget", "view_path",
 ]

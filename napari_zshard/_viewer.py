@@ -28,3 +28,27 @@ def view_path(path: str | os.PathLike | list, **kwargs: Any):
     paths = [os.fspath(p) for p in path] if isinstance(path, list) else os.fspath(path)
     viewer.open(paths, plugin="napari-zshard", **layer_kwargs)
     return viewer
+
+
+def refresh_layers(viewer_or_layers) -> int:
+    """Show what others committed to the stores of the layers this plugin opened.
+
+    Every level of each layer checks its shards again when next read (one index request per
+    shard, once) and reads again only the shards whose identity changed; the layers then
+    redraw. Commits made from this process show without it. Returns how many layers were
+    refreshed.
+
+    >>> napari_zshard.refresh_layers(viewer)   # doctest: +SKIP
+    """
+    layers = getattr(viewer_or_layers, "layers", viewer_or_layers)
+    refreshed = 0
+    for layer in layers:
+        levels = layer.data if getattr(layer, "multiscale", False) else [layer.data]
+        sources = [s for s in (getattr(level, "_source", None) for level in levels)
+                   if s is not None]
+        for source in sources:
+            source.refresh()
+        if sources:
+            layer.refresh()
+            refreshed += 1
+    return refreshed

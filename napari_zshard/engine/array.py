@@ -148,7 +148,12 @@ class ShardedArray:
         return self._reader.read(region, out)
 
     def refresh(self) -> None:
-        """Drop cached indexes and chunks of this array: use after the store was rewritten."""
+        """Pick up changes others made to the store since this array was opened.
+
+        Each shard is checked again (its index re-read: one request per shard, when next
+        read) before its cached index or chunks are used; only shards whose identity changed
+        are read again. Slices of this array's dask arrays taken after this get new task
+        names, so napari's dask cache does not serve blocks read before."""
         self._reader.refresh()
 
     @property

@@ -6,15 +6,18 @@ same key wait on its future instead of fetching again. A failed fetch fails the 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..store import buffers
+from .cache_keys import CacheToken, tokens_of
 from .promise import Promise
 
 
@@ -170,6 +173,12 @@ class ClaimingLRU:
         for fut in futs:
             fut.set_exception(error)
 
+    def remove(self, keys: Iterable[Hashable]) -> None:
+        """Drop the cached entries of ``keys`` (those not cached are passed over)."""
+        with self._lock:
+            for key in keys:
+                self._remove(key)
+
     def discard(self, predicate) -> None:
         """Drop every cached entry whose key satisfies ``predicate`` (used by ``refresh()``)."""
         with self._lock:
@@ -212,6 +221,30 @@ class PartialChunks:
 
 DEFAULT_BUDGET = 512 * 1024 * 1024
 
+_UNKNOWN = object()
+#: The identity of a shard that is not stored (reads as fill value).
+ABSENT = "absent"
+
+_generations: dict[str, int] = {}  # bumps per URL prefix
+_generations_lock = threading.Lock()
+
+
+def generation(url: str) -> int:
+    """How many times cached data of arrays at ``url`` was found stale or replaced in this
+    process: dask task names include it (engine/lazy.py), so that napari's dask cache, keyed
+    by task name, never serves a block read before the change."""
+    if not _generations:
+        return 0
+    parts = url.rstrip("/").split("/")
+    return sum(_generations.get("/".join(parts[:i]), 0) for i in range(1, len(parts) + 1))
+
+
+def bump_generation(url_prefix: str) -> None:
+    """Arrays at or below ``url_prefix`` changed: their next dask tasks get new names."""
+    prefix = url_prefix.rstrip("/")
+    with _generations_lock:
+        _generations[prefix] = _generations.get(prefix, 0) + 1
+
 
 class EngineCache:
     """The engine's one memory budget: an index cache (1/16) and a decoded-chunk cache (rest)."""
@@ -222,10 +255,16 @@ class EngineCache:
         self.indexes = ClaimingLRU(max(index_bytes, 1 << 20))  # indexes are always cached a bit
         self.chunks = ClaimingLRU(self.budget_bytes - index_bytes)
         self.partials = PartialChunks()
+        # (token, shard) -> identity of the object its cached index and chunks came from (an
+        # ETag, inode-size-mtime locally, ABSENT): a chunk is only valid for the object it was
+        # decoded from. One small entry per shard read through this cache.
+        self.identities: dict[tuple[CacheToken, tuple[int, ...]], str | None] = {}
+        _caches.add(self)
 
     def forget(self, url_prefix: str) -> None:
         """Drop every entry of arrays at or below ``url_prefix`` (a writer just replaced them)."""
         prefix = url_prefix.rstrip("/")
+        bump_generation(prefix)
 
         def below(key) -> bool:
             url = getattr(key[0], "url", key[0])
@@ -234,12 +273,49 @@ class EngineCache:
         self.indexes.discard(below)
         self.chunks.discard(below)
 
+    def forget_shards(self, token: CacheToken, shards: Iterable[tuple[int, ...]]) -> None:
+        """Drop the cached index and chunks of ``shards`` of the array layout ``token``: the
+        objects were replaced (by a writer in this process, or found with a new identity)."""
+        cps = token.chunks_per_object
+        shards = list(shards)
+        self.indexes.remove((token, "index", s) for s in shards)
+        self.chunks.remove(
+            (token, c) for s in shards for c in itertools.product(
+                *(range(i * n, (i + 1) * n) for i, n in zip(s, cps, strict=True))))
+        for s in shards:
+            self.identities.pop((token, s), None)
+        bump_generation(token.url)
+
+    def note_identity(self, token: CacheToken, shard: tuple[int, ...], identity: str | None
+                      ) -> None:
+        """The index of ``shard`` was just read from an object with ``identity`` (None: the
+        store cannot tell): drop what this cache holds of the shard unless it came from that
+        very object. Called before the new index is cached."""
+        key = (token, shard)
+        known = self.identities.get(key, _UNKNOWN)
+        if known is not _UNKNOWN and (identity is None or known != identity):
+            self.forget_shards(token, [shard])
+        self.identities[key] = identity
+
     def stats(self) -> dict[str, int]:
         return {
             "chunk_cache_bytes": self.chunks.nbytes, "chunk_hits": self.chunks.hits,
             "chunk_misses": self.chunks.misses, "index_cache_bytes": self.indexes.nbytes,
             "index_hits": self.indexes.hits, "index_misses": self.indexes.misses,
         }
+
+
+_caches: weakref.WeakSet[EngineCache] = weakref.WeakSet()
+
+
+def forget_written(url: str, shards: Iterable[tuple[int, ...]]) -> None:
+    """A writer in this process replaced ``shards`` of the array at ``url``: every cache of
+    this process drops them, so that every open array reads the new objects (arrays opened
+    elsewhere find out through the shards' identities)."""
+    shards = list(shards)
+    for token in tokens_of(url):
+        for cache in list(_caches):
+            cache.forget_shards(token, shards)
 
 
 _default: EngineCache | None = None

@@ -5,12 +5,14 @@ chunk copy use it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
 from ..store import FullRequest, RangeRequest, SuffixRequest
+from .cache import ABSENT
 from .coalesce import coalesce_ranges
 from .shard_index import ShardIndex, decode_index
 
@@ -34,6 +36,7 @@ class FetchPlanner:
         self.counters = reader.counters
         self.coalesce = reader.coalesce
         self.index_max_age = reader.index_max_age
+        self.validated: set[Coords] = set()  # shards checked since the open (validate())
 
     def plan(self, chunks: list[Coords], optional: set[Coords] = frozenset()):
         """What to fetch for ``chunks``: the chunks that read as fill value, the byte requests
@@ -108,17 +111,34 @@ class FetchPlanner:
                     req.key, view[offset:] if nbytes is None else view[offset:offset + nbytes])
         return out
 
-    def _read_indexes(self, shards: list[Coords], optional: set[Coords]
+    def validate(self, axes: list[range]) -> None:
+        """Make sure every shard holding the chunks ``axes`` spans was checked since this array
+        was opened (or refreshed): its index read again from the store, and whatever the cache
+        held of it dropped if the object is not the one it came from (another process
+        rewrote it). Costs one index request per shard, once per open; chunks of unchanged
+        shards stay cached."""
+        if self.meta.sharding is None:
+            return  # unsharded arrays never share chunks between opens (engine/cache_keys.py)
+        cps = self.meta.chunks_per_object
+        todo = [s for s in itertools.product(*(range(a.start // n, (a.stop - 1) // n + 1)
+                                               for a, n in zip(axes, cps, strict=True)))
+                if s not in self.validated]
+        if todo:
+            self._read_indexes(todo, frozenset(), fresh=True)
+
+    def _read_indexes(self, shards: list[Coords], optional: set[Coords], *, fresh: bool = False
                       ) -> tuple[dict[Coords, ShardIndex | None], dict[Coords, CorruptDataError]]:
         """Indexes of ``shards`` and, for ``optional`` shards only, the corruption errors that
-        left them out; a corrupt index of any other shard raises."""
+        left them out; a corrupt index of any other shard raises. ``fresh``: read them from
+        the store even when cached."""
         meta = self.meta
         spec = meta.sharding
         assert spec is not None
         n_chunks = math.prod(meta.chunks_per_object)
         size = spec.index_nbytes(meta.grid_shape)
         hits, waits, claimed = self.cache.indexes.claim(
-            ((self.token, "index", s) for s in shards), max_age=self.index_max_age)
+            ((self.token, "index", s) for s in shards),
+            max_age=-1.0 if fresh else self.index_max_age)
         found: dict[Coords, ShardIndex | None] = {
             k[2]: (None if v is _MISSING_SHARD else v) for k, v in hits.items()}
         errors: dict[Coords, CorruptDataError] = {}
@@ -157,8 +177,11 @@ class FetchPlanner:
                 except BaseException as e:
                     self.cache.indexes.fail(claimed, e)  # releases the ones still in flight
                     raise
+                self.cache.note_identity(self.token, ck[2],
+                                         ABSENT if res.data is None else res.etag)
                 self.cache.indexes.fulfil(ck, _MISSING_SHARD if index is None else index,
                                           64 if index is None else index.nbytes)
+                self.validated.add(ck[2])  # read from the store after this array was opened
                 found[ck[2]] = index
             break
         for k, fut in waits.items():
@@ -168,6 +191,7 @@ class FetchPlanner:
                 errors[k[2]] = e
                 continue
             found[k[2]] = None if v is _MISSING_SHARD else v
+            self.validated.add(k[2])  # another reader's fetch of it, under way after our open
         for shard, error in errors.items():
             if shard not in optional:
                 raise error

@@ -26,6 +26,8 @@ import dask.array as da
 import numpy as np
 from dask.local import get_sync
 
+from .cache import generation
+
 if TYPE_CHECKING:
     from .array import ShardedArray
 
@@ -117,7 +119,9 @@ class EngineDaskArray(da.Array):
         shape = tuple(n for n, p in zip(lengths, post or (slice(None),) * len(lengths),
                                          strict=True) if not isinstance(p, int))
         digest = hashlib.blake2b(repr((region, post)).encode(), digest_size=8).hexdigest()
-        name = f"{self.name}-region-{digest}"
+        # the generation changes when cached data of the store was found stale or replaced
+        # (engine/cache.py): napari caches computed tasks by name, and must not serve the old
+        name = f"{self.name}-region-{generation(source.url)}-{digest}"
         graph = {(name, *(0,) * len(shape)): (_read_region, source, region, post)}
         part = RegionDaskArray(graph, name, tuple((n,) for n in shape),
                                meta=np.empty((0,) * len(shape), dtype=self.dtype))

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CorruptShardError, ShortReadError, StoreError
 from ..store import Store
 from ..store.pool import LATER, NOW, decode_pool, readahead_pool
-from .cache import EngineCache
+from .cache import EngineCache, bump_generation
 from .cache_keys import cache_token
 from .chunk_decode import FILL, ChunkDecoder
 from .coalesce import CoalescePolicy
@@ -85,6 +85,7 @@ class RegionReader:
         if 0 in shape:
             return out
         axes = self._axis_ranges(region)
+        self._planner.validate(axes)
         if self._copy_from_slabs(region, axes, out):
             return out
         token = self.token
@@ -210,10 +211,13 @@ class RegionReader:
         return fut.result()
 
     def refresh(self) -> None:
-        """Forget this array's cached shard indexes and chunks (the store changed)."""
-        self.cache.indexes.discard(lambda k: k[0] == self.token)
-        self.cache.chunks.discard(lambda k: k[0] == self.token)
+        """Check every shard again before its cached index or chunks are used (the store
+        changed): only shards whose identity changed are read again."""
+        self._planner.validated.clear()
         self._filling.clear()
+        if self.meta.sharding is None:  # no identities to check: forget this array's chunks
+            self.cache.chunks.discard(lambda k: k[0] == self.token)
+        bump_generation(self.store.url)
 
     # -- planning --------------------------------------------------------------------------
     def _axis_ranges(self, region: tuple[slice, ...]) -> list[range]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, CorruptShardError
 from ..store import Store
+from .cache import forget_written
 from .metadata import ArrayMeta
 from .reader import normalize_region
 from .shard_index import decode_index
@@ -38,8 +39,8 @@ def write_region(store: Store, meta: ArrayMeta, region: Sequence[slice], data: n
 
     Each shard is committed atomically and no concurrent writer's voxels are lost; a region
     spanning several shards is not one transaction (a reader may meanwhile see some of its
-    shards new and others old). Arrays opened in this process keep their cached indexes and
-    chunks until ``refresh()``.
+    shards new and others old). Every array opened in this process reads the new shards:
+    their cached indexes and chunks are dropped as each is written.
 
     Parameters
     ----------
@@ -80,14 +81,17 @@ def write_region(store: Store, meta: ArrayMeta, region: Sequence[slice], data: n
         block = values[tuple(slice(p.start - r.start, p.stop - r.start)
                              for p, r in zip(part, region, strict=True))]
         key = meta.object_key(shard)
-        if part == whole:
-            store.overwrite(key, encode_shard(meta, block))
-            continue
-        inside = tuple(slice(p.start - w.start, p.stop - w.start)
-                       for p, w in zip(part, whole, strict=True))
-        merge = functools.partial(merge_into_shard, meta=meta, key=key, where=store.url,
-                                  region=inside, data=block)
-        store.update(key, merge, tries=tries)
+        try:
+            if part == whole:
+                store.overwrite(key, encode_shard(meta, block))
+                continue
+            inside = tuple(slice(p.start - w.start, p.stop - w.start)
+                           for p, w in zip(part, whole, strict=True))
+            merge = functools.partial(merge_into_shard, meta=meta, key=key, where=store.url,
+                                      region=inside, data=block)
+            store.update(key, merge, tries=tries)
+        finally:  # written, or perhaps written (an answer lost): nobody here trusts the old
+            forget_written(store.url, [shard])
 
 
 def merge_into_shard(current: bytes | None, *, meta: ArrayMeta, key: str, where: str,

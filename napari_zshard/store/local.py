@@ -52,6 +52,18 @@ def _pread(fd: int, length: int, start: int, big: bool) -> bytes | memoryview:
     return memoryview(buffer).toreadonly()[:got]
 
 
+def file_identity(info: os.stat_result) -> str:
+    """Which file a read saw, as an ETag would say it: inode, size and ``mtime_ns``.
+
+    A commit (temp file + rename) always gives a new inode; an in-place rewrite changes the
+    modification time. File systems with coarse timestamps (FAT: 2 s; NFS: the server's
+    granularity, and attributes cached for up to ``acregmax``) can miss an in-place rewrite of
+    the same size within one tick; inode numbers synthesised per mount (FAT, some FUSE file
+    systems) can repeat. Writers of this package always rename, which these catch.
+    """
+    return f"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"
+
+
 class LocalStore(Store):
     """A folder on a local or cluster file system."""
 
@@ -81,7 +93,8 @@ class LocalStore(Store):
             raise StoreError(f"cannot read {self._path(key)}: {e.strerror or e}") from e
         out = []
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            size, identity = info.st_size, file_identity(info)
             for i, req in requests:
                 if isinstance(req, FullRequest):
                     start, length = 0, size
@@ -101,7 +114,7 @@ class LocalStore(Store):
                         key=key, start=start, requested=length, received=len(data),
                     )
                 self.stats.record(len(data))
-                out.append((i, ByteResult(data, object_size=size)))
+                out.append((i, ByteResult(data, object_size=size, etag=identity)))
         finally:
             os.close(fd)
         return out

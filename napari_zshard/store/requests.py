@@ -40,7 +40,10 @@ class ByteResult:
     read that a transport received straight into a buffer, a read-only ``memoryview`` (index
     it, ``memoryview()`` it or ``bytes()`` it; whole-object reads are always ``bytes``).
     ``object_size`` is the object's full size when the transport reported it (a local
-    ``fstat``, HTTP ``Content-Range``), else None.
+    ``fstat``, HTTP ``Content-Range``), else None. ``etag`` is the object's identity: its
+    ETag remotely, inode-size-mtime locally (:func:`~napari_zshard.store.local.file_identity`);
+    None when the transport cannot tell. Cached shard indexes and chunks are only trusted
+    for the object identity they were read from (engine/fetch_plan.py).
     """
 
     data: bytes | memoryview | None
