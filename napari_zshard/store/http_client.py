@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 import yarl
 
 from ..errors import StoreError
-from .http_connection import Connection, Headers, ProtocolError, StaleConnection
+from .http_connection import Connection, Headers, StaleConnection
 
 #: An error answer's body is read (and the connection kept) only up to this size.
 MAX_ERROR_BODY = 64 * 1024

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-
 from typing import Any
 
 from ..errors import RemoteReadError, ShortReadError, StoreError
@@ -135,7 +134,8 @@ class RemoteStore(Store):
         """Run ``coro`` on the file system's I/O loop from synchronous code; return its result."""
         import fsspec.asyn
 
-        return fsspec.asyn.sync(self.fs.loop, lambda: coro)
+        loop = getattr(self.fs, "loop", None) or fsspec.asyn.get_loop()  # a sync fs has none
+        return fsspec.asyn.sync(loop, lambda: coro)
 
     async def _fetch_once(self, req: ByteRequest,
                           progress: Callable[[memoryview, int], None] | None = None
