@@ -211,6 +211,9 @@ class HTTPStore(RemoteStore):
                              f"({e.verify_message or e}); if it is a private CA's, point "
                              "SSL_CERT_FILE at its certificate") from e
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
+            if isinstance(e, TimeoutError):  # ours (StalledConnection) or aiohttp's
+                raise TransientError(f"{url}: no bytes received for {self.retry.timeout:g} s "
+                                     f"({type(e).__name__})") from e
             raise TransientError(f"{url}: {type(e).__name__}: {e}") from e
 
     def write(self, key: str, data: bytes) -> None:

@@ -32,7 +32,7 @@ __all__ = ["FAULTS", "RangeHTTPServer", "RequestRecord"]
 FAULTS = frozenset({"500", "502", "503", "504", "408", "429", "drop", "truncate", "hang",
                     "chunked", "close-delimited", "redirect", "overlong", "slow-body",
                     "throttle", "stall-body", "huge-length", "short-length", "short-range",
-                    "no-content-range", "flood"})
+                    "no-content-range", "flood", "flood-close"})
 
 #: what a ``"flood"`` answer sends at most (in 64 KiB chunks) unless the client hangs up
 FLOOD_BYTES = 256 * 2**20
@@ -214,7 +214,8 @@ class RangeHTTPServer:
         saying so, under the full ``Content-Range``), ``"short-range"`` (a self-consistent 206
         of the first half of the range asked for), ``"no-content-range"`` (206 without
         ``Content-Range``), ``"flood"`` (a chunked 206 that goes on sending, up to
-        :data:`FLOOD_BYTES`; :attr:`flood_sent` says how much got out).
+        :data:`FLOOD_BYTES`; :attr:`flood_sent` says how much got out), ``"flood-close"`` (the
+        same without length nor chunks: ended by closing).
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {sorted(FAULTS)}")
@@ -347,7 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         if fault in ("chunked", "flood"):
             self.send_header("Transfer-Encoding", "chunked")
-        elif fault == "close-delimited":
+        elif fault in ("close-delimited", "flood-close"):
             self.close_connection = True
         elif fault == "huge-length":
             self.send_header("Content-Length", str(length + 2**40))
@@ -360,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{size:x}-{stat.st_mtime_ns:x}"')
         if span is not None and fault != "no-content-range":
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        if fault in ("truncate", "close-delimited"):
+        if fault in ("truncate", "close-delimited", "flood-close"):
             self.send_header("Connection", "close")
         self.end_headers()
         if fault == "chunked":  # 777-byte chunks, with an extension and a trailer
@@ -368,8 +369,8 @@ class _Handler(BaseHTTPRequestHandler):
             out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
             self.wfile.write(out + b"0\r\nX-Trailer: yes\r\n\r\n")
             return
-        if fault == "flood":
-            self._flood()
+        if fault in ("flood", "flood-close"):
+            self._flood(chunked=fault == "flood")
             return
         if fault == "overlong":
             data += b"0123456789"
@@ -400,15 +401,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[pos:pos + piece])
             self.wfile.flush()
 
-    def _flood(self) -> None:
+    def _flood(self, *, chunked: bool) -> None:
         owner = self.server.owner
-        chunk = b"%x\r\n%s\r\n" % (65536, b"\xab" * 65536)
+        piece = b"\xab" * 65536
+        chunk = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
         try:
-            for _ in range(FLOOD_BYTES // 65536):
+            for _ in range(FLOOD_BYTES // len(piece)):
                 self.wfile.write(chunk)
                 with owner._lock:
-                    owner.flood_sent += 65536
-            self.wfile.write(b"0\r\n\r\n")
+                    owner.flood_sent += len(piece)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
         except OSError:  # the client hung up
             self.close_connection = True
 
