@@ -152,8 +152,7 @@ def test_an_answer_that_is_not_the_range_asked_for_is_retried_then_a_clear_error
     assert bytes(result.data) == expected
     assert store.stats.snapshot()["retries"] == 1
     http_server.inject(fault, times=FAST_RETRY.tries)
-    with pytest.raises(RemoteReadError, match=f"after {FAST_RETRY.tries} tries.*(Content-Range"
-                       "|the answer is bytes)"):
+    with pytest.raises(RemoteReadError, match=f"after {FAST_RETRY.tries} tries.*Content-Range"):
         store.read_many([request_])
 
 

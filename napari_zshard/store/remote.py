@@ -74,18 +74,19 @@ def expected_length(store: Store, req: ByteRequest, content_range: str | None,
         if size == 0 and not length:  # a range of an empty object (S3 answers so)
             return 0
         raise TransientError(f"{where}: the server answered a range request with 206 but "
-                             f"Content-Range {content_range!r}")
+                             f"without a usable Content-Range ({content_range!r})")
     span = last - first + 1
     if isinstance(req, RangeRequest):
         reaches_end = size is not None and last == size - 1
         fits = first == req.start and 0 < span <= req.length
         if not fits or (span < req.length and not reaches_end):
             raise TransientError(f"{where}: asked for bytes {req.start}-"
-                                 f"{req.start + req.length - 1}, the answer is {content_range}")
+                                 f"{req.start + req.length - 1}, the answer has Content-Range "
+                                 f"{content_range}")
     elif not (0 < span <= req.length and (size is None or (last == size - 1 and
                                                             span == min(req.length, size)))):
-        raise TransientError(f"{where}: asked for the last {req.length} bytes, the answer is "
-                             f"{content_range}")
+        raise TransientError(f"{where}: asked for the last {req.length} bytes, the answer has "
+                             f"Content-Range {content_range}")
     if length is not None and length != span:
         raise TransientError(f"{where}: Content-Length {length} does not match Content-Range "
                              f"{content_range}")
