@@ -61,6 +61,21 @@ def test_a_redirect_to_another_port_leaves_every_configured_header_behind(folder
     assert not {"x-api-key", "authorization"} & elsewhere.header_names
 
 
+@pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # aiohttp 4 drops auth=
+def test_an_auth_option_stays_behind_on_a_redirect_to_another_origin(folder, http_server):
+    import aiohttp
+
+    with RangeHTTPServer(folder) as other:
+        store = store_at(f"{http_server.url}/vol.zarr", auth=aiohttp.BasicAuth("u", "secret"))
+        assert not store._own_client  # an aiohttp-only option
+        http_server.redirect_to = other.url
+        http_server.inject("redirect")
+        (moved,) = store.read_many([RangeRequest("c/0", 100, 100)])
+    assert bytes(moved.data) == PAYLOAD[100:200]
+    assert [r.authorized for r in http_server.log] == [True]
+    assert [r.authorized for r in other.log] == [False]
+
+
 def test_a_redirect_loop_is_a_clear_error_and_not_retried(folder, http_server, client):
     store = store_at(f"{http_server.url}/vol.zarr")
     http_server.inject("redirect", times=100)

@@ -23,6 +23,7 @@ import aiohttp
 import yarl
 
 from ..errors import RangeNotSupportedError, RemoteReadError, ShortReadError, StoreError
+from .base import public_options
 from .http_client import _REDIRECTS, MAX_REDIRECTS, RedirectError, client_for_loop, follow_redirect
 from .http_connection import BodyTooLarge
 from .keys import validate_key
@@ -146,7 +147,10 @@ class HTTPStore(RemoteStore):
             if response.status not in _REDIRECTS or not location:
                 return _AiohttpAnswer(response)
             response.release()
+            origin = (target.scheme, target.host, target.port)
             target, headers = follow_redirect(target, location, headers)
+            if (target.scheme, target.host, target.port) != origin:
+                kwargs = public_options(kwargs)  # ``auth`` and the like stay behind too
         raise RedirectError(f"{target}: more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
     async def _fetch_once(self, req: ByteRequest, progress=None) -> ByteResult:
