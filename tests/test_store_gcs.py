@@ -88,3 +88,27 @@ def test_a_cold_plane_makes_one_index_and_one_data_download_per_shard(gcs_bucket
     gcs_emulator.reset_log()
     np.testing.assert_array_equal(arr[5], data[5])  # same chunk row: from the cache
     assert gcs_emulator.requests() == {}
+
+
+# -- the engine's retries, as over HTTP and S3 ----------------------------------------------
+def test_the_generic_store_retries_transient_failures_by_the_remote_policy(tmp_path,
+                                                                           http_server):
+    """Any fsspec file system gets the retry policy of the HTTP and S3 stores: here fsspec's
+    own HTTP file system, against the loopback server's injected faults (gcsfs retries such
+    faults itself first, for ~30 s, which no emulator test can wait for)."""
+    from napari_zshard.errors import RemoteReadError
+    from napari_zshard.store import RetryPolicy
+
+    (tmp_path / "vol.zarr" / "c").mkdir(parents=True)
+    (tmp_path / "vol.zarr" / "c" / "0").write_bytes(PAYLOAD)
+    store = FsspecStore(f"{http_server.url}/vol.zarr")
+    store.retry = RetryPolicy(tries=3, base_delay=0.01)
+
+    http_server.inject("503", times=2, contains="/c/0")
+    ranged, missing = store.read_many([RangeRequest("c/0", 1000, 100), FullRequest("c/9")])
+    assert ranged.data == PAYLOAD[1000:1100] and missing.data is None
+    assert store.stats.snapshot()["retries"] == 2  # a missing object is not retried
+
+    http_server.inject("503", times=10, contains="/c/0")
+    with pytest.raises(RemoteReadError, match=r"vol.zarr/c/0 after 3 tries.*503"):
+        store.read_many([RangeRequest("c/0", 0, 10)])

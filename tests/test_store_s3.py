@@ -138,3 +138,39 @@ def test_an_unreachable_endpoint_is_a_clear_error_within_seconds(s3_bucket):
     assert time.monotonic() - started < 5
     assert f"{s3_bucket}/vol.zarr/c/0" in str(error.value)
     assert f"127.0.0.1:{port}" in str(error.value)
+
+
+def test_credentials_are_resolved_once_per_root_store_not_per_child(s3_bucket, s3_options,
+                                                                   tmp_path, monkeypatch):
+    """Every walk through botocore's credential chain runs the profile's credential_process
+    (and, elsewhere, probes instance metadata): a child store (each pyramid level, each label)
+    inherits what its root resolved."""
+    import sys
+
+    calls = tmp_path / "calls"
+    script = tmp_path / "creds.py"
+    script.write_text(
+        "import json, pathlib, sys\n"
+        f"with open({str(calls)!r}, 'a') as f:\n    f.write('probe\\n')\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': 'testing', "
+        "'SecretAccessKey': 'testing'}))\n")
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+
+    def probes() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    root = open_store(f"{s3_bucket}/img.zarr", s3_options)
+    assert probes() == 1 and not root.fs.anon
+    children = [root.child(p) for p in ("0", "1", "labels/cells")]
+    grandchild = children[2].child("0")
+    assert probes() == 1
+    assert [c.url for c in children] == [f"{s3_bucket}/img.zarr/{p}"
+                                         for p in ("0", "1", "labels/cells")]
+    assert grandchild.url == f"{s3_bucket}/img.zarr/labels/cells/0"
+    assert not any(c.fs.anon for c in (*children, grandchild))
+    grandchild.write("c/0", PAYLOAD)  # signed with the resolved credentials
+    assert root.read("labels/cells/0/c/0") == PAYLOAD

@@ -1,21 +1,50 @@
-"""Any other fsspec file system (``memory://``, ``gs://`` through gcsfs, ...)."""
+"""Any other fsspec file system (``memory://``, ``gs://`` through gcsfs, ...).
+
+Reads go through :class:`.remote.RemoteStore`: a batch runs concurrently on fsspec's I/O loop
+(an async file system's coroutines directly; a synchronous one's calls in the loop's worker
+threads), and a transient failure (a dropped connection, a timeout, HTTP 5xx/408/429 as the
+file system reports it) is retried by the same policy as HTTP and S3 reads. gcsfs retries such
+failures itself first (up to 6 times, about 30 s of backoff), so on GCS the engine's retries
+come after those.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
+
 from ..errors import RemoteReadError, ShortReadError, UnsupportedURLError, UpdateNotSupportedError
-from .base import Modify, ProgressCallback, ResultCallback, Store, process_key_locks
+from .base import Modify, process_key_locks
 from .keys import validate_key
-from .pool import io_pool
+from .remote import RemoteStore
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
+from .retry import TRANSIENT_HTTP_STATUS, TransientError
 
 _EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
 
 
-class FsspecStore(Store):
+def is_transient(error: BaseException) -> bool:
+    """Whether a file system's exception is worth another try: a dropped or refused
+    connection, a timeout, or an HTTP status that says "later" (aiohttp's ``status``, gcsfs's
+    ``code``). A missing object or a refusal is not."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError,
+                          NotADirectoryError)):
+        return False
+    status = getattr(error, "status", None) or getattr(error, "code", None)
+    if isinstance(status, str) and status.isdigit():
+        status = int(status)
+    if isinstance(status, int):
+        return status in TRANSIENT_HTTP_STATUS
+    return isinstance(error, (ConnectionError, TimeoutError, aiohttp.ClientConnectionError,
+                              aiohttp.ClientPayloadError))
+
+
+class FsspecStore(RemoteStore):
     """A store on any fsspec file system. Reads go through ``cat_file``, concurrently."""
 
     def __init__(self, url: str, options: dict[str, Any] | None = None):
@@ -24,12 +53,13 @@ class FsspecStore(Store):
 
         protocol, _, path = self.url.partition("://")
         try:
-            self.fs = fsspec.filesystem(protocol, **self.options)
+            self.fs = fsspec.filesystem(protocol, **self.fs_options)
         except (ImportError, ValueError) as e:
             extra = _EXTRAS.get(protocol)
             hint = f": pip install 'napari-zshard[{extra}]'" if extra else ""
             raise UnsupportedURLError(f"cannot open {url}: {e}{hint}") from e
-        self.root = path
+        # fsspec's HTTP file system names objects by their whole URL
+        self.root = self.url if protocol in ("http", "https") else path
         # an object store behind an async client (gcsfs...), where every lookup is a request
         self._remote = bool(getattr(self.fs, "async_impl", False))
         # where a suffix read (start=-n) is known to be one request ("bytes=-n"): gcsfs only
@@ -38,60 +68,59 @@ class FsspecStore(Store):
     def _path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}" if self.root else key
 
-    def _read_one(self, req: ByteRequest) -> ByteResult:
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``fs.<name>(...)``: an async file system's coroutine on this loop, else the
+        synchronous call in one of the loop's worker threads."""
+        if self._remote:
+            return await getattr(self.fs, f"_{name}")(*args, **kwargs)
+        call = functools.partial(getattr(self.fs, name), *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def _fetch_once(self, req: ByteRequest, progress=None) -> ByteResult:
         path = self._path(req.key)
         try:
             if isinstance(req, FullRequest):
-                data = self.fs.cat_file(path)
+                data = await self._call("cat_file", path)
                 size = len(data)
             elif isinstance(req, RangeRequest) and self._remote:
                 # one request, no size lookup first (gcsfs: a metadata GET and a listing); the
                 # size matters only if the object is too short
-                data = self.fs.cat_file(path, start=req.start, end=req.start + req.length)
+                data = await self._call("cat_file", path, start=req.start,
+                                        end=req.start + req.length)
                 size = None
             elif isinstance(req, SuffixRequest) and self._suffix_request:
-                data, size = self._read_suffix(path, req.length)
+                data, size = await self._read_suffix(path, req.length)
             else:  # the size first (free in process): it is what a suffix read is cut by
-                size = self.fs.size(path)
+                size = await self._call("size", path)
                 if isinstance(req, SuffixRequest):
                     start, end = max(0, size - req.length), size
                 else:
                     start, end = req.start, req.start + req.length
-                data = self.fs.cat_file(path, start=start, end=end)
+                data = await self._call("cat_file", path, start=start, end=end)
         except FileNotFoundError:
             return ByteResult(None)
-        except OSError as e:
-            raise RemoteReadError(f"could not read {self.url}/{req.key}: {e}") from e
+        except Exception as e:
+            if is_transient(e):
+                raise TransientError(f"{self.url}/{req.key}: {type(e).__name__}: {e}") from e
+            if isinstance(e, OSError):
+                raise RemoteReadError(f"could not read {self.url}/{req.key}: {e}") from e
+            raise
         if isinstance(req, RangeRequest) and len(data) != req.length:
             raise ShortReadError(
                 f"{self.url}/{req.key}: asked for bytes {req.start}..{req.start + req.length - 1}"
                 f", but the object ends after {req.start + len(data)} bytes",
                 key=req.key, start=req.start, requested=req.length, received=len(data),
             )
-        self.stats.record(len(data))
         return ByteResult(data, object_size=size)
 
-    def _read_suffix(self, path: str, length: int) -> tuple[bytes, int | None]:
+    async def _read_suffix(self, path: str, length: int) -> tuple[bytes, int | None]:
         """The last ``length`` bytes in one request ("bytes=-n"). A server that ignores suffix
         ranges sends everything; fewer bytes than asked for are the whole object. Either
         way the object's size is then known."""
         if not length:
             return b"", None
-        data = self.fs.cat_file(path, start=-length)
+        data = await self._call("cat_file", path, start=-length)
         return data[-length:], (len(data) if len(data) != length else None)
-
-    def read_many(self, requests: Sequence[ByteRequest], *,
-                  on_result: ResultCallback | None = None,
-                  on_progress: ProgressCallback | None = None) -> list[ByteResult]:
-        def read(item: tuple[int, ByteRequest]) -> ByteResult:
-            result = self._read_one(item[1])
-            if on_result is not None:
-                on_result(item[0], result)
-            return result
-
-        if len(requests) <= 1:
-            return [read(item) for item in enumerate(requests)]
-        return list(io_pool().map(read, enumerate(requests)))
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -8,12 +8,16 @@ server needed to send it; received into one preallocated buffer per response
 (:class:`asyncio.BufferedProtocol`, ``recv_into``), 10-13 ms. Over HTTP, a cold plane went
 from 0.99-1.19x the time of tensorstore to 0.69-0.80x.
 
-It speaks what sharded reads need: keep-alive connections pooled per host on fsspec's I/O loop,
-``Content-Length`` and chunked bodies and bodies ended by closing, redirects (a redirect to
-another host drops ``Authorization``), TLS with the system's certificate store. A pooled
-connection the server closed while idle is replaced once, silently, before any answer was read
-from it (every request here is an idempotent GET). Stores whose options need more (aiohttp
-client options, authentication objects, proxies) keep using aiohttp.
+It speaks what sharded reads need: keep-alive connections pooled per host on fsspec's I/O loop
+(at most :data:`CONNECTIONS_PER_HOST` open to one host; more requests wait for one),
+``Content-Length`` and chunked bodies and bodies ended by closing (each bounded by what the
+request asked for), redirects (see :func:`follow_redirect`: at most :data:`MAX_REDIRECTS`,
+never from https to http, and a redirect to another origin leaves every configured header
+behind), TLS with the system's certificate store, and a stall timeout (no byte for N seconds)
+instead of a total one. A pooled connection the server closed while idle is replaced once,
+silently, before any answer was read from it (every request here is an idempotent GET). Stores
+whose options need more (aiohttp client options, authentication objects) and URLs that go
+through a proxy (``HTTP(S)_PROXY``) keep using aiohttp.
 """
 
 from __future__ import annotations
@@ -26,13 +30,38 @@ from collections.abc import Callable, Mapping
 import yarl
 
 from ..errors import StoreError
-from .http_connection import Connection, Headers, ProtocolError, StaleConnection
+from .http_connection import Connection, Headers, StaleConnection
 
 #: An error answer's body is read (and the connection kept) only up to this size.
 MAX_ERROR_BODY = 64 * 1024
+#: Redirects followed for one request (aiohttp's default too); more is an error.
 MAX_REDIRECTS = 10
-IDLE_PER_HOST = 64
+#: Connections open to one (scheme, host, port) at once, in use or idle: one batch's requests
+#: (``RemoteStore.max_concurrency``) all in flight; read-ahead batches beside it wait.
+CONNECTIONS_PER_HOST = 64
 _USER_AGENT = "napari-zshard"
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class RedirectError(StoreError):
+    """A redirect this client will not follow (a downgrade, a loop, not HTTP)."""
+
+
+def follow_redirect(url: yarl.URL, location: str, configured: Mapping[str, str]
+                    ) -> tuple[yarl.URL, Mapping[str, str]]:
+    """Where a redirect from ``url`` to ``location`` leads, and the configured headers that
+    may go along: all of them to the same origin, none to another one (scheme, host or port
+    differ: the whole ``headers`` option is a secret, not only ``Authorization``). From https
+    to http is refused: the request and its answer would cross the network in clear text."""
+    target = url.join(yarl.URL(location))
+    if target.scheme not in ("http", "https"):
+        raise RedirectError(f"{url} redirects to a {target.scheme}: URL, not HTTP(S)")
+    if url.scheme == "https" and target.scheme == "http":
+        raise RedirectError(f"{url} redirects to plain http://{target.host}:{target.port}: "
+                            "refusing to downgrade from https to http")
+    if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+        configured = {}
+    return target, configured
 
 
 class Response:
@@ -43,12 +72,12 @@ class Response:
         self._client, self._conn = client, conn
         self.status, self.headers, self.url = status, headers, url
 
-    async def read(self, progress: Callable[[memoryview, int], None] | None = None
-                   ) -> bytes | memoryview:
-        """The body (see :meth:`Connection.body` for ``progress``)."""
+    async def read(self, progress: Callable[[memoryview, int], None] | None = None, *,
+                   limit: int) -> bytes | memoryview:
+        """The body, at most ``limit`` bytes (see :meth:`Connection.body`)."""
         conn = self._conn
         try:
-            body = await conn.body(progress)
+            body = await conn.body(progress, limit=limit)
         except BaseException:
             self._release(keep=False)
             raise
@@ -60,7 +89,7 @@ class Response:
         length = self.headers.get("content-length")
         small = length is not None and length.isdigit() and int(length) <= MAX_ERROR_BODY
         if small and not self.headers.get("transfer-encoding"):
-            await self.read()
+            await self.read(limit=MAX_ERROR_BODY)
         else:
             self._release(keep=False)
 
@@ -81,36 +110,55 @@ class Response:
             self._release(keep=False)
 
 
+class _Host:
+    """The connections to one (scheme, host, port): idle ones, how many are open, who waits."""
+
+    def __init__(self) -> None:
+        self.idle: list[Connection] = []
+        self.open = 0
+        self.waiters: list[asyncio.Future] = []
+
+    def wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 class Client:
     """Pooled keep-alive connections per (scheme, host, port), on one asyncio loop."""
 
-    def __init__(self) -> None:
-        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
+    def __init__(self, *, connections_per_host: int = CONNECTIONS_PER_HOST) -> None:
+        self.connections_per_host = connections_per_host
+        self._hosts: dict[tuple[str, str, int], _Host] = {}
         self._ssl: ssl.SSLContext | None = None
 
-    async def get(self, url: yarl.URL, headers: Mapping[str, str]) -> Response:
-        """GET ``url`` (following redirects); the answer with its head read."""
-        send = dict(headers)
+    async def get(self, url: yarl.URL, headers: Mapping[str, str], *,
+                  request_headers: Mapping[str, str] | None = None,
+                  stall: float = 30.0) -> Response:
+        """GET ``url``, following redirects (:func:`follow_redirect`); the answer with its head
+        read. ``headers`` are the configured ones (left behind on another origin),
+        ``request_headers`` this request's own (``Range``: they go along everywhere).
+        ``stall``: seconds without a byte (connecting, or of the answer) before giving up."""
+        extra = dict(request_headers or {})
+        configured: Mapping[str, str] = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._get_once(url, send)
+            response = await self._get_once(url, {**configured, **extra}, stall)
             location = response.headers.get("location")
-            if response.status not in (301, 302, 303, 307, 308) or not location:
+            if response.status not in _REDIRECTS or not location:
                 return response
             await response.discard()
-            target = url.join(yarl.URL(location))
-            if target.scheme not in ("http", "https"):
-                raise ProtocolError(f"{url} redirects to {target.scheme}:, not HTTP")
-            if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
-                send = {k: v for k, v in send.items() if k.lower() != "authorization"}
-            url = target
-        raise ProtocolError(f"{url}: more than {MAX_REDIRECTS} redirects")
+            url, configured = follow_redirect(url, location, configured)
+        raise RedirectError(f"{url}: more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
-    async def _get_once(self, url: yarl.URL, headers: Mapping[str, str]) -> Response:
+    async def _get_once(self, url: yarl.URL, headers: Mapping[str, str], stall: float
+                        ) -> Response:
         request = _request_bytes(url, headers)
         while True:
-            conn = await self._acquire(url)
+            conn = await self._acquire(url, stall)
             try:
-                status, head = await conn.head(request)
+                status, head = await conn.head(request, stall)
             except StaleConnection:
                 self._release(conn, keep=False)
                 continue  # closed while idle: a new connection, not a retry
@@ -119,33 +167,52 @@ class Client:
                 raise
             return Response(self, conn, status, head, url)
 
-    async def _acquire(self, url: yarl.URL) -> Connection:
+    async def _acquire(self, url: yarl.URL, stall: float) -> Connection:
         key = (url.scheme, url.host or "", url.port or (443 if url.scheme == "https" else 80))
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and \
-                    not conn.transport.is_closing():
-                conn.used = True
-                return conn
+        host = self._hosts.setdefault(key, _Host())
         loop = asyncio.get_running_loop()
+        while True:
+            while host.idle:
+                conn = host.idle.pop()
+                if not conn.closed and conn.transport is not None and \
+                        not conn.transport.is_closing():
+                    conn.used = True
+                    return conn
+                host.open -= 1  # closed while idle
+            if host.open < self.connections_per_host:
+                break
+            waiter = loop.create_future()  # a connection is released or closed: look again
+            host.waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    host.wake_one()  # pass the turn on
+                raise
+        host.open += 1
         secure = url.scheme == "https"
-        _, conn = await loop.create_connection(
-            lambda: Connection(key), key[1], key[2],
-            ssl=self._ssl_context() if secure else None,
-            server_hostname=key[1] if secure else None)
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(
+                lambda: Connection(key), key[1], key[2],
+                ssl=self._ssl_context() if secure else None,
+                server_hostname=key[1] if secure else None), stall)
+        except BaseException:
+            host.open -= 1
+            host.wake_one()
+            raise
         return conn
 
     def _release(self, conn: Connection, keep: bool) -> None:
+        host = self._hosts.setdefault(conn.key, _Host())
         if keep and conn.reusable:
             conn.mark_idle()
-            idle = self._idle.setdefault(conn.key, [])
-            if len(idle) < IDLE_PER_HOST:
-                idle.append(conn)
-                return
-        conn.closed = True
-        if conn.transport is not None:
-            conn.transport.abort()
+            host.idle.append(conn)
+        else:
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.abort()
+            host.open -= 1
+        host.wake_one()
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:

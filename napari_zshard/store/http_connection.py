@@ -1,7 +1,13 @@
 """One HTTP/1.1 connection of :mod:`.http_client`, as an :class:`asyncio.BufferedProtocol`:
 it sends a request, parses the answer's head, and receives the body by the framing the head
 announces (``Content-Length``, chunked, or until the server closes), a body of known length
-straight into its final buffer."""
+straight into its final buffer.
+
+Two guards a client carrying credentials over the network needs: a body is never allowed to
+grow past the ``limit`` its reader gives (a ``Content-Length`` above it is refused before
+anything is allocated; a chunked or close-delimited body fails as it crosses it), and an answer
+that stops arriving fails after ``stall`` seconds without a byte (:class:`StalledConnection`),
+however long the whole body takes on a slow link."""
 
 from __future__ import annotations
 
@@ -24,6 +30,14 @@ class ProtocolError(ConnectionError):
     retries it like a dropped connection)."""
 
 
+class BodyTooLarge(ProtocolError):
+    """The answer's body is (or would be) longer than its reader allows."""
+
+
+class StalledConnection(TimeoutError):
+    """No byte of the answer arrived for the stall timeout."""
+
+
 class Headers(dict):
     """Response headers by lower-case name; a repeated header's values joined by ``", "``."""
 
@@ -41,6 +55,9 @@ class Connection(asyncio.BufferedProtocol):
         self.used = False  # has answered a request already (a reused connection)
         self._staging = memoryview(bytearray(_STAGING))
         self._waiter: asyncio.Future | None = None
+        self._stall = 30.0
+        self._last = 0.0  # loop time of the last byte received (or of the request sent)
+        self._watchdog: asyncio.TimerHandle | None = None
         self._reset()
 
     # -- what a request sees ------------------------------------------------------------------
@@ -61,31 +78,42 @@ class Connection(asyncio.BufferedProtocol):
         self._error: BaseException | None = None
         self._progress: Callable[[memoryview, int], None] | None = None
         self._readonly: memoryview | None = None
+        self._limit = 0
 
-    async def head(self, request: bytes) -> tuple[int, Headers]:
-        """Send ``request``; wait for the answer's status line and headers."""
+    async def head(self, request: bytes, stall: float = 30.0) -> tuple[int, Headers]:
+        """Send ``request``; wait for the answer's status line and headers. The answer fails
+        with :class:`StalledConnection` when no byte of it arrives for ``stall`` seconds (here
+        and in :meth:`body`)."""
         self._reset()
         self._state = "head"
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         assert self.transport is not None
+        self._stall, self._last = stall, loop.time()
+        self._arm(loop)
         self.transport.write(request)
         await waiter
         return self._status, self._headers
 
-    async def body(self, progress: Callable[[memoryview, int], None] | None = None
-                   ) -> bytes | memoryview:
-        """The answer's body, whole. ``progress(body, available)`` as a body of known length
-        arrives (``body`` a read-only view of the whole buffer, its first ``available`` bytes
-        final)."""
+    async def body(self, progress: Callable[[memoryview, int], None] | None = None, *,
+                   limit: int) -> bytes | memoryview:
+        """The answer's body, whole, of at most ``limit`` bytes (else :class:`BodyTooLarge`,
+        before allocating when the head announced the length). ``progress(body, available)``
+        as a body of known length arrives (``body`` a read-only view of the whole buffer, its
+        first ``available`` bytes final)."""
         self._progress = progress
+        self._limit = limit
         if self._error is not None:
             raise self._error
         if self._status in (204, 304):
             self._finish()
             return b""
         if self._state != "done":
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
             self._start_body()
+            if self._state != "done" and self._error is None:
+                self._arm(loop)
             await waiter
         body, readonly = self._body, self._readonly
         self._body = self._view = self._readonly = self._progress = None
@@ -100,6 +128,29 @@ class Connection(asyncio.BufferedProtocol):
     def mark_idle(self) -> None:
         """Back in the pool: bytes arriving now are an error."""
         self._state = "idle"
+        self._disarm()
+
+    # -- the stall timeout ----------------------------------------------------------------
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Check for a stall when ``stall`` seconds passed since the last byte (one timer per
+        stall period, not one per ``recv``)."""
+        self._disarm()
+        self._watchdog = loop.call_at(self._last + self._stall, self._check_stall)
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _check_stall(self) -> None:
+        self._watchdog = None
+        if self._waiter is None or self._waiter.done():
+            return  # nobody waits for this answer (its head is read, its body not asked yet)
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last >= self._stall:
+            self._fail(StalledConnection(f"no bytes received for {self._stall:g} s"))
+        else:
+            self._arm(loop)
 
     # -- framing --------------------------------------------------------------------------
     def _start_body(self) -> None:
@@ -115,9 +166,14 @@ class Connection(asyncio.BufferedProtocol):
             try:
                 n = int(length)
             except ValueError:
-                raise ProtocolError(f"bad Content-Length {length!r}") from None
+                n = -1
             if n < 0:
-                raise ProtocolError(f"bad Content-Length {length!r}")
+                self._fail(ProtocolError(f"bad Content-Length {length!r}"))
+                return
+            if n > self._limit:
+                self._fail(BodyTooLarge(f"Content-Length {n} is more than the {self._limit} "
+                                        "bytes asked for"))
+                return
             self._length = n
             self._body = np.empty(n, np.uint8) if n >= BIG_BODY else bytearray(n)
             self._view = memoryview(self._body).cast("B")
@@ -150,6 +206,11 @@ class Connection(asyncio.BufferedProtocol):
             self._feed_chunked(data)
         elif state == "until-close":
             self._body.extend(data)  # type: ignore[union-attr]
+            self._check_limit()
+
+    def _check_limit(self) -> None:
+        if len(self._body) > self._limit:  # type: ignore[arg-type]
+            self._fail(BodyTooLarge(f"the body runs past the {self._limit} bytes asked for"))
 
     def _feed_chunked(self, data) -> None:
         raw = bytes(data)
@@ -161,6 +222,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._body.extend(view[pos:pos + n])  # type: ignore[union-attr]
                 self._chunk_left -= n
                 pos += n
+                self._check_limit()
+                if self._state != "chunked":
+                    return
                 if self._chunk_left == 0:
                     self._chunk_left = -2  # the CRLF after the data
                 continue
@@ -207,9 +271,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self) -> None:
         self._state = "done"
+        self._disarm()
         self._wake()
 
     def _fail(self, error: BaseException) -> None:
+        self._disarm()
         self._keep_alive = False
         self._state = "failed"
         self._error = error
@@ -245,6 +311,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._received_any = True
+        self._last = asyncio.get_running_loop().time()
         state = self._state
         if state == "body":
             self._got += nbytes

@@ -3,7 +3,12 @@
 Each subclass implements one coroutine, :meth:`RemoteStore._fetch_once`, which makes exactly one
 request. This module runs a whole batch of them concurrently on fsspec's I/O loop (its own thread,
 so it also works inside Jupyter where an asyncio loop is already running), retries transient
-failures with backoff, and turns the last failure into a clear error.
+failures with backoff (:class:`.retry.RetryPolicy`, the one policy of every remote store), and
+turns the last failure into a clear error.
+
+An answer that contradicts its request (a ``Content-Range`` other than the range asked for, a
+206 without one, a ``Content-Length`` that is not the range's) is taken as a transient fault of
+the server or of something between (retried), never as the object's bytes.
 """
 
 from __future__ import annotations
@@ -11,13 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from ..errors import RemoteReadError, ShortReadError
+from ..errors import RemoteReadError, ShortReadError, StoreError
 from .base import ProgressCallback, ResultCallback, Store
-from .requests import ByteRequest, ByteResult, RangeRequest, SuffixRequest
+from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
 from .retry import RetryPolicy, TransientError
 
 log = logging.getLogger(__name__)
+
+#: The most a whole-object read (metadata; an unsharded chunk; fsck reading a whole shard)
+#: takes: a bigger ``Content-Length`` is refused before allocating, a body without one stops
+#: there. 4 GiB: above any shard this project writes in one PUT (S3 caps a PUT at 5 GiB).
+MAX_WHOLE_OBJECT = 4 * 2**30
+
+#: Storage options the engine reads itself (never handed to the fsspec file system).
+ENGINE_OPTIONS = ("stall_timeout",)
 
 
 def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
@@ -30,6 +44,53 @@ def parse_content_range(value: str | None) -> tuple[int | None, int | None, int 
         return None, None, size
     first, _, last = span.partition("-")
     return int(first), int(last), size
+
+
+def expected_length(store: Store, req: ByteRequest, content_range: str | None,
+                    content_length: str | int | None) -> int:
+    """The most body bytes the answer to ``req`` may have, judged from its head alone, before
+    any of the body is read or allocated: exactly the span of its ``Content-Range`` for a
+    range, at most :data:`MAX_WHOLE_OBJECT` for a whole object.
+
+    A ``Content-Range`` that is missing or is not the range asked for (another start; shorter
+    without reaching the object's end; a "suffix" that does not end the object), or a
+    ``Content-Length`` other than its span, raise :class:`TransientError`: a broken proxy or
+    server, retried, then a clear error; never read as the object's bytes.
+    """
+    where = f"{store.url}/{req.key}"
+    length = None
+    if content_length is not None:
+        try:
+            length = int(content_length)
+        except ValueError:
+            raise TransientError(f"{where}: bad Content-Length {content_length!r}") from None
+    if isinstance(req, FullRequest):
+        if length is not None and length > MAX_WHOLE_OBJECT:
+            raise StoreError(f"{where}: {length} bytes, more than {MAX_WHOLE_OBJECT}, the most "
+                             "a whole-object read takes")
+        return MAX_WHOLE_OBJECT if length is None else length
+    first, last, size = parse_content_range(content_range)
+    if first is None or last is None:
+        if size == 0 and not length:  # a range of an empty object (S3 answers so)
+            return 0
+        raise TransientError(f"{where}: the server answered a range request with 206 but "
+                             f"without a usable Content-Range ({content_range!r})")
+    span = last - first + 1
+    if isinstance(req, RangeRequest):
+        reaches_end = size is not None and last == size - 1
+        fits = first == req.start and 0 < span <= req.length
+        if not fits or (span < req.length and not reaches_end):
+            raise TransientError(f"{where}: asked for bytes {req.start}-"
+                                 f"{req.start + req.length - 1}, the answer has Content-Range "
+                                 f"{content_range}")
+    elif not (0 < span <= req.length and (size is None or (last == size - 1 and
+                                                            span == min(req.length, size)))):
+        raise TransientError(f"{where}: asked for the last {req.length} bytes, the answer has "
+                             f"Content-Range {content_range}")
+    if length is not None and length != span:
+        raise TransientError(f"{where}: Content-Length {length} does not match Content-Range "
+                             f"{content_range}")
+    return span
 
 
 def check_range_result(store: Store, req: ByteRequest, data: bytes, content_range: str | None,
@@ -61,7 +122,12 @@ class RemoteStore(Store):
 
     def __init__(self, url: str, options: dict | None = None, *, retry: RetryPolicy | None = None):
         super().__init__(url, options)
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy.from_options(self.options)
+
+    @property
+    def fs_options(self) -> dict[str, Any]:
+        """The options for the fsspec file system: all but the engine's own."""
+        return {k: v for k, v in self.options.items() if k not in ENGINE_OPTIONS}
 
     fs: object  # the fsspec file system; its I/O loop runs every request of this store
 
@@ -69,7 +135,8 @@ class RemoteStore(Store):
         """Run ``coro`` on the file system's I/O loop from synchronous code; return its result."""
         import fsspec.asyn
 
-        return fsspec.asyn.sync(self.fs.loop, lambda: coro)
+        loop = getattr(self.fs, "loop", None) or fsspec.asyn.get_loop()  # a sync fs has none
+        return fsspec.asyn.sync(loop, lambda: coro)
 
     async def _fetch_once(self, req: ByteRequest,
                           progress: Callable[[memoryview, int], None] | None = None
@@ -89,9 +156,8 @@ class RemoteStore(Store):
                 self.stats.record_retry()
                 await self.retry.sleep(attempt - 1)
             try:
-                async with limit:
-                    result = await asyncio.wait_for(self._fetch_once(req, progress),
-                                                    self.retry.timeout)
+                async with limit:  # no total timeout: transports fail a stalled answer
+                    result = await self._fetch_once(req, progress)
                 self.stats.record(len(result.data) if result.data is not None else 0)
                 if on_result is not None:
                     on_result(index, result)
@@ -108,7 +174,7 @@ class RemoteStore(Store):
 
     def _describe(self, error: BaseException | None) -> str:
         if isinstance(error, asyncio.TimeoutError):
-            return f"no answer within {self.retry.timeout:g} s"
+            return f"no bytes received for {self.retry.timeout:g} s"
         return str(error) or type(error).__name__
 
     async def _gather(self, requests: Sequence[ByteRequest],

@@ -13,7 +13,7 @@ from ..errors import RemoteReadError, ShortReadError, StoreError, UnsupportedURL
 from .base import CONFLICT, Modify
 from .http import range_header
 from .keys import validate_key
-from .remote import RemoteStore, check_range_result
+from .remote import RemoteStore, check_range_result, expected_length
 from .requests import ByteRequest, ByteResult, FullRequest, SuffixRequest
 from .retry import TRANSIENT_HTTP_STATUS, TransientError
 
@@ -24,6 +24,10 @@ MAX_PUT_BYTES = 5 * 2**30
 
 
 def _credentials_available(options: dict[str, Any]) -> bool:
+    """Whether botocore finds credentials for ``options``: options or environment first, else
+    its whole provider chain (files, ``credential_process``, container and instance metadata
+    endpoints: up to seconds where none answers). :class:`S3Store` asks once per root store;
+    its children inherit the answer."""
     if options.get("key") or options.get("profile") or options.get("session"):
         return True
     if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
@@ -39,7 +43,8 @@ def _credentials_available(options: dict[str, Any]) -> bool:
 class S3Store(RemoteStore):
     """``s3://bucket/prefix``. Public buckets are read anonymously when no credentials exist."""
 
-    def __init__(self, url: str, options: dict[str, Any] | None = None):
+    def __init__(self, url: str, options: dict[str, Any] | None = None, *,
+                 _anonymous: bool | None = None):
         super().__init__(url.rstrip("/"), options)
         try:
             import s3fs
@@ -47,17 +52,34 @@ class S3Store(RemoteStore):
             raise UnsupportedURLError(
                 f"reading {url} needs s3fs: pip install 'napari-zshard[s3]'"
             ) from e
-        opts = dict(self.options)
-        if "anon" not in opts and not _credentials_available(opts):
-            opts["anon"] = True
+        opts = dict(self.fs_options)
+        if "anon" not in opts:
+            if _anonymous is None:  # a root store: ask botocore (a child was told)
+                _anonymous = not _credentials_available(opts)
+            if _anonymous:
+                opts["anon"] = True
+        self._anonymous = bool(opts.get("anon"))
         config = dict(opts.pop("config_kwargs", None) or {})
         config.setdefault("max_pool_connections", self.max_concurrency)
         # RemoteStore retries reads itself; botocore's own retries on top multiplied the wait
         # for an unreachable endpoint (5 x 5 attempts: 33 s instead of under a second).
         config.setdefault("retries", {"max_attempts": 0})
+        # botocore's timeouts are per socket operation: a stall timeout, as the policy's
+        config.setdefault("connect_timeout", self.retry.timeout)
+        config.setdefault("read_timeout", self.retry.timeout)
         self.fs = s3fs.S3FileSystem(config_kwargs=config, **opts)
         bucket_and_prefix = self.url.split("://", 1)[1]
         self.bucket, _, self.prefix = bucket_and_prefix.partition("/")
+
+    def child(self, path: str) -> S3Store:
+        """The store at ``path`` below this one, with the credentials this one resolved (no
+        second walk through botocore's provider chain)."""
+        from .config import options_for
+
+        url = f"{self.url.rstrip('/')}/{path.strip('/')}"
+        options = {**options_for(url), **self.options}  # as open_store merges them
+        same = options == self.options  # else a longer configured prefix: its own credentials
+        return S3Store(url, options, _anonymous=self._anonymous if same else None)
 
     def object_key(self, key: str) -> str:
         validate_key(key)
@@ -75,6 +97,12 @@ class S3Store(RemoteStore):
         try:
             resp = await client.get_object(**kwargs)
             try:
+                content_range = resp.get("ContentRange")
+                if content_range is None and resp.get("ContentLength") == 0 and rng:
+                    # S3 answers a range of an empty object with the whole (empty) object.
+                    content_range = "bytes */0"
+                # how long the body may be, from the head, before anything is read
+                expected_length(self, req, content_range, resp.get("ContentLength"))
                 data = await resp["Body"].read()
             finally:
                 resp["Body"].close()
@@ -108,10 +136,6 @@ class S3Store(RemoteStore):
             if resp.get("ContentLength") not in (None, len(data)):
                 raise TransientError(f"{req.key}: body {len(data)} of {resp['ContentLength']}")
             return ByteResult(data, object_size=len(data), etag=etag)
-        content_range = resp.get("ContentRange")
-        if content_range is None and not data:
-            # S3 answers a range of an empty object with the whole (empty) object.
-            content_range = "bytes */0"
         result = check_range_result(self, req, data, content_range)
         return ByteResult(result.data, result.object_size, etag)
 

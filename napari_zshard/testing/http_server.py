@@ -30,7 +30,12 @@ __all__ = ["FAULTS", "RangeHTTPServer", "RequestRecord"]
 
 #: faults :meth:`RangeHTTPServer.inject` understands
 FAULTS = frozenset({"500", "502", "503", "504", "408", "429", "drop", "truncate", "hang",
-                    "chunked", "close-delimited", "redirect", "overlong", "slow-body"})
+                    "chunked", "close-delimited", "redirect", "overlong", "slow-body",
+                    "throttle", "stall-body", "huge-length", "short-length", "short-range",
+                    "no-content-range", "flood", "flood-close"})
+
+#: what a ``"flood"`` answer sends at most (in 64 KiB chunks) unless the client hangs up
+FLOOD_BYTES = 256 * 2**20
 
 _HANG_SECONDS = 60.0
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -41,7 +46,8 @@ class RequestRecord:
     """One request the server answered (or deliberately did not).
 
     ``status`` is 0 for a dropped or hung connection; ``nbytes`` counts body bytes sent;
-    ``authorized``: the request carried an ``Authorization`` header.
+    ``authorized``: the request carried an ``Authorization`` header; ``header_names``: the
+    lower-case names of every header it carried.
     """
 
     method: str
@@ -50,6 +56,7 @@ class RequestRecord:
     status: int
     nbytes: int
     authorized: bool = False
+    header_names: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -111,6 +118,12 @@ class RangeHTTPServer:
         self.redirect_to: str | None = None
         #: connections accepted so far (a client that pools connections opens few)
         self.connections_opened = 0
+        #: the most connections that were open at once
+        self.peak_connections = 0
+        #: bytes per second of a ``"throttle"`` answer's body
+        self.throttle_rate = 256 * 1024
+        #: body bytes ``"flood"`` answers got out before the client hung up
+        self.flood_sent = 0
         self.log: list[RequestRecord] = []
         self.url = ""
         self._lock = threading.Lock()
@@ -193,7 +206,16 @@ class RangeHTTPServer:
         ``"close-delimited"`` (no length: the body ends when the connection closes),
         ``"redirect"`` (302 to :attr:`redirect_to`, or to the same URL). ``"overlong"``: ten
         bytes more than the ``Content-Length`` says. ``"slow-body"``: the first half of the body,
-        then the rest 0.3 s later.
+        then the rest 0.3 s later. ``"throttle"``: the body at :attr:`throttle_rate` bytes/s.
+        ``"stall-body"``: half the body, then nothing (as ``"hang"``).
+
+        Answers that contradict the request: ``"huge-length"`` (a ``Content-Length`` a TiB
+        longer than the body), ``"short-length"`` (half the body, and a ``Content-Length``
+        saying so, under the full ``Content-Range``), ``"short-range"`` (a self-consistent 206
+        of the first half of the range asked for), ``"no-content-range"`` (206 without
+        ``Content-Range``), ``"flood"`` (a chunked 206 that goes on sending, up to
+        :data:`FLOOD_BYTES`; :attr:`flood_sent` says how much got out), ``"flood-close"`` (the
+        same without length nor chunks: ended by closing).
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {sorted(FAULTS)}")
@@ -241,8 +263,10 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         with self.server.owner._lock:
-            self.server.owner._connections.add(self.connection)
-            self.server.owner.connections_opened += 1
+            owner = self.server.owner
+            owner._connections.add(self.connection)
+            owner.connections_opened += 1
+            owner.peak_connections = max(owner.peak_connections, len(owner._connections))
 
     def finish(self) -> None:
         with self.server.owner._lock:
@@ -267,7 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         def record(status: int, nbytes: int = 0) -> None:
             owner._record(RequestRecord(self.command, path, range_header, status, nbytes,
-                                        "Authorization" in self.headers))
+                                        "Authorization" in self.headers,
+                                        frozenset(k.lower() for k in self.headers)))
 
         # Every request is logged before its answer leaves, so a client that has its answer
         # can count it.
@@ -305,6 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_empty(416, {"Content-Range": f"bytes */{size}"})
             return
         first, last = span if span is not None else (0, size - 1)
+        if fault == "short-range" and span is not None and last > first:
+            last = first + (last - first + 1) // 2 - 1  # a consistent answer, but short
         length = last - first + 1
         status = 206 if span is not None else 200
         data = b""
@@ -312,30 +339,38 @@ class _Handler(BaseHTTPRequestHandler):
             with open(file, "rb") as f:
                 f.seek(first)
                 data = f.read(length)
-            if fault == "truncate":
+            if fault in ("truncate", "short-length"):
                 data = data[: len(data) // 2]
                 self.close_connection = True
         record(status, len(data))
 
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        if fault == "chunked":
+        if fault in ("chunked", "flood"):
             self.send_header("Transfer-Encoding", "chunked")
-        elif fault == "close-delimited":
+        elif fault in ("close-delimited", "flood-close"):
             self.close_connection = True
+        elif fault == "huge-length":
+            self.send_header("Content-Length", str(length + 2**40))
+            self.close_connection = True
+        elif fault == "short-length":
+            self.send_header("Content-Length", str(len(data)))
         else:
             self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "none" if owner.ignore_range else "bytes")
         self.send_header("ETag", f'"{size:x}-{stat.st_mtime_ns:x}"')
-        if span is not None:
+        if span is not None and fault != "no-content-range":
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        if fault in ("truncate", "close-delimited"):
+        if fault in ("truncate", "close-delimited", "flood-close"):
             self.send_header("Connection", "close")
         self.end_headers()
         if fault == "chunked":  # 777-byte chunks, with an extension and a trailer
             pieces = [data[i:i + 777] for i in range(0, len(data), 777)]
             out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
             self.wfile.write(out + b"0\r\nX-Trailer: yes\r\n\r\n")
+            return
+        if fault in ("flood", "flood-close"):
+            self._flood(chunked=fault == "flood")
             return
         if fault == "overlong":
             data += b"0123456789"
@@ -345,7 +380,40 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             owner._sleep(0.3)
             data = data[len(data) // 2:]
+        if fault == "throttle":
+            self._throttled(data)
+            return
+        if fault == "stall-body":
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            owner._hang()
+            self.close_connection = True
+            return
         self.wfile.write(data)
+
+    def _throttled(self, data: bytes) -> None:
+        """Send ``data`` at the owner's ``throttle_rate``, in pieces every 1/16 s."""
+        owner = self.server.owner
+        piece = max(1, owner.throttle_rate // 16)
+        started = time.monotonic()
+        for i, pos in enumerate(range(0, len(data), piece)):
+            owner._sleep(started + i / 16 - time.monotonic())
+            self.wfile.write(data[pos:pos + piece])
+            self.wfile.flush()
+
+    def _flood(self, *, chunked: bool) -> None:
+        owner = self.server.owner
+        piece = b"\xab" * 65536
+        chunk = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+        try:
+            for _ in range(FLOOD_BYTES // len(piece)):
+                self.wfile.write(chunk)
+                with owner._lock:
+                    owner.flood_sent += len(piece)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client hung up
+            self.close_connection = True
 
     def _resolve(self, path: str) -> Path | None:
         """The file ``path`` names below the root, or None when it would escape the root."""
