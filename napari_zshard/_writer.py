@@ -19,6 +19,7 @@ from .multiscale.write import (
     write_image,
 )
 from .ome import Axis, Channel, ImageLabel
+from .ome.omero import GRAY
 
 LayerTuple = tuple[Any, dict[str, Any], str]
 SAVABLE = ("image", "labels")
@@ -51,12 +52,22 @@ def _axes(meta: dict[str, Any], ndim: int) -> tuple[Axis, ...]:
     return tuple(axes)
 
 
-def _color_of(colormap: Any) -> str | None:
-    """The top color of an image colormap, as omero ``RRGGBB``."""
-    colors = colormap.get("colors") if isinstance(colormap, dict) else None
-    if colors is None:
-        return None
-    rgba = np.asarray(colors)[-1]
+def _color_of(colormap: Any) -> str:
+    """The top color of an image colormap as omero ``RRGGBB`` (``FFFFFF`` for gray and for
+    what cannot be told). napari hands writers the colormap as a dict; scripts calling the
+    writer directly may pass a name (``"magenta"``) or a napari ``Colormap``."""
+    colors = colormap.get("colors") if isinstance(colormap, dict) else \
+        getattr(colormap, "colors", None)
+    if colors is None and isinstance(colormap, str):
+        try:
+            from napari.utils.colormaps import ensure_colormap
+
+            colors = ensure_colormap(colormap).colors
+        except (ImportError, KeyError, ValueError):
+            colors = None
+    if colors is None or not len(colors):
+        return GRAY
+    rgba = np.asarray(colors, dtype=float)[-1]
     return "".join(f"{round(float(c) * 255):02X}" for c in rgba[:3])
 
 
