@@ -235,8 +235,13 @@ class _ImagePlan:
 
 
 def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
-               options: WriteOptions) -> _ImagePlan:
-    """Create the level arrays of one image in ``store`` and describe the work to fill them."""
+               options: WriteOptions, *, like: _ImagePlan | None = None) -> _ImagePlan:
+    """Create the level arrays of one image in ``store`` and describe the work to fill them.
+
+    ``like``: the image a label image annotates. OME-Zarr wants a label image's levels to
+    match its image's (ome-zarr-models refuses a different count), so a label image of the
+    image's size gets the image's level shapes, built from its level 0 when its own differ.
+    """
     source = levels_data[0]
     ndim = len(source.shape)
     axes = tuple(spec.axes) if spec.axes else default_axes(ndim)
@@ -244,7 +249,12 @@ def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
         raise MetadataError(f"{len(axes)} axis names for {ndim}D data")
     scale = tuple(float(s) for s in (spec.scale or (1.0,) * ndim))
     given = len(levels_data) > 1
-    if given:
+    like_shapes = [tuple(m.shape) for m in like.metas] if like is not None else None
+    if like_shapes and tuple(source.shape) == like_shapes[0] and \
+            [tuple(d.shape) for d in levels_data] != like_shapes:
+        levels_data, given = [source], False
+        factors_list, shapes = list(like.factors), like_shapes
+    elif given:
         factors_list = [tuple(max(1, round(a / b)) for a, b in
                               zip(levels_data[i].shape, levels_data[i + 1].shape, strict=True))
                         for i in range(len(levels_data) - 1)]
@@ -358,13 +368,15 @@ def _write_into(store: Store, levels: list[Any], spec: ImageSpec,
     """Plan and write every image into ``store``, its root ``zarr.json`` last."""
     runner = _Runner(options)
     try:  # in-flight shard tasks end before a failed save is cleaned up
+        image = plan_image(store, levels, spec, options)
         plans = []
         label_root = store.child("labels")
         for name, (label_data, label_spec) in labels.items():
             label_levels = list(label_data) if isinstance(label_data, (list, tuple)) \
                 else [label_data]
-            plans.append(plan_image(label_root.child(name), label_levels, label_spec, options))
-        plans.append(plan_image(store, levels, spec, options))
+            plans.append(plan_image(label_root.child(name), label_levels, label_spec, options,
+                                    like=image))
+        plans.append(image)  # written last: its root zarr.json makes the save visible
         total = sum(p.n_shards for p in plans)
         done = 0
         for plan in plans:
