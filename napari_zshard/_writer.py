@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MetadataError
+from .multiscale.staging import check_destination
 from .multiscale.write import (
     DEFAULT_AXIS_NAMES,
     ImageSpec,
@@ -182,6 +183,7 @@ def plan_save(path: str, layers: Sequence[LayerTuple]):
         raise MetadataError("sharded zarr saves labels layers together with the image they "
                             "belong to: select that image as well, or save each labels layer "
                             "on its own")
+    check_destination(path)
     root = images[0] if images else labels.pop(0)
     levels, spec = layer_spec(*root)
     label_specs = {}

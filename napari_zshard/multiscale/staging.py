@@ -14,10 +14,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..engine import default_cache
 from ..errors import StoreError
 from ..store import FullRequest, Store, open_store
+from ..store.url import protocol_of
 
 if TYPE_CHECKING:
     from .write import WriteOptions
@@ -124,12 +126,26 @@ def _object_cleanup(target: Store) -> None:
         log.warning("could not remove the partial save at %s: %s", target.url, e)
 
 
+def check_destination(url: str | os.PathLike) -> None:
+    """Refuse, before any request, a destination no save can write: ``http(s)://`` is read
+    only (a web server takes no writes through plain HTTP)."""
+    text = os.fspath(url)
+    if protocol_of(text) in ("http", "https"):
+        parts = urlsplit(text)  # shown without credentials or query tokens
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        shown = urlunsplit((parts.scheme, host or "", parts.path, "", ""))
+        raise StoreError(f"cannot save to {shown}: http(s):// locations are "
+                         "read-only. Save to a local folder, or to an s3:// or gs:// URL "
+                         "(file:// works too)")
+
+
 @contextlib.contextmanager
 def staged_target(url: str | os.PathLike, options: WriteOptions,
                    storage_options: dict[str, Any] | None) -> Iterator[Store]:
     """Where to write: a hidden sibling folder for local targets (renamed into place on
     success, removed on failure), the target itself on object stores (the root ``zarr.json``
     written last; removed first when overwriting)."""
+    check_destination(url)
     target = open_store(url, storage_options)
     root = getattr(target, "root", None)
     exists = _holds_zarr(target)
