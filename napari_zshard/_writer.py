@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import MetadataError
-from .multiscale.staging import check_destination
+from .errors import MetadataError, StoreError
+from .multiscale.staging import check_destination, holds_zarr_store
 from .multiscale.write import (
     DEFAULT_AXIS_NAMES,
     ImageSpec,
@@ -203,11 +205,69 @@ def _safe_label_name(name: str, taken: dict) -> str:
     return candidate
 
 
+#: What a script is told when File ▸ Save Layers would replace a store (nobody to ask).
+HOW_TO_OVERWRITE = (
+    "it is only replaced when asked to: File ▸ Save Layers in the napari window asks; "
+    "File ▸ IO utilities ▸ Save as sharded zarr… has an 'overwrite' box; from Python, "
+    "napari_zshard.save_image(..., options=WriteOptions(overwrite=True)); from a shell, "
+    "zshard convert SRC DST --overwrite. Or delete or rename it first.")
+
+
 def write_layers(path: str, layer_data: list[LayerTuple]) -> list[str]:
-    """File ▸ Save Layers ▸ sharded zarr: images and labels → one OME-Zarr 0.5 image."""
+    """File ▸ Save Layers ▸ sharded zarr: images and labels → one OME-Zarr 0.5 image.
+
+    napari passes writers no "replace?" answer, so an existing store is handled here: inside
+    a running napari window the user is asked (Replace / Cancel); from a script the save is
+    refused, naming the ways to overwrite. A replacement is written beside the old store and
+    swapped in when complete (``multiscale.staging``); only a Zarr store is ever replaced.
+    """
     target, levels, spec, labels = plan_save(path, layer_data)
-    save_image(target, levels, spec, labels=labels or None, options=WriteOptions())
+    options = WriteOptions()
+    if holds_zarr_store(target):
+        if not _window_is_running():
+            raise StoreError(f"{target} already exists: {HOW_TO_OVERWRITE}")
+        if not _ask_to_replace(target):
+            warnings.warn(f"{target} was kept: Replace was not chosen, nothing was saved",
+                          stacklevel=2)
+            return []
+        options.overwrite = True
+    save_image(target, levels, spec, labels=labels or None, options=options)
     return [target]
+
+
+def _window_is_running() -> bool:
+    """Inside a running napari window: a napari viewer exists and this is the Qt thread, with
+    its event loop running (napari's Save dialog). A script — ``viewer.layers.save`` before
+    ``napari.run()``, ``npe2.write`` — has no loop running, and nobody to answer."""
+    if "qtpy" not in sys.modules or "napari" not in sys.modules:
+        return False  # no Qt loaded: no window
+    from qtpy.QtCore import QThread
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    here = QThread.currentThread()
+    if app is None or here != app.thread() or here.loopLevel() < 1:
+        return False
+    import napari
+
+    return napari.current_viewer() is not None
+
+
+def _ask_to_replace(target: str) -> bool:
+    """Replace / Cancel, asked in a dialog over the napari window (Cancel is the default)."""
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    box = QMessageBox(QApplication.activeWindow())
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Replace the existing store?")
+    box.setText(f"{target} already exists.")
+    box.setInformativeText("Replace it with the layers being saved? The existing store stays "
+                           "as it is until the new one is complete.")
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(cancel)
+    box.exec()
+    return box.clickedButton() == replace
 
 
 def save_steps(path: str, layer_data: list[LayerTuple], options: WriteOptions,

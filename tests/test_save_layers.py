@@ -13,7 +13,7 @@ import pytest
 import zarr
 from ome_checks import assert_peers_accept
 
-from napari_zshard import MetadataError
+from napari_zshard import MetadataError, StoreError
 from napari_zshard._writer import write_layers
 
 pytest.importorskip("napari")
@@ -276,3 +276,26 @@ def test_npe2_write_from_a_script_makes_complete_omero_channels(viewer_model, tm
     assert channel["color"] == color and channel["label"] == "c" and channel["active"]
     assert (channel["window"]["start"], channel["window"]["end"]) == window
     assert peer.images[0][1]["contrast_limits"] == list(window)
+
+
+@pytest.mark.parametrize("how", ["viewer.layers.save", "npe2.write"])
+def test_a_script_saving_over_a_store_is_refused_and_told_how_to_overwrite(viewer_model,
+                                                                           tmp_path, how):
+    import npe2
+
+    viewer_model.add_image(cells(), name="cells", contrast_limits=(0, 4000))
+    (path,) = viewer_model.layers.save(str(tmp_path / "cells"), plugin="napari-zshard")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    viewer_model.layers[0].data = cells(seed=1)
+
+    with pytest.raises(StoreError, match="already exists") as refused:
+        if how == "npe2.write":
+            npe2.write(path, [viewer_model.layers[0]], plugin_name="napari-zshard")
+        else:
+            viewer_model.layers.save(path, plugin="napari-zshard")
+
+    for way in ("Save Layers in the napari window asks", "overwrite", "zshard convert",
+                "WriteOptions(overwrite=True)"):
+        assert way in str(refused.value)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    np.testing.assert_array_equal(zarr.open_array(f"{path}/0", mode="r")[...], cells())

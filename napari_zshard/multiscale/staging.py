@@ -42,6 +42,12 @@ def _holds_zarr(store: Store) -> bool:
                                                              for k in _ZARR_MARKERS]))
 
 
+def holds_zarr_store(url: str | os.PathLike,
+                     storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` holds a Zarr store (the only kind of thing a save may replace)."""
+    return _holds_zarr(open_store(url, storage_options))
+
+
 def _sweep_interrupted(root: Path) -> None:
     """Remove the staging folders of earlier saves to ``root`` whose process died (killed,
     crashed, power cut): their lock file is no longer locked by anyone."""
