@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ._convert import LABELS_SUFFIX
 from .errors import MetadataError, StoreError
 from .multiscale.staging import check_destination, holds_zarr_store
 from .multiscale.write import (
@@ -191,6 +192,8 @@ def plan_save(path: str, layers: Sequence[LayerTuple]):
     label_specs = {}
     for data, meta, layer_type in labels:
         label_levels, label_spec = layer_spec(data, meta, layer_type)
+        # "cells (labels)" is how the reader names the labels "cells" of the image "cells"
+        label_spec.name = label_spec.name.removesuffix(LABELS_SUFFIX) or label_spec.name
         name = _safe_label_name(label_spec.name, label_specs)
         label_specs[name] = (label_levels, label_spec)
     return zarr_path(path), levels, spec, label_specs

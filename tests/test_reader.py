@@ -130,6 +130,8 @@ def test_sample_opens_as_multiscale_image_with_labels_on_top(sample, viewer_mode
     viewer_model.open(str(sample), plugin="napari-zshard")
     image, labels = viewer_model.layers
     assert type(image).__name__ == "Image" and type(labels).__name__ == "Labels"
+    # labels/cells of the image "cells": told apart by name, not napari's "cells [1]"
+    assert (image.name, labels.name) == ("cells", "cells (labels)")
     assert image.multiscale and len(image.data) == 3
     assert image.data[0].shape == (32, 96, 128)
     assert tuple(image.axis_labels) == ("z", "y", "x")

@@ -299,3 +299,19 @@ def test_a_script_saving_over_a_store_is_refused_and_told_how_to_overwrite(viewe
         assert way in str(refused.value)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     np.testing.assert_array_equal(zarr.open_array(f"{path}/0", mode="r")[...], cells())
+
+
+def test_labels_named_after_their_image_keep_their_name_through_a_save(viewer_model, tmp_path):
+    from napari_zshard.sample import make_sample
+
+    sample = make_sample(tmp_path / "cells.zarr", shape=(16, 64, 64))
+    viewer_model.open(str(sample), plugin="napari-zshard")
+    assert [layer.name for layer in viewer_model.layers] == ["cells", "cells (labels)"]
+
+    (path,) = viewer_model.layers.save(str(tmp_path / "again"), plugin="napari-zshard")
+
+    assert zarr.open_group(f"{path}/labels", mode="r").attrs["ome"]["labels"] == ["cells"]
+    assert_peers_accept(path, channels=1, labels=1)
+    opened = new_viewer()
+    opened.open(path, plugin="napari-zshard")
+    assert [layer.name for layer in opened.layers] == ["cells", "cells (labels)"]
