@@ -4,6 +4,7 @@ background, with a progress bar in napari's activity dock and a working Cancel."
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
@@ -42,16 +43,19 @@ class LocationEdit(Container):
     """A path or URL, kept as the text typed (``pathlib`` would turn ``s3://b/x.zarr`` into
     ``s3:/b/x.zarr``), with a Browse… button that picks a local path.
 
-    ``mode``: ``"save"`` asks for a new name, ``"folder"`` for an existing folder (a store).
+    ``mode``: ``"save"`` asks for a new name, ``"folder"`` for an existing folder (a store);
+    ``on_chosen``: called after Browse… filled the field in.
     """
 
-    def __init__(self, *, label: str, value: str = "", mode: str = "save"):
+    def __init__(self, *, label: str, value: str = "", mode: str = "save",
+                 on_chosen: Callable[[], None] | None = None):
         self.text = LineEdit(value=value)
         self.browse = PushButton(text="Browse…")
         super().__init__(layout="horizontal", labels=False, label=label,
                          widgets=[self.text, self.browse])
         self.margins = (0, 0, 0, 0)
         self.mode = mode
+        self.on_chosen = on_chosen
         self.browse.changed.connect(self.choose)
 
     @property
@@ -74,6 +78,8 @@ class LocationEdit(Container):
                                                     "Zarr store (*.zarr)")
         if chosen:
             self.value = chosen
+            if self.on_chosen is not None:
+                self.on_chosen()
 
 
 class SaveShardedWidget(Container):
