@@ -367,6 +367,32 @@ def test_an_existing_store_is_kept_unless_overwrite_is_asked_for(tmp_path):
     assert_peers_accept(tmp_path / "x.zarr")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_overwrite_swaps_the_new_store_in_in_one_step(tmp_path, monkeypatch):
+    from napari_zshard.multiscale.staging import exchange
+
+    first, second = volume((8, 32, 32), seed=1), volume((8, 32, 32), seed=2)
+    save_image(tmp_path / "x.zarr", first, options=SMALL)
+    moved = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        moved.append(Path(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_image(tmp_path / "x.zarr", second, options=WriteOptions(overwrite=True))
+
+    assert tmp_path / "x.zarr" not in moved  # never moved away: no moment without a store
+    np.testing.assert_array_equal(levels_of(tmp_path / "x.zarr")[0][...], second)
+    assert leftovers(tmp_path) == ["x.zarr"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1").touch()
+    (tmp_path / "b").mkdir()
+    assert exchange(tmp_path / "a", tmp_path / "b")
+    assert leftovers(tmp_path / "b") == ["1"] and leftovers(tmp_path / "a") == []
+
+
 def test_overwrite_never_replaces_a_folder_that_is_not_a_zarr_store(tmp_path):
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "chapter1.tex").write_text("precious")

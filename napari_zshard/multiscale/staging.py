@@ -6,10 +6,12 @@ its root ``zarr.json`` written last (object stores); interrupted local saves are
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,14 +95,17 @@ def _local_staging(root: Path, exists: bool, options: WriteOptions,
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
         yield open_store(staging, storage_options)
         if options.overwrite and root.exists():
-            trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(root, trash)
-            try:
-                os.replace(staging, root)
-            except BaseException:
-                os.replace(trash, root)  # the old store goes back where it was
-                raise
-            shutil.rmtree(trash, ignore_errors=True)
+            if exchange(staging, root):  # one step: readers see the old store or the new
+                shutil.rmtree(staging, ignore_errors=True)  # (now holding the old store)
+            else:  # two renames: for a moment there is no store at all
+                trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(root, trash)
+                try:
+                    os.replace(staging, root)
+                except BaseException:
+                    os.replace(trash, root)  # the old store goes back where it was
+                    raise
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             try:  # fails if another save (or anything else) took the name meanwhile
                 os.rename(staging, root)
@@ -118,6 +123,27 @@ def _local_staging(root: Path, exists: bool, options: WriteOptions,
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), so that ``b`` is never missing. False, with nothing changed, where
+    the system or file system has no such call (the caller then renames twice)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # C library older than glibc 2.28
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 def _object_cleanup(target: Store) -> None:
