@@ -97,6 +97,7 @@ def test_save_dialog_writes_one_store_and_reopening_gives_the_same_layers(
 def test_open_save_open_gives_the_same_layers(viewer_model, tmp_path):
     add_cells_and_nuclei(viewer_model)
     (first,) = viewer_model.layers.save(str(tmp_path / "first"), plugin="napari-zshard")
+    assert_peers_accept(first, channels=1, labels=1)
     reopened = new_viewer()
     reopened.open(first, plugin="napari-zshard")
 

@@ -306,6 +306,7 @@ def test_inner_chunks_are_in_c_order_so_a_plane_costs_one_request_per_shard(
     entries = shard_index(tmp_path / "vol.zarr" / "0" / "c" / "1" / "0" / "1", 4 * 2 * 2)
     assert (np.diff(entries[:, 0].astype(np.int64)) > 0).all()  # offsets follow C order
     assert (entries[1:, 0] == entries[:-1, 0] + entries[:-1, 1]).all()  # back to back
+    assert_peers_accept(tmp_path / "vol.zarr")
 
     arr = nz.open_array(f"{http_server.url}/vol.zarr/0", cache=EngineCache())
     http_server.reset_log()
@@ -472,6 +473,7 @@ def test_a_cancelled_save_leaves_nothing(tmp_path):
     steps.close()  # what the widget's Cancel and the CLI's Ctrl-C do
     assert leftovers(tmp_path) == []
     save_image(tmp_path / "x.zarr", volume((8, 32, 32)), options=SMALL)  # the name is free
+    assert_peers_accept(tmp_path / "x.zarr")
 
 
 SAVE_UNTIL_KILLED = textwrap.dedent("""
@@ -519,6 +521,7 @@ def test_a_save_in_progress_is_not_swept_by_another(tmp_path):
         for _ in running:  # it finds its name taken when it is done
             pass
     assert leftovers(tmp_path) == ["x.zarr"]
+    assert_peers_accept(tmp_path / "x.zarr")
 
 
 # -- dask.distributed ----------------------------------------------------------------------
@@ -597,7 +600,7 @@ def test_a_cancelled_save_to_s3_leaves_no_root_metadata_nor_shards(s3_bucket, s3
 
 
 def test_overwriting_a_store_open_on_s3_builds_the_pyramid_from_the_new_data(
-        s3_bucket, s3_options):
+        s3_bucket, s3_options, tmp_path):
     url = f"{s3_bucket}/x.zarr"
     options = WriteOptions(chunks=(8, 32, 32), shards=(16, 64, 64), levels=2)
     save_image(url, volume((16, 64, 64), seed=1), storage_options=s3_options, options=options)
@@ -612,3 +615,4 @@ def test_overwriting_a_store_open_on_s3_builds_the_pyramid_from_the_new_data(
     np.testing.assert_array_equal(group["1"][...], downsample(new, (2, 2, 2), "mean"))
     after = nz.open_image(url, storage_options=s3_options)
     np.testing.assert_array_equal(after.arrays[0][:], new)
+    assert_peers_accept_s3(url, s3_options["endpoint_url"], tmp_path)
