@@ -237,8 +237,12 @@ def image_layer(node: ImageNode) -> tuple[Any, dict[str, Any], str]:
         colors = [c.color for c in node.channels][:n]
         if len(colors) == n and all(colors):
             kwargs["colormap"] = [_colormap_for(c) for c in colors]
-    elif node.channels and node.channels[0].color:
-        kwargs["colormap"] = _colormap_for(node.channels[0].color)
+        if len(node.channels) >= n:  # omero "active": the channel is shown
+            kwargs["visible"] = [c.active for c in node.channels[:n]]
+    elif node.channels:
+        if node.channels[0].color:
+            kwargs["colormap"] = _colormap_for(node.channels[0].color)
+        kwargs["visible"] = node.channels[0].active
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 

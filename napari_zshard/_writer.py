@@ -160,13 +160,15 @@ def layer_spec(data: Any, meta: dict[str, Any], layer_type: str) -> tuple[list[A
         spec.image_label = _label_info(meta)
     elif meta.get("contrast_limits") is not None:
         lo, hi = (float(v) for v in meta["contrast_limits"])
+        visible = meta.get("visible") is not False
         spec.contrast_limits = (lo, hi)
         if rgb:
-            spec.channels = [Channel(label=f"{spec.name} {letter}", color=color, window=(lo, hi))
+            spec.channels = [Channel(label=f"{spec.name} {letter}", color=color, window=(lo, hi),
+                                     active=visible)
                              for letter, color in RGBA_CHANNELS[:levels[0].shape[0]]]
         else:
             spec.channels = [Channel(label=spec.name, color=_color_of(meta.get("colormap")),
-                                     window=(lo, hi))]
+                                     window=(lo, hi), active=visible)]
     return levels, spec
 
 

@@ -316,3 +316,17 @@ def test_labels_named_after_their_image_keep_their_name_through_a_save(viewer_mo
     opened = new_viewer()
     opened.open(path, plugin="napari-zshard")
     assert [layer.name for layer in opened.layers] == ["cells", "cells (labels)"]
+
+
+def test_a_hidden_layer_is_saved_as_an_inactive_channel(viewer_model, tmp_path):
+    viewer_model.add_image(cells(), name="hidden", contrast_limits=(0, 4000), visible=False)
+
+    (path,) = viewer_model.layers.save(str(tmp_path / "hidden"), plugin="napari-zshard")
+
+    (channel,) = zarr.open_group(path, mode="r").attrs["ome"]["omero"]["channels"]
+    assert channel["active"] is False
+    peer = assert_peers_accept(path, channels=1)
+    assert peer.images[0][1]["visible"] is False  # napari-ome-zarr shows it hidden too
+    opened = new_viewer()
+    opened.open(path, plugin="napari-zshard")
+    assert opened.layers[0].visible is False

@@ -37,6 +37,7 @@ class Channel:
     label: str | None = None
     color: str | None = None  # "RRGGBB"
     window: tuple[float, float] | None = None  # (start, end): the display range
+    active: bool = True  # shown (napari: the layer is visible)
 
     def to_json(self, *, limits: tuple[float, float],
                 window: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -45,7 +46,8 @@ class Channel:
         range used when the channel has none."""
         start, end = self.window or window or limits
         lo, hi = min(limits[0], start), max(limits[1], end)
-        out: dict[str, Any] = {"active": True, "color": parse_color(self.color) or GRAY,
+        out: dict[str, Any] = {"active": self.active,
+                               "color": parse_color(self.color) or GRAY,
                                "window": {"start": start, "end": end, "min": lo, "max": hi}}
         if self.label:
             out["label"] = self.label
@@ -118,5 +120,5 @@ def parse_omero(attributes: dict[str, Any]) -> list[Channel]:
                 isinstance(window.get("end"), (int, float)) and window["end"] > window["start"]:
             win = (float(window["start"]), float(window["end"]))
         out.append(Channel(label=ch.get("label"), color=parse_color(ch.get("color")),
-                           window=win))
+                           window=win, active=ch.get("active") is not False))
     return out
