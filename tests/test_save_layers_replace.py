@@ -53,8 +53,9 @@ def save_from_the_window(qtbot, viewer, path, answer: str | None):
                 QTimer.singleShot(20, click_when_asked)
             return
         asked.append(box.text())
-        (button,) = [b for b in box.buttons() if b.text() == answer]
-        button.click()
+        buttons = [b for b in box.buttons() if b.text().replace("&", "") == answer]
+        assert len(buttons) == 1, (box.text(), [b.text() for b in box.buttons()])
+        buttons[0].click()
 
     with qtbot.waitSignal(done.finished, timeout=60000):
         QTimer.singleShot(0, save)
