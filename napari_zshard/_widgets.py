@@ -89,7 +89,9 @@ class SaveShardedWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.layer_select = Select(label="layers", choices=self._layer_choices)
-        self.target = LocationEdit(label="save as (path or s3://, gs:// URL)")
+        self.target = LocationEdit(label="save as (path or URL)")
+        self.target.text.tooltip = ("a local path (Browse…), or an s3://, gs:// or file:// URL; "
+                                    "storage options come from the configuration for its prefix")
         self.chunks = LineEdit(label="chunk shape", value="auto")
         self.shards = LineEdit(label="shard shape", value="auto")
         self.compressor = ComboBox(label="codec", choices=["zstd", "blosc", "gzip", "none"],
