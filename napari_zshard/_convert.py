@@ -237,8 +237,12 @@ def image_layer(node: ImageNode) -> tuple[Any, dict[str, Any], str]:
         colors = [c.color for c in node.channels][:n]
         if len(colors) == n and all(colors):
             kwargs["colormap"] = [_colormap_for(c) for c in colors]
-    elif node.channels and node.channels[0].color:
-        kwargs["colormap"] = _colormap_for(node.channels[0].color)
+        if len(node.channels) >= n:  # omero "active": the channel is shown
+            kwargs["visible"] = [c.active for c in node.channels[:n]]
+    elif node.channels:
+        if node.channels[0].color:
+            kwargs["colormap"] = _colormap_for(node.channels[0].color)
+        kwargs["visible"] = node.channels[0].active
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 
@@ -273,10 +277,23 @@ def labels_layer(node: ImageNode) -> tuple[Any, dict[str, Any], str]:
     return (levels if len(levels) > 1 else levels[0], kwargs, "labels")
 
 
+#: Appended to a label image's layer name when its image has the same name: napari would
+#: otherwise call it "cells [1]" next to the image "cells". The writer drops it again.
+LABELS_SUFFIX = " (labels)"
+
+
 def layer_data(nodes: list[ImageNode]) -> list[tuple[Any, dict[str, Any], str]]:
     """Layer data tuples for ``nodes``: each image, then its label images on top."""
     out = []
     for node in nodes:
-        out.append(labels_layer(node) if node.is_labels else image_layer(node))
-        out.extend(labels_layer(lab) for lab in node.labels)
+        first = labels_layer(node) if node.is_labels else image_layer(node)
+        out.append(first)
+        names = first[1]["name"]
+        taken = set(names) if isinstance(names, list) else {names}
+        for lab in node.labels:
+            data, kwargs, kind = labels_layer(lab)
+            if kwargs["name"] in taken:
+                kwargs["name"] += LABELS_SUFFIX
+            taken.add(kwargs["name"])
+            out.append((data, kwargs, kind))
     return out

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._convert import layer_data, too_big_warning
-from .multiscale import open_nodes, sniff
+from .errors import MetadataError, ZShardError
+from .multiscale import open_nodes, probe
 
 log = logging.getLogger(__name__)
 
@@ -15,35 +16,58 @@ log = logging.getLogger(__name__)
 def get_reader(path: str | list[str]) -> Callable[[Any], list] | None:
     """Return :func:`read_zarr` when every path holds Zarr data this plugin opens, else None.
 
-    napari offers every folder to every reader that accepts directories: answer quietly.
+    napari offers every folder to every reader that accepts directories: answer quietly for
+    what is not Zarr, or is Zarr another reader opens (HCS plates, bioformats2raw layouts).
+    Zarr whose metadata is broken is claimed: the reader it returns raises the
+    :class:`MetadataError` naming the file and what is wrong, which napari shows, instead of
+    napari's "no reader could open it".
     """
     paths = path if isinstance(path, list) else [path]
     if not paths or not all(isinstance(p, str) for p in paths):
         return None
-    if not all(sniff(p) for p in paths):
-        return None
+    for p in paths:
+        try:
+            if probe(p) is None:
+                return None
+        except MetadataError as e:
+            return _broken(e)
     return read_zarr
 
 
+def _broken(error: MetadataError) -> Callable[..., list]:
+    def read_broken(path: Any, **_: Any) -> list:
+        raise error
+
+    return read_broken
+
+
 def read_zarr(path: str | list[str]) -> list:
-    """Layers of every image at ``path``. A broken store is reported, the others still open."""
+    """Layers of every image at ``path``. When some paths fail and others open, the failures
+    are reported and the rest open; when nothing opens, the error is raised (napari shows
+    it)."""
     paths = path if isinstance(path, list) else [path]
     layers: list = []
-    errors, too_big = [], []
+    errors: list[tuple[str, Exception]] = []
+    too_big = []
     for p in paths:
         try:
             opened = layer_data(open_nodes(p))
         except Exception as e:  # reported to the user below, never a traceback dump
             log.debug("cannot open %s", p, exc_info=True)
-            errors.append(f"{p}: {e}")
+            errors.append((p, e))
             continue
         layers.extend(opened)
         # a coarsest level too big for 3D view: the layer got a small virtual level; say so
         too_big.extend(w for _, kwargs, _ in opened if (w := too_big_warning(kwargs, p)))
+    if errors and not layers:
+        if len(errors) == 1:
+            raise errors[0][1]
+        raise ZShardError("napari-zshard could not open:\n" +
+                          "\n".join(f"{p}: {e}" for p, e in errors))
     if errors:
         from napari.utils.notifications import show_error
 
-        show_error("napari-zshard could not open:\n" + "\n".join(errors))
+        show_error("napari-zshard could not open:\n" + "\n".join(f"{p}: {e}" for p, e in errors))
     if too_big:
         from napari.utils.notifications import show_warning
 

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 
+from ._widgets import LocationEdit
 from .reshard import parse_level_layouts, parse_shape
+from .store import normalize_url
 
 if TYPE_CHECKING:
     import napari
@@ -24,6 +26,20 @@ def default_destination(source: str) -> str:
     base = source.rstrip("/")
     stem = base[:-5] if base.endswith(".zarr") else base
     return f"{stem}-resharded.zarr"
+
+
+def layer_store(layer: Any) -> str:
+    """The store a layer was opened from, as a path or URL ("" if none): where napari says it
+    opened it, else the address napari-zshard's reader put in its metadata (for a label
+    image, the store that holds it)."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path:
+        return str(path)
+    meta = getattr(layer, "metadata", None) or {}
+    url = (meta.get("napari_zshard") or {}).get("url") or ""
+    head, sep, _ = url.rpartition("/labels/")
+    url = head if sep else url
+    return normalize_url(url) if url.startswith("file://") else url
 
 
 def _suggestion(source: str) -> tuple[str, str]:
@@ -42,9 +58,14 @@ class ReshardWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, source: str = ""):
         super().__init__(labels=True)
         self.viewer = viewer
-        self.source = LineEdit(label="source (path or URL)", value=source)
-        self.destination = LineEdit(label="destination",
-                                    value=default_destination(source) if source else "")
+        # the selected layer's store, and later selections while the field still shows a
+        # store picked that way (never over what the user typed)
+        source = source or layer_store(viewer.layers.selection.active)
+        self._prefilled = source
+        self.source = LocationEdit(label="source (path or URL)", value=source, mode="folder",
+                                   on_chosen=self.suggest)
+        self.destination = LocationEdit(label="destination",
+                                        value=default_destination(source) if source else "")
         self.chunks = LineEdit(label="chunk shape", value="auto")
         self.shards = LineEdit(label="shard shape", value="auto")
         # other layouts for some pyramid levels: "CHUNKS/SHARDS" per level, "-" keeps the above
@@ -71,13 +92,26 @@ class ReshardWidget(Container):
         self.preview_button.changed.connect(self.preview)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        self.source.native.editingFinished.connect(self.suggest)
+        self.source.text.native.editingFinished.connect(self.suggest)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
         self.worker: Any = None
         self.plan = None
         self.summary = None
         self._cancel = threading.Event()
+        self._suggested_layout: tuple[str, str] | None = None
         if source:
             self.suggest()
+
+    def _follow_selection(self, event: Any = None) -> None:
+        store = layer_store(self.viewer.layers.selection.active)
+        if not store or store == self.source.value or self.source.value != self._prefilled:
+            return
+        if self.destination.value in ("", default_destination(self._prefilled)):
+            self.destination.value = default_destination(store)
+        self.source.value = self._prefilled = store
+        if (self.chunks.value, self.shards.value) == self._suggested_layout:
+            self.chunks.value = self.shards.value = "auto"  # the new source's suggestion
+        self.suggest()
 
     @staticmethod
     def _monospace(label: Label) -> None:
@@ -116,6 +150,7 @@ class ReshardWidget(Container):
         worker.start()
 
     def _suggested(self, layout: tuple[str, str]) -> None:
+        self._suggested_layout = layout
         if self.chunks.value.strip().lower() in ("", "auto"):
             self.chunks.value = layout[0]
         if self.shards.value.strip().lower() in ("", "auto"):
@@ -226,8 +261,5 @@ class ReshardWidget(Container):
 
 def open_reshard_widget(viewer: napari.viewer.Viewer) -> None:
     """File ▸ IO utilities ▸ Reshard a store…: dock the reshard widget, prefilled with the
-    selected layer's source when it was opened from a store."""
-    layer = viewer.layers.selection.active
-    path = getattr(getattr(layer, "source", None), "path", None) or ""
-    viewer.window.add_dock_widget(ReshardWidget(viewer, source=str(path)),
-                                  name="Reshard a store", area="right")
+    selected layer's store when it was opened from one."""
+    viewer.window.add_dock_widget(ReshardWidget(viewer), name="Reshard a store", area="right")

@@ -3,13 +3,14 @@ background, with a progress bar in napari's activity dock and a working Cancel."
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     Label,
     LineEdit,
     PushButton,
@@ -38,6 +39,49 @@ def parse_shape(text: str, what: str) -> tuple[int, ...] | None:
     return shape
 
 
+class LocationEdit(Container):
+    """A path or URL, kept as the text typed (``pathlib`` would turn ``s3://b/x.zarr`` into
+    ``s3:/b/x.zarr``), with a Browse… button that picks a local path.
+
+    ``mode``: ``"save"`` asks for a new name, ``"folder"`` for an existing folder (a store);
+    ``on_chosen``: called after Browse… filled the field in.
+    """
+
+    def __init__(self, *, label: str, value: str = "", mode: str = "save",
+                 on_chosen: Callable[[], None] | None = None):
+        self.text = LineEdit(value=value)
+        self.browse = PushButton(text="Browse…")
+        super().__init__(layout="horizontal", labels=False, label=label,
+                         widgets=[self.text, self.browse])
+        self.margins = (0, 0, 0, 0)
+        self.mode = mode
+        self.on_chosen = on_chosen
+        self.browse.changed.connect(self.choose)
+
+    @property
+    def value(self) -> str:
+        return self.text.value.strip()
+
+    @value.setter
+    def value(self, value: str | os.PathLike) -> None:
+        self.text.value = os.fspath(value)
+
+    def choose(self) -> None:
+        """Browse the local file system (a URL in the field starts the dialog nowhere)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        start = "" if "://" in self.value else self.value
+        if self.mode == "folder":
+            chosen = QFileDialog.getExistingDirectory(self.native, self.label, start)
+        else:
+            chosen, _ = QFileDialog.getSaveFileName(self.native, self.label, start,
+                                                    "Zarr store (*.zarr)")
+        if chosen:
+            self.value = chosen
+            if self.on_chosen is not None:
+                self.on_chosen()
+
+
 class SaveShardedWidget(Container):
     """Pick layers, a target and options; save in a background thread; cancel any time."""
 
@@ -45,7 +89,9 @@ class SaveShardedWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.layer_select = Select(label="layers", choices=self._layer_choices)
-        self.target = FileEdit(label="save as", mode="w", filter="*.zarr")
+        self.target = LocationEdit(label="save as (path or URL)")
+        self.target.text.tooltip = ("a local path (Browse…), or an s3://, gs:// or file:// URL; "
+                                    "storage options come from the configuration for its prefix")
         self.chunks = LineEdit(label="chunk shape", value="auto")
         self.shards = LineEdit(label="shard shape", value="auto")
         self.compressor = ComboBox(label="codec", choices=["zstd", "blosc", "gzip", "none"],
@@ -91,12 +137,12 @@ class SaveShardedWidget(Container):
         if not layers:
             show_error("Save as sharded zarr: there is no image or labels layer to save")
             return
-        if not str(self.target.value) or str(self.target.value) == ".":
+        if not self.target.value or self.target.value == ".":
             show_error("Save as sharded zarr: choose where to save")
             return
         try:
             tuples = [layer.as_layer_data_tuple() for layer in layers]
-            target, steps = save_steps(str(self.target.value), tuples, self.options(),
+            target, steps = save_steps(self.target.value, tuples, self.options(),
                                        image_method=self.method.value)
         except Exception as e:  # the form's values are wrong: say so, save nothing
             show_error(f"Save as sharded zarr: {e}")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import MetadataError
+from ._convert import LABELS_SUFFIX
+from .errors import MetadataError, StoreError
+from .multiscale.staging import check_destination, holds_zarr_store
 from .multiscale.write import (
     DEFAULT_AXIS_NAMES,
     ImageSpec,
@@ -19,6 +23,7 @@ from .multiscale.write import (
     write_image,
 )
 from .ome import Axis, Channel, ImageLabel
+from .ome.omero import GRAY
 
 LayerTuple = tuple[Any, dict[str, Any], str]
 SAVABLE = ("image", "labels")
@@ -51,12 +56,22 @@ def _axes(meta: dict[str, Any], ndim: int) -> tuple[Axis, ...]:
     return tuple(axes)
 
 
-def _color_of(colormap: Any) -> str | None:
-    """The top color of an image colormap, as omero ``RRGGBB``."""
-    colors = colormap.get("colors") if isinstance(colormap, dict) else None
-    if colors is None:
-        return None
-    rgba = np.asarray(colors)[-1]
+def _color_of(colormap: Any) -> str:
+    """The top color of an image colormap as omero ``RRGGBB`` (``FFFFFF`` for gray and for
+    what cannot be told). napari hands writers the colormap as a dict; scripts calling the
+    writer directly may pass a name (``"magenta"``) or a napari ``Colormap``."""
+    colors = colormap.get("colors") if isinstance(colormap, dict) else \
+        getattr(colormap, "colors", None)
+    if colors is None and isinstance(colormap, str):
+        try:
+            from napari.utils.colormaps import ensure_colormap
+
+            colors = ensure_colormap(colormap).colors
+        except (ImportError, KeyError, ValueError):
+            colors = None
+    if colors is None or not len(colors):
+        return GRAY
+    rgba = np.asarray(colors, dtype=float)[-1]
     return "".join(f"{round(float(c) * 255):02X}" for c in rgba[:3])
 
 
@@ -145,13 +160,15 @@ def layer_spec(data: Any, meta: dict[str, Any], layer_type: str) -> tuple[list[A
         spec.image_label = _label_info(meta)
     elif meta.get("contrast_limits") is not None:
         lo, hi = (float(v) for v in meta["contrast_limits"])
+        visible = meta.get("visible") is not False
         spec.contrast_limits = (lo, hi)
         if rgb:
-            spec.channels = [Channel(label=f"{spec.name} {letter}", color=color, window=(lo, hi))
+            spec.channels = [Channel(label=f"{spec.name} {letter}", color=color, window=(lo, hi),
+                                     active=visible)
                              for letter, color in RGBA_CHANNELS[:levels[0].shape[0]]]
         else:
             spec.channels = [Channel(label=spec.name, color=_color_of(meta.get("colormap")),
-                                     window=(lo, hi))]
+                                     window=(lo, hi), active=visible)]
     return levels, spec
 
 
@@ -171,11 +188,14 @@ def plan_save(path: str, layers: Sequence[LayerTuple]):
         raise MetadataError("sharded zarr saves labels layers together with the image they "
                             "belong to: select that image as well, or save each labels layer "
                             "on its own")
+    check_destination(path)
     root = images[0] if images else labels.pop(0)
     levels, spec = layer_spec(*root)
     label_specs = {}
     for data, meta, layer_type in labels:
         label_levels, label_spec = layer_spec(data, meta, layer_type)
+        # "cells (labels)" is how the reader names the labels "cells" of the image "cells"
+        label_spec.name = label_spec.name.removesuffix(LABELS_SUFFIX) or label_spec.name
         name = _safe_label_name(label_spec.name, label_specs)
         label_specs[name] = (label_levels, label_spec)
     return zarr_path(path), levels, spec, label_specs
@@ -190,11 +210,69 @@ def _safe_label_name(name: str, taken: dict) -> str:
     return candidate
 
 
+#: What a script is told when File ▸ Save Layers would replace a store (nobody to ask).
+HOW_TO_OVERWRITE = (
+    "it is only replaced when asked to: File ▸ Save Layers in the napari window asks; "
+    "File ▸ IO utilities ▸ Save as sharded zarr… has an 'overwrite' box; from Python, "
+    "napari_zshard.save_image(..., options=WriteOptions(overwrite=True)); from a shell, "
+    "zshard convert SRC DST --overwrite. Or delete or rename it first.")
+
+
 def write_layers(path: str, layer_data: list[LayerTuple]) -> list[str]:
-    """File ▸ Save Layers ▸ sharded zarr: images and labels → one OME-Zarr 0.5 image."""
+    """File ▸ Save Layers ▸ sharded zarr: images and labels → one OME-Zarr 0.5 image.
+
+    napari passes writers no "replace?" answer, so an existing store is handled here: inside
+    a running napari window the user is asked (Replace / Cancel); from a script the save is
+    refused, naming the ways to overwrite. A replacement is written beside the old store and
+    swapped in when complete (``multiscale.staging``); only a Zarr store is ever replaced.
+    """
     target, levels, spec, labels = plan_save(path, layer_data)
-    save_image(target, levels, spec, labels=labels or None, options=WriteOptions())
+    options = WriteOptions()
+    if holds_zarr_store(target):
+        if not _window_is_running():
+            raise StoreError(f"{target} already exists: {HOW_TO_OVERWRITE}")
+        if not _ask_to_replace(target):
+            warnings.warn(f"{target} was kept: Replace was not chosen, nothing was saved",
+                          stacklevel=2)
+            return []
+        options.overwrite = True
+    save_image(target, levels, spec, labels=labels or None, options=options)
     return [target]
+
+
+def _window_is_running() -> bool:
+    """Inside a running napari window: a napari viewer exists and this is the Qt thread, with
+    its event loop running (napari's Save dialog). A script — ``viewer.layers.save`` before
+    ``napari.run()``, ``npe2.write`` — has no loop running, and nobody to answer."""
+    if "qtpy" not in sys.modules or "napari" not in sys.modules:
+        return False  # no Qt loaded: no window
+    from qtpy.QtCore import QThread
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    here = QThread.currentThread()
+    if app is None or here != app.thread() or here.loopLevel() < 1:
+        return False
+    import napari
+
+    return napari.current_viewer() is not None
+
+
+def _ask_to_replace(target: str) -> bool:
+    """Replace / Cancel, asked in a dialog over the napari window (Cancel is the default)."""
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    box = QMessageBox(QApplication.activeWindow())
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Replace the existing store?")
+    box.setText(f"{target} already exists.")
+    box.setInformativeText("Replace it with the layers being saved? The existing store stays "
+                           "as it is until the new one is complete.")
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(cancel)
+    box.exec()
+    return box.clickedButton() == replace
 
 
 def save_steps(path: str, layer_data: list[LayerTuple], options: WriteOptions,

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from ome_checks import assert_peers_accept
 
 import napari_zshard as nz
 from napari_zshard.cli import main
@@ -55,6 +56,20 @@ def test_convert_keeps_data_levels_scales_and_labels(ome_04, tmp_path):
     assert cells.image_label.colors[1] == (1.0, 0.0, 0.0, 1.0)
     # the standard reader agrees
     np.testing.assert_array_equal(zarr.open_array(str(dst / "0"))[:], data)
+    assert_peers_accept(dst, channels=1, labels=1)
+
+
+def test_converting_incomplete_omero_channels_writes_complete_ones(ome_04, tmp_path):
+    src, _, _ = ome_04
+    root = zarr.open_group(str(src), mode="r+", zarr_format=2)
+    root.attrs["omero"] = {"channels": [{"label": "DAPI"}]}  # no color, no window: as found
+    dst = tmp_path / "new.zarr"
+    assert main(["convert", str(src), str(dst), "-q"]) == 0
+    assert_peers_accept(dst, channels=1, labels=1)
+    (channel,) = json.loads((dst / "zarr.json").read_text())["attributes"]["ome"]["omero"][
+        "channels"]
+    assert channel == {"label": "DAPI", "color": "FFFFFF", "active": True, "window": {
+        "start": 0.0, "end": 65535.0, "min": 0.0, "max": 65535.0}}
 
 
 def test_rebuilding_the_pyramid(ome_04, tmp_path):
@@ -64,6 +79,7 @@ def test_rebuilding_the_pyramid(ome_04, tmp_path):
     # 2 µm z, 0.5 µm y/x: only y and x are halved until the voxels are cubic
     assert [a.shape for a in nz.open_image(dst).arrays] == [(40, 96, 128), (40, 48, 64),
                                                             (40, 24, 32)]
+    assert_peers_accept(dst, labels=1)
 
 
 @pytest.mark.parametrize("dst_name", ["old.zarr", "old.zarr/inside.zarr"])
@@ -84,3 +100,4 @@ def test_an_existing_destination_needs_overwrite(ome_04, tmp_path, capsys):
     assert main(["convert", str(src), str(dst), "-q"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["convert", str(src), str(dst), "-q", "--overwrite"]) == 0
+    assert_peers_accept(dst, labels=1)

@@ -50,10 +50,88 @@ def test_reader_declines_quietly_what_it_does_not_open(tmp_path, capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def write_hcs_plate(path):
+    """An HCS plate (OME-Zarr 0.5) as zarr-python writes it: a valid store of another kind."""
+    plate = zarr.open_group(str(path), mode="w", zarr_format=3)
+    plate.attrs["ome"] = {"version": "0.5", "plate": {
+        "columns": [{"name": "1"}], "rows": [{"name": "A"}],
+        "wells": [{"path": "A/1", "rowIndex": 0, "columnIndex": 0}]}}
+    well = plate.create_group("A").create_group("1")
+    well.attrs["ome"] = {"version": "0.5", "well": {"images": [{"path": "0"}]}}
+    write_image_pyramid(open_store(path / "A" / "1" / "0"), [np.zeros((4, 16, 16), np.uint8)],
+                        name="field", chunks=(4, 16, 16), shards=(4, 16, 16))
+    return path
+
+
+def write_bioformats2raw(path):
+    """bioformats2raw's layout: a root naming its series, each series an image below it."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    root.create_group("OME").attrs["ome"] = {"version": "0.5", "series": ["0"]}
+    write_image_pyramid(open_store(path / "0"), [np.zeros((4, 16, 16), np.uint8)],
+                        name="series 0", chunks=(4, 16, 16), shards=(4, 16, 16))
+    return path
+
+
+def test_valid_zarr_of_a_kind_it_does_not_open_is_left_to_other_readers(tmp_path, capsys,
+                                                                          caplog):
+    plate = write_hcs_plate(tmp_path / "plate.zarr")
+    bf2raw = write_bioformats2raw(tmp_path / "converted.zarr")
+    caplog.set_level("DEBUG", logger="napari_zshard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert get_reader(str(plate)) is None
+        assert get_reader(str(plate / "A" / "1")) is None  # a well
+        assert get_reader(str(bf2raw)) is None
+        assert get_reader([str(plate), str(bf2raw)]) is None
+    assert capsys.readouterr() == ("", "")
+    assert caplog.records == []
+    assert get_reader(str(bf2raw / "0")) is not None  # one of its series is an image we open
+
+
+NOT_JSON = b'{"zarr_format": 3, "node_type": "array",'
+NO_DATA_TYPE = json.dumps({
+    "zarr_format": 3, "node_type": "array", "shape": [8, 8], "fill_value": 0,
+    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4, 4]}},
+    "chunk_key_encoding": {"name": "default"}, "codecs": [{"name": "bytes"}]}).encode()
+
+
+@pytest.mark.parametrize(("files", "broken", "problem"), [
+    pytest.param({"zarr.json": NOT_JSON}, "zarr.json", "is not valid JSON", id="not-json"),
+    pytest.param({"zarr.json": NO_DATA_TYPE}, "zarr.json", "data_type is missing",
+                 id="array-without-data_type"),
+    pytest.param({"zarr.json": b"[1, 2]"}, "zarr.json", "must be a JSON object", id="a-list"),
+    pytest.param({"zarr.json": b'{"zarr_format": 3, "node_type": "table"}'}, "zarr.json",
+                 "not a Zarr v3 array or group", id="unknown-node-type"),
+    pytest.param({".zarray": b'{"zarr_format": 2, "shape": [8], "chunks": [4]}'}, ".zarray",
+                 "dtype is missing", id="v2-array-without-dtype"),
+])
+def test_broken_metadata_is_claimed_and_the_error_names_the_file(tmp_path, viewer_model,
+                                                                 files, broken, problem):
+    from napari_zshard import MetadataError
+
+    store = tmp_path / "damaged.zarr"
+    store.mkdir()
+    for name, raw in files.items():
+        (store / name).write_bytes(raw)
+
+    reader = get_reader(str(store))
+
+    assert reader is not None  # claimed: napari will not say "no reader could open it"
+    with pytest.raises(MetadataError, match=problem) as raised:
+        reader(str(store))
+    assert f"damaged.zarr/{broken}" in str(raised.value)
+    # what napari shows its user: our error (napari passes a reader's exception on)
+    with pytest.raises(MetadataError, match=problem):
+        viewer_model.open(str(store), plugin="napari-zshard")
+
+
 def test_sample_opens_as_multiscale_image_with_labels_on_top(sample, viewer_model):
     viewer_model.open(str(sample), plugin="napari-zshard")
     image, labels = viewer_model.layers
     assert type(image).__name__ == "Image" and type(labels).__name__ == "Labels"
+    # labels/cells of the image "cells": told apart by name, not napari's "cells [1]"
+    assert (image.name, labels.name) == ("cells", "cells (labels)")
     assert image.multiscale and len(image.data) == 3
     assert image.data[0].shape == (32, 96, 128)
     assert tuple(image.axis_labels) == ("z", "y", "x")

@@ -117,3 +117,62 @@ def test_file_io_utilities_offers_the_widget(make_napari_viewer, source):
     widget = viewer.window.dock_widgets["Reshard a store"]
     assert widget.source.value == str(source[0])  # the selected layer's store, prefilled
     assert widget.destination.value.endswith("src-resharded.zarr")
+
+
+def test_the_source_follows_the_selected_layer_until_the_user_types_one(make_napari_viewer,
+                                                                         source, tmp_path,
+                                                                         qtbot):
+    from napari_zshard._reshard_widget import ReshardWidget
+    from napari_zshard.sample import make_sample
+
+    cells = make_sample(tmp_path / "cells.zarr", shape=(16, 64, 64))
+    viewer = make_napari_viewer()
+    viewer.open(str(source[0]), plugin="napari-zshard")
+    viewer.open(str(cells), plugin="napari-zshard")  # selected: its labels, on top
+    assert viewer.layers.selection.active.name == "cells (labels)"
+
+    widget = ReshardWidget(viewer)  # as the Plugins menu docks it: no source given
+
+    assert widget.source.value == str(cells)  # the store that holds the labels
+    assert widget.destination.value == str(tmp_path / "cells-resharded.zarr")
+    qtbot.waitUntil(lambda: widget.chunks.value != "auto", timeout=10000)
+    viewer.layers.selection.active = viewer.layers["vol"]
+    assert widget.source.value == str(source[0])
+    assert widget.destination.value == str(tmp_path / "src-resharded.zarr")
+    qtbot.waitUntil(lambda: widget.shards.value == "48,128,128", timeout=10000)
+
+    widget.source.value = "s3://bucket/typed.zarr"  # the user's own choice stays
+    viewer.layers.selection.active = viewer.layers["cells"]
+    assert widget.source.value == "s3://bucket/typed.zarr"
+
+
+def test_a_layer_added_from_reader_data_still_names_its_store(make_napari_viewer, source):
+    from napari_zshard._reader import read_zarr
+    from napari_zshard._reshard_widget import ReshardWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = read_zarr(str(source[0]))[0]
+    viewer.add_image(data, **kwargs)  # a notebook's way: napari records no source path
+    assert viewer.layers[0].source.path is None
+
+    assert ReshardWidget(viewer).source.value == str(source[0])
+
+
+def test_browse_buttons_pick_local_stores(widget, tmp_path, monkeypatch, qtbot):
+    from qtpy.QtWidgets import QFileDialog
+
+    other = tmp_path / "other.zarr"
+    save_image(other, volume((16, 64, 64)), options=WriteOptions(levels=1))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda parent, caption, start: str(other)))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(
+        lambda parent, caption, start, filter: (str(tmp_path / "picked.zarr"), filter)))
+    widget.chunks.value = widget.shards.value = "auto"
+
+    widget.source.browse.native.click()
+    widget.destination.browse.native.click()
+
+    assert widget.source.value == str(other)
+    assert widget.destination.value == str(tmp_path / "picked.zarr")
+    qtbot.waitUntil(lambda: widget.chunks.value != "auto", timeout=10000)  # suggested anew
+    assert widget.chunks.value == "16,64,64"

@@ -25,13 +25,14 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from ome_checks import assert_peers_accept, assert_peers_accept_s3
 
 import napari_zshard as nz
 from napari_zshard import EngineCache, MetadataError, StoreError
 from napari_zshard.engine.create import default_layout
 from napari_zshard.multiscale.downsample import downsample
 from napari_zshard.multiscale.write import ImageSpec, WriteOptions, save_image, write_image
-from napari_zshard.ome import Axis, ImageLabel
+from napari_zshard.ome import Axis, Channel, ImageLabel
 
 SMALL = WriteOptions(chunks=(16, 32, 32), shards=(32, 64, 64))
 
@@ -108,29 +109,25 @@ def test_zarr_python_and_tensorstore_read_every_level_as_written(saved):
 
 
 def test_ome_zarr_models_accepts_the_image_and_its_labels(saved):
-    from ome_zarr_models.v05 import Image, ImageLabel, Labels
+    from ome_zarr_models.v05 import Image, ImageLabel
 
     path, _, _ = saved
+    assert_peers_accept(path, channels=1, labels=1)  # yaozarrs and napari-ome-zarr too
     image = Image.from_zarr(zarr.open_group(str(path), mode="r"))
     (ms,) = image.attributes.ome.multiscales
     assert [a.name for a in ms.axes] == ["z", "y", "x"]
     assert [d.path for d in ms.datasets] == ["0", "1", "2"]
-    Labels.from_zarr(zarr.open_group(str(path / "labels"), mode="r"))
     nuclei = ImageLabel.from_zarr(zarr.open_group(str(path / "labels" / "nuclei"), mode="r"))
     colors = nuclei.attributes.ome.image_label.colors
     assert {c.label_value: tuple(c.rgba) for c in colors} == {5: (255, 0, 0, 255),
                                                               9: (0, 0, 255, 255)}
 
 
-def test_napari_ome_zarr_opens_it_with_its_labels(saved, capsys):
-    # napari-ome-zarr >= 0.7 reads OME-Zarr 0.5 (zarr v3) through zarr-python.
+def test_napari_ome_zarr_opens_it_with_its_labels(saved):
     pytest.importorskip("napari")
-    reader_module = pytest.importorskip("napari_ome_zarr._reader")
     path, image, labels = saved
-    reader = reader_module.napari_get_reader(str(path))
-    assert reader is not None
-    (img_data, img_meta, img_kind), (lab_data, lab_meta, lab_kind) = reader(str(path))
-    assert (img_kind, lab_kind) == ("image", "labels")
+    peer = assert_peers_accept(path, channels=1, labels=1)
+    ((img_data, img_meta),), ((lab_data, lab_meta),) = peer.images, peer.labels
     assert len(img_data) == 3
     np.testing.assert_array_equal(np.asarray(img_data[0]), image)
     np.testing.assert_array_equal(np.asarray(lab_data[0]), labels)
@@ -138,6 +135,52 @@ def test_napari_ome_zarr_opens_it_with_its_labels(saved, capsys):
     assert img_meta["contrast_limits"] == [100.0, 3000.0]
     assert lab_meta["properties"] == {"area": [7, 3], "index": [5, 9]}
     np.testing.assert_allclose(lab_meta["colormap"][5], [1, 0, 0, 1])
+
+
+# -- omero: complete channels, whatever the caller gave -------------------------------------
+CZYX = (Axis("c", "channel"), Axis("z", "space"), Axis("y", "space"), Axis("x", "space"))
+
+
+@pytest.mark.parametrize(("data", "spec", "expected"), [
+    pytest.param(volume((8, 32, 32)), ImageSpec(name="cl", contrast_limits=(100.0, 3000.0)),
+                 [("cl", "FFFFFF", 100.0, 3000.0, 0.0, 65535.0)], id="contrast-limits"),
+    pytest.param(volume((8, 32, 32)), ImageSpec(name="m", channels=[
+        Channel(label="GFP", color="#0f0", window=(10.0, 20.0))]),
+        [("GFP", "00FF00", 10.0, 20.0, 0.0, 65535.0)], id="colormap"),
+    pytest.param(volume((3, 8, 32, 32)), ImageSpec(name="rgb", axes=CZYX, channels=[
+        Channel("DAPI", "0000FF", (0.0, 900.0)), Channel("GFP", "00FF00", (5.0, 800.0)),
+        Channel("RFP", "FF0000")], contrast_limits=(0.0, 1000.0)),
+        [("DAPI", "0000FF", 0.0, 900.0, 0.0, 65535.0), ("GFP", "00FF00", 5.0, 800.0, 0.0,
+                                                         65535.0),
+         ("RFP", "FF0000", 0.0, 1000.0, 0.0, 65535.0)], id="3-channels"),
+    pytest.param(volume((3, 8, 32, 32)), ImageSpec(name="one", axes=CZYX,
+                                                    contrast_limits=(1.0, 2.0)),
+                 [(f"one c{i}", "FFFFFF", 1.0, 2.0, 0.0, 65535.0) for i in range(3)],
+                 id="3-channels-one-window"),
+    pytest.param(  # 2x2x2 blocks of one value: the coarsest level has the full range
+        np.linspace(-2, 5, 4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
+        .repeat(2, 0).repeat(2, 1).repeat(2, 2),
+                 ImageSpec(name="f", channels=[Channel(label="flux", color="FF00FF")]),
+                 [("flux", "FF00FF", -2.0, 5.0, -2.0, 5.0)], id="float-without-window"),
+])
+def test_every_omero_channel_is_complete(tmp_path, data, spec, expected):
+    path = tmp_path / "x.zarr"
+    save_image(path, data, spec, options=WriteOptions(levels=2))
+    peer = assert_peers_accept(path, channels=len(expected))
+    channels = zarr.open_group(str(path), mode="r").attrs["ome"]["omero"]["channels"]
+    assert [(c["label"], c["color"], c["window"]["start"], c["window"]["end"],
+             c["window"]["min"], c["window"]["max"], c["active"]) for c in channels] == \
+        [(*e, True) for e in expected]
+    ((_, meta),) = peer.images  # napari-ome-zarr shows each channel's window
+    windows = [[e[2], e[3]] for e in expected]
+    assert meta["contrast_limits"] == (windows if len(expected) > 1 else windows[0])
+
+
+def test_a_channel_list_that_does_not_match_the_channel_axis_is_refused(tmp_path):
+    spec = ImageSpec(axes=CZYX, channels=[Channel("a"), Channel("b")])
+    with pytest.raises(MetadataError, match="2 omero channels for an image with 3 channels"):
+        save_image(tmp_path / "x.zarr", volume((3, 8, 32, 32)), spec)
+    assert leftovers(tmp_path) == []
 
 
 def test_metadata_says_where_each_level_sits(saved):
@@ -162,6 +205,7 @@ def test_dask_chunks_unaligned_with_shards_lose_nothing(tmp_path):
     assert level0.shards == (64, 128, 128)
     np.testing.assert_array_equal(level0[...], data)
     np.testing.assert_array_equal(level1[...], downsample(data, (2, 2, 2), "mean"))
+    assert_peers_accept(tmp_path / "x.zarr")
 
 
 def test_label_pyramids_only_hold_values_of_their_own_block(tmp_path):
@@ -175,6 +219,7 @@ def test_label_pyramids_only_hold_values_of_their_own_block(tmp_path):
         assert in_block.all()
         np.testing.assert_array_equal(coarse, downsample(fine, (2, 2, 2), "mode"))
     assert set(np.unique(levels[-1])) <= set(np.unique(labels))
+    assert_peers_accept(tmp_path / "seg.zarr", labels=1)
 
 
 def test_anisotropic_volumes_are_halved_along_y_x_until_voxels_are_about_cubic(tmp_path):
@@ -188,6 +233,7 @@ def test_anisotropic_volumes_are_halved_along_y_x_until_voxels_are_about_cubic(t
     scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
     assert scales == [[4, .5, .5], [4, 1, 1], [4, 2, 2], [4, 4, 4], [8, 8, 8]]
     np.testing.assert_array_equal(levels[1][...], downsample(data, (1, 2, 2), "mean"))
+    assert_peers_accept(tmp_path / "aniso.zarr")
 
 
 def test_without_levels_the_pyramid_stops_at_a_level_napari_renders_in_3d(tmp_path):
@@ -196,6 +242,7 @@ def test_without_levels_the_pyramid_stops_at_a_level_napari_renders_in_3d(tmp_pa
     shapes = [a.shape for a in levels_of(tmp_path / "big.zarr")]
     assert shapes == [(24, 600, 520), (24, 300, 260), (24, 150, 130)]  # z is never halved
     assert max(shapes[-1]) <= 256
+    assert_peers_accept(tmp_path / "big.zarr")
 
 
 def test_a_time_series_pyramid_never_halves_time(tmp_path):
@@ -208,6 +255,7 @@ def test_a_time_series_pyramid_never_halves_time(tmp_path):
     assert [a.shape for a in levels_of(tmp_path / "t.zarr")] == [(3, 20, 64, 64),
                                                                   (3, 10, 32, 32)]
     np.testing.assert_array_equal(group["1"][...], downsample(data, (1, 2, 2, 2), "mean"))
+    assert_peers_accept(tmp_path / "t.zarr")
 
 
 def test_given_levels_are_written_as_they_are(tmp_path):
@@ -216,6 +264,7 @@ def test_given_levels_are_written_as_they_are(tmp_path):
     save_image(tmp_path / "given.zarr", pyramid, options=SMALL)
     for arr, level in zip(levels_of(tmp_path / "given.zarr"), pyramid, strict=True):
         np.testing.assert_array_equal(arr[...], level)
+    assert_peers_accept(tmp_path / "given.zarr")
 
 
 # -- layout: C order inside shards, one request per shard for a plane -----------------------
@@ -257,6 +306,7 @@ def test_inner_chunks_are_in_c_order_so_a_plane_costs_one_request_per_shard(
     entries = shard_index(tmp_path / "vol.zarr" / "0" / "c" / "1" / "0" / "1", 4 * 2 * 2)
     assert (np.diff(entries[:, 0].astype(np.int64)) > 0).all()  # offsets follow C order
     assert (entries[1:, 0] == entries[:-1, 0] + entries[:-1, 1]).all()  # back to back
+    assert_peers_accept(tmp_path / "vol.zarr")
 
     arr = nz.open_array(f"{http_server.url}/vol.zarr/0", cache=EngineCache())
     http_server.reset_log()
@@ -300,6 +350,8 @@ def test_2d_data_gets_2d_chunks_and_every_default_can_be_overridden(tmp_path):
     codecs = json.loads((tmp_path / "custom.zarr" / "0" / "zarr.json").read_text())["codecs"]
     assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "blosc"]
     np.testing.assert_array_equal(custom[...], data)
+    assert_peers_accept(tmp_path / "plain.zarr")
+    assert_peers_accept(tmp_path / "custom.zarr")
 
 
 # -- bad input: a clear message, nothing half-written ---------------------------------------
@@ -313,6 +365,33 @@ def test_an_existing_store_is_kept_unless_overwrite_is_asked_for(tmp_path):
     save_image(tmp_path / "x.zarr", second, options=WriteOptions(overwrite=True))
     np.testing.assert_array_equal(levels_of(tmp_path / "x.zarr")[0][...], second)
     assert leftovers(tmp_path) == ["x.zarr"]
+    assert_peers_accept(tmp_path / "x.zarr")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_overwrite_swaps_the_new_store_in_in_one_step(tmp_path, monkeypatch):
+    from napari_zshard.multiscale.staging import exchange
+
+    first, second = volume((8, 32, 32), seed=1), volume((8, 32, 32), seed=2)
+    save_image(tmp_path / "x.zarr", first, options=SMALL)
+    moved = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        moved.append(Path(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_image(tmp_path / "x.zarr", second, options=WriteOptions(overwrite=True))
+
+    assert tmp_path / "x.zarr" not in moved  # never moved away: no moment without a store
+    np.testing.assert_array_equal(levels_of(tmp_path / "x.zarr")[0][...], second)
+    assert leftovers(tmp_path) == ["x.zarr"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1").touch()
+    (tmp_path / "b").mkdir()
+    assert exchange(tmp_path / "a", tmp_path / "b")
+    assert leftovers(tmp_path / "b") == ["1"] and leftovers(tmp_path / "a") == []
 
 
 def test_overwrite_never_replaces_a_folder_that_is_not_a_zarr_store(tmp_path):
@@ -394,6 +473,7 @@ def test_a_cancelled_save_leaves_nothing(tmp_path):
     steps.close()  # what the widget's Cancel and the CLI's Ctrl-C do
     assert leftovers(tmp_path) == []
     save_image(tmp_path / "x.zarr", volume((8, 32, 32)), options=SMALL)  # the name is free
+    assert_peers_accept(tmp_path / "x.zarr")
 
 
 SAVE_UNTIL_KILLED = textwrap.dedent("""
@@ -428,6 +508,7 @@ def test_a_killed_save_leaves_no_store_and_the_next_save_cleans_up(tmp_path):
     save_image(target, data, options=SMALL)
     np.testing.assert_array_equal(levels_of(target)[0][...], data)
     assert leftovers(tmp_path) == ["x.zarr"]  # the killed save's remains are gone
+    assert_peers_accept(target)
 
 
 def test_a_save_in_progress_is_not_swept_by_another(tmp_path):
@@ -440,6 +521,7 @@ def test_a_save_in_progress_is_not_swept_by_another(tmp_path):
         for _ in running:  # it finds its name taken when it is done
             pass
     assert leftovers(tmp_path) == ["x.zarr"]
+    assert_peers_accept(tmp_path / "x.zarr")
 
 
 # -- dask.distributed ----------------------------------------------------------------------
@@ -470,11 +552,12 @@ def test_a_local_cluster_writes_the_shards(tmp_path):
     np.testing.assert_array_equal(seg0[...], labels)
     np.testing.assert_array_equal(seg1[...], downsample(labels, (2, 2, 2), "mode"))
     assert leftovers(tmp_path) == ["x.zarr"]
+    assert_peers_accept(tmp_path / "x.zarr", labels=1)
 
 
 # -- S3 ---------------------------------------------------------------------------------------
 def test_a_save_to_s3_reads_back_and_its_root_metadata_comes_last(
-        s3_bucket, s3_options, monkeypatch):
+        s3_bucket, s3_options, monkeypatch, tmp_path):
     from napari_zshard.store.s3 import S3Store
 
     order = []
@@ -497,6 +580,7 @@ def test_a_save_to_s3_reads_back_and_its_root_metadata_comes_last(
     np.testing.assert_array_equal(node.labels[0].arrays[0][:], labels)
     group = zarr.open_group(url, mode="r", storage_options=s3_options)
     np.testing.assert_array_equal(group["1"][...], downsample(image, (2, 2, 2), "mean"))
+    assert_peers_accept_s3(url, s3_options["endpoint_url"], tmp_path, labels=1)
 
 
 def test_a_cancelled_save_to_s3_leaves_no_root_metadata_nor_shards(s3_bucket, s3_options):
@@ -516,7 +600,7 @@ def test_a_cancelled_save_to_s3_leaves_no_root_metadata_nor_shards(s3_bucket, s3
 
 
 def test_overwriting_a_store_open_on_s3_builds_the_pyramid_from_the_new_data(
-        s3_bucket, s3_options):
+        s3_bucket, s3_options, tmp_path):
     url = f"{s3_bucket}/x.zarr"
     options = WriteOptions(chunks=(8, 32, 32), shards=(16, 64, 64), levels=2)
     save_image(url, volume((16, 64, 64), seed=1), storage_options=s3_options, options=options)
@@ -531,3 +615,4 @@ def test_overwriting_a_store_open_on_s3_builds_the_pyramid_from_the_new_data(
     np.testing.assert_array_equal(group["1"][...], downsample(new, (2, 2, 2), "mean"))
     after = nz.open_image(url, storage_options=s3_options)
     np.testing.assert_array_equal(after.arrays[0][:], new)
+    assert_peers_accept_s3(url, s3_options["endpoint_url"], tmp_path)

@@ -161,6 +161,8 @@ def parse_v3(doc: dict[str, Any], where: str) -> ArrayMeta:
         raise _fail(where, f"is a {doc.get('node_type')!r}, not an array")
     shape = _shape(doc.get("shape"), where, "shape", positive=False)
     dt_name = doc.get("data_type")
+    if dt_name is None:  # required: broken metadata, not a type for zarr-python to read
+        raise _fail(where, "data_type is missing (every Zarr v3 array names its data type)")
     if not isinstance(dt_name, str) or dt_name not in V3_DTYPES:
         raise UnsupportedCodecError(f"{where}: data_type {dt_name!r}")
     dtype = np.dtype(V3_DTYPES[dt_name])
@@ -249,6 +251,8 @@ def parse_v2(doc: dict[str, Any], where: str, attributes: dict[str, Any] | None 
     chunks = _shape(doc.get("chunks"), where, "chunks", positive=True)
     if len(chunks) != len(shape):
         raise _fail(where, f"chunks {chunks} does not match the rank of shape {shape}")
+    if doc.get("dtype") is None:  # np.dtype(None) would silently be float64
+        raise _fail(where, "dtype is missing (every Zarr v2 array names its dtype)")
     try:
         stored = np.dtype(doc.get("dtype"))
     except TypeError as e:

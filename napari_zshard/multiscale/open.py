@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import ShardedArray, open_arrays
-from ..engine.metadata import parse_json
-from ..errors import MetadataError, StoreError
+from ..engine.metadata import parse_json, parse_v2, parse_v3
+from ..errors import MetadataError, StoreError, UnsupportedCodecError
 from ..ome import Axis, parse_image_label, parse_label_names, parse_multiscales, parse_omero
 from ..store import FullRequest, Store, open_store
 from .node import ImageNode
@@ -59,23 +59,67 @@ _SNIFFED_TTL = 10.0
 _sniffed: dict[str, tuple[float, Store, NodeInfo]] = {}
 
 
-def sniff(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bool:
-    """True when ``url`` holds a Zarr array or group. Never raises, logs or prints."""
+#: Zarr layouts other readers open (HCS plates and wells, bioformats2raw's series): declined.
+_LEFT_TO_OTHERS = ("plate", "well", "bioformats2raw.layout", "series")
+
+
+def _left_to_others(info: NodeInfo) -> bool:
+    attrs = info.attributes
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {}
+    if parse_multiscales(attrs, ""):
+        return False
+    return any(key in ome or key in attrs for key in _LEFT_TO_OTHERS)
+
+
+def _check_array(store: Store, info: NodeInfo) -> None:
+    """Raise :class:`MetadataError` when an array's metadata is broken (a codec chain the
+    engine lacks is fine: zarr-python reads it)."""
+    try:
+        if info.zarr_format == 3:
+            parse_v3(info.doc, f"{store.url}/zarr.json")
+        else:
+            parse_v2(info.doc, f"{store.url}/.zarray", info.attributes)
+    except UnsupportedCodecError:
+        pass
+
+
+def probe(url: str | os.PathLike,
+          storage_options: dict[str, Any] | None = None) -> NodeInfo | None:
+    """What is at ``url``, for a reader deciding whether to claim it: the node when this
+    package opens it; None, quietly, when it is not Zarr (or cannot be reached) or is a Zarr
+    layout left to other readers (HCS plates, bioformats2raw); :class:`MetadataError` naming
+    the file when its Zarr metadata is broken, so the user learns why rather than that every
+    reader refused it."""
     try:
         store = open_store(url, storage_options)
-        recent = _sniffed.get(store.url)
-        if recent is not None and time.monotonic() - recent[0] <= _SNIFFED_TTL:
-            return True
-        info = read_node(store)
     except Exception:
-        return False
-    if info is None:
-        return False
+        return None
+    recent = _sniffed.get(store.url)
+    if recent is not None and time.monotonic() - recent[0] <= _SNIFFED_TTL:
+        return recent[2]
+    try:
+        info = read_node(store)
+    except MetadataError:
+        raise
+    except Exception:
+        return None
+    if info is None or _left_to_others(info):
+        return None
+    if info.kind == "array":
+        _check_array(store, info)
     now = time.monotonic()
     for key in [k for k, (t, _, _) in _sniffed.items() if now - t > _SNIFFED_TTL]:
         _sniffed.pop(key, None)
     _sniffed[store.url] = (now, store, info)
-    return True
+    return info
+
+
+def sniff(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when ``url`` holds Zarr data this package opens. Never raises, logs or prints."""
+    try:
+        return probe(url, storage_options) is not None
+    except MetadataError:
+        return False
 
 
 def _recently_sniffed(store: Store) -> NodeInfo | None:

@@ -6,18 +6,22 @@ its root ``zarr.json`` written last (object stores); interrupted local saves are
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..engine import default_cache
 from ..errors import StoreError
 from ..store import FullRequest, Store, open_store
+from ..store.url import protocol_of
 
 if TYPE_CHECKING:
     from .write import WriteOptions
@@ -38,6 +42,12 @@ _SAVE_LOCK = ".zshard-save.lock"
 def _holds_zarr(store: Store) -> bool:
     return any(r.data is not None for r in store.read_many([FullRequest(k)
                                                              for k in _ZARR_MARKERS]))
+
+
+def holds_zarr_store(url: str | os.PathLike,
+                     storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` holds a Zarr store (the only kind of thing a save may replace)."""
+    return _holds_zarr(open_store(url, storage_options))
 
 
 def _sweep_interrupted(root: Path) -> None:
@@ -85,14 +95,17 @@ def _local_staging(root: Path, exists: bool, options: WriteOptions,
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
         yield open_store(staging, storage_options)
         if options.overwrite and root.exists():
-            trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(root, trash)
-            try:
-                os.replace(staging, root)
-            except BaseException:
-                os.replace(trash, root)  # the old store goes back where it was
-                raise
-            shutil.rmtree(trash, ignore_errors=True)
+            if exchange(staging, root):  # one step: readers see the old store or the new
+                shutil.rmtree(staging, ignore_errors=True)  # (now holding the old store)
+            else:  # two renames: for a moment there is no store at all
+                trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(root, trash)
+                try:
+                    os.replace(staging, root)
+                except BaseException:
+                    os.replace(trash, root)  # the old store goes back where it was
+                    raise
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             try:  # fails if another save (or anything else) took the name meanwhile
                 os.rename(staging, root)
@@ -112,6 +125,27 @@ def _local_staging(root: Path, exists: bool, options: WriteOptions,
             os.close(lock_fd)
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), so that ``b`` is never missing. False, with nothing changed, where
+    the system or file system has no such call (the caller then renames twice)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # C library older than glibc 2.28
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
 def _object_cleanup(target: Store) -> None:
     """Best effort: remove what a failed save wrote to a fresh object-store location (its
     level arrays and labels; the root ``zarr.json`` is never written before success)."""
@@ -124,12 +158,26 @@ def _object_cleanup(target: Store) -> None:
         log.warning("could not remove the partial save at %s: %s", target.url, e)
 
 
+def check_destination(url: str | os.PathLike) -> None:
+    """Refuse, before any request, a destination no save can write: ``http(s)://`` is read
+    only (a web server takes no writes through plain HTTP)."""
+    text = os.fspath(url)
+    if protocol_of(text) in ("http", "https"):
+        parts = urlsplit(text)  # shown without credentials or query tokens
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        shown = urlunsplit((parts.scheme, host or "", parts.path, "", ""))
+        raise StoreError(f"cannot save to {shown}: http(s):// locations are "
+                         "read-only. Save to a local folder, or to an s3:// or gs:// URL "
+                         "(file:// works too)")
+
+
 @contextlib.contextmanager
 def staged_target(url: str | os.PathLike, options: WriteOptions,
                    storage_options: dict[str, Any] | None) -> Iterator[Store]:
     """Where to write: a hidden sibling folder for local targets (renamed into place on
     success, removed on failure), the target itself on object stores (the root ``zarr.json``
     written last; removed first when overwriting)."""
+    check_destination(url)
     target = open_store(url, storage_options)
     root = getattr(target, "root", None)
     exists = _holds_zarr(target)

@@ -27,6 +27,7 @@ from ..engine.metadata import ArrayMeta
 from ..engine.shard_writer import iter_shards, shard_region, write_shard
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
+from ..ome.omero import image_omero
 from ..store import Store, validate_name
 from .downsample import COARSEST_EDGE, METHODS, downsample, level_factors
 from .staging import disk_full, staged_target
@@ -225,6 +226,8 @@ class _ImagePlan:
     factors: list[tuple[int, ...]]
     method: str
     attributes: dict[str, Any]
+    spec: ImageSpec
+    axes: tuple[Axis, ...]
 
     @property
     def n_shards(self) -> int:
@@ -232,8 +235,13 @@ class _ImagePlan:
 
 
 def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
-               options: WriteOptions) -> _ImagePlan:
-    """Create the level arrays of one image in ``store`` and describe the work to fill them."""
+               options: WriteOptions, *, like: _ImagePlan | None = None) -> _ImagePlan:
+    """Create the level arrays of one image in ``store`` and describe the work to fill them.
+
+    ``like``: the image a label image annotates. OME-Zarr wants a label image's levels to
+    match its image's (ome-zarr-models refuses a different count), so a label image of the
+    image's size gets the image's level shapes, built from its level 0 when its own differ.
+    """
     source = levels_data[0]
     ndim = len(source.shape)
     axes = tuple(spec.axes) if spec.axes else default_axes(ndim)
@@ -241,7 +249,12 @@ def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
         raise MetadataError(f"{len(axes)} axis names for {ndim}D data")
     scale = tuple(float(s) for s in (spec.scale or (1.0,) * ndim))
     given = len(levels_data) > 1
-    if given:
+    like_shapes = [tuple(m.shape) for m in like.metas] if like is not None else None
+    if like_shapes and tuple(source.shape) == like_shapes[0] and \
+            [tuple(d.shape) for d in levels_data] != like_shapes:
+        levels_data, given = [source], False
+        factors_list, shapes = list(like.factors), like_shapes
+    elif given:
         factors_list = [tuple(max(1, round(a / b)) for a, b in
                               zip(levels_data[i].shape, levels_data[i + 1].shape, strict=True))
                         for i in range(len(levels_data) - 1)]
@@ -268,7 +281,7 @@ def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
         name=spec.name, store=store, levels_data=list(levels_data), given=given, metas=metas,
         stores=stores, factors=factors_list,
         method=spec.method or ("mode" if spec.kind == "labels" else "mean"),
-        attributes=_group_attributes(spec, axes, scale, shapes, dtype))
+        attributes=_group_attributes(spec, axes, scale, shapes, dtype), spec=spec, axes=axes)
 
 
 def _group_attributes(spec: ImageSpec, axes, scale, shapes, dtype) -> dict[str, Any]:
@@ -290,15 +303,32 @@ def _group_attributes(spec: ImageSpec, axes, scale, shapes, dtype) -> dict[str, 
     if spec.kind == "labels":
         ome["image-label"] = (spec.image_label or ImageLabel()).to_json()
     elif spec.channels or spec.contrast_limits:
-        channels = spec.channels or [Channel(label=spec.name, color="FFFFFF",
-                                             window=spec.contrast_limits)]
-        info = np.iinfo(dtype) if dtype.kind in "iu" else None
-        rng = (float(info.min), float(info.max)) if info else None
-        ome["omero"] = {"channels": [c.to_json(rng) for c in channels]}
+        ome["omero"] = _omero(spec, axes, shapes[0], dtype)  # None: known once written
     attributes: dict[str, Any] = {"ome": ome}
     if spec.contrast_limits is not None:
         attributes["napari_zshard"] = {"contrast_limits": list(spec.contrast_limits)}
     return attributes
+
+
+def _omero(spec: ImageSpec, axes, shape, dtype, data_range: tuple[float, float] | None = None
+           ) -> dict[str, Any] | None:
+    caxis = next((i for i, a in enumerate(axes) if a.type == "channel"), None)
+    return image_omero(spec.channels, n=1 if caxis is None else shape[caxis], name=spec.name,
+                       window=spec.contrast_limits, dtype=dtype, data_range=data_range)
+
+
+def _finish_omero(plan: _ImagePlan) -> None:
+    """Fill the ``omero`` block a float image without display window left open, from the
+    range of its coarsest level (just written, small)."""
+    ome = plan.attributes["ome"]
+    if "omero" not in ome or ome["omero"] is not None:
+        return
+    coarsest = open_array(plan.stores[-1], readahead=False, cache=EngineCache(0))
+    values = np.asarray(coarsest[...], dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    ome["omero"] = _omero(plan.spec, plan.axes, plan.metas[0].shape, plan.metas[0].dtype,
+                          data_range=(lo, hi if hi > lo else lo + 1))
 
 
 def run_plan(plan: _ImagePlan, runner: _Runner) -> Iterator[str]:
@@ -338,19 +368,22 @@ def _write_into(store: Store, levels: list[Any], spec: ImageSpec,
     """Plan and write every image into ``store``, its root ``zarr.json`` last."""
     runner = _Runner(options)
     try:  # in-flight shard tasks end before a failed save is cleaned up
+        image = plan_image(store, levels, spec, options)
         plans = []
         label_root = store.child("labels")
         for name, (label_data, label_spec) in labels.items():
             label_levels = list(label_data) if isinstance(label_data, (list, tuple)) \
                 else [label_data]
-            plans.append(plan_image(label_root.child(name), label_levels, label_spec, options))
-        plans.append(plan_image(store, levels, spec, options))
+            plans.append(plan_image(label_root.child(name), label_levels, label_spec, options,
+                                    like=image))
+        plans.append(image)  # written last: its root zarr.json makes the save visible
         total = sum(p.n_shards for p in plans)
         done = 0
         for plan in plans:
             for message in run_plan(plan, runner):
                 done += 1
                 yield WriteProgress(done, total, message)
+            _finish_omero(plan)
             if plan.store is not store:
                 plan.store.write("zarr.json", group_json(plan.attributes))
         if labels:
