@@ -89,7 +89,7 @@ def test_a_redirect_from_https_to_http_is_refused(folder, http_server, tmp_path,
     import fsspec.asyn
 
     from napari_zshard.store.http_client import client_for_loop
-    from tests.test_http_client import _self_signed
+    from test_http_client import _self_signed
 
     cert_file, key_file = _self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
