@@ -159,3 +159,11 @@ def gcs_bucket(gcs_emulator) -> str:
 def put_on_s3_fixture():
     """:func:`put_on_s3` as a fixture, for tests that prefer not to import from conftest."""
     return put_on_s3
+
+
+# -- the sample volume ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory) -> Path:
+    """A ``$NAPARI_ZSHARD_CACHE`` folder for the session: the sample volume is generated there
+    once, by the first test that needs it (never into the developer's ~/.cache)."""
+    return tmp_path_factory.mktemp("sample-cache")
