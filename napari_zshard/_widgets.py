@@ -112,6 +112,7 @@ class SaveShardedWidget(Container):
         viewer.layers.events.removed.connect(self.layer_select.reset_choices)
         self.worker = None
         self._steps = None  # the running save (a generator): closed when the worker ends
+        self._bar = None  # its progress bar in the activity dock
         self.saved: list[str] = []
 
     def _layer_choices(self, _widget=None):
@@ -128,6 +129,7 @@ class SaveShardedWidget(Container):
     def start(self) -> None:
         """Validate the form, then save in a worker thread."""
         from napari.qt.threading import create_worker
+        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         from ._writer import save_steps
@@ -149,32 +151,37 @@ class SaveShardedWidget(Container):
             return
         self._steps = steps
         self.worker = create_worker(self._run, steps, target, _start_thread=False)
+        self.worker.yielded.connect(self._progress)
         self.worker.returned.connect(self._done)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
         self.save_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"saving {target}…"
+        # The activity dock builds a bar (a widget) when a progress object is created: create
+        # it here, on the Qt thread (from the worker thread, Qt refused the bar its parent and
+        # it stayed in the dock), and before the first step (the dock processes events while
+        # building it, which would deliver steps into a half-made bar).
+        self._bar = progress(total=0, desc=f"saving {target}")
         self.worker.start()
 
     @staticmethod
     def _run(steps, target):
-        """The worker: drive the save, feeding napari's activity dock; stop when asked."""
-        from napari.utils import progress
-
-        bar = None
+        """The worker: drive the save, yielding its progress; stop when asked."""
         try:
-            for step in steps:
-                if bar is None:
-                    bar = progress(total=step.total, desc=f"saving {target}")
-                bar.update(step.done - bar.n)
-                bar.set_description(f"saving {step.message}")
-                yield step
+            yield from steps
         finally:
             steps.close()  # a cancel ends here: the save cleans up what it started
-            if bar is not None:
-                bar.close()
         return target
+
+    def _progress(self, step) -> None:
+        """Feed napari's activity dock from the Qt thread (see :meth:`start`)."""
+        if self._bar is None:
+            return
+        if self._bar.total != step.total:
+            self._bar.total = step.total
+        self._bar.update(step.done - self._bar.n)
+        self._bar.set_description(f"saving {step.message}")
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -203,6 +210,9 @@ class SaveShardedWidget(Container):
         if self._steps is not None:
             self._steps.close()
             self._steps = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self.status.value.startswith("cancelling"):
             self.status.value = "cancelled: nothing was saved"
         self.save_button.enabled = True

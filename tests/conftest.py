@@ -3,6 +3,7 @@ environment that cannot leak the developer's storage configuration or cloud cred
 
 from __future__ import annotations
 
+import linecache
 import os
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,45 @@ def _isolated_storage_config(tmp_path_factory, monkeypatch) -> None:
     missing = tmp_path_factory.getbasetemp() / "no-such-dir" / "storage.toml"
     monkeypatch.setenv("NAPARI_ZSHARD_CONFIG", str(missing))
     monkeypatch.delenv("NAPARI_ZSHARD_STORAGE_OPTIONS", raising=False)
+
+
+# -- CI: a missing dependency fails the run ----------------------------------------------------
+# Locally, a test whose dependency is missing (napari, Qt, tensorstore, moto, ...) is skipped
+# through ``pytest.importorskip``. In CI a skip like that hides a broken install behind a green
+# run (a missing napari turned every GUI module into skips), so with ``$CI`` set it is a failure.
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _skipped_for_a_missing_module(report: pytest.CollectReport | pytest.TestReport) -> bool:
+    """A skip raised by ``pytest.importorskip``: its location (importorskip's caller) calls it,
+    or it carries importorskip's own message."""
+    if not (report.skipped and isinstance(report.longrepr, tuple)):
+        return False
+    path, lineno, message = report.longrepr
+    return "could not import" in message or "importorskip(" in linecache.getline(
+        str(path), int(lineno))
+
+
+def _fail_in_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if IN_CI and _skipped_for_a_missing_module(report):
+        path, lineno, message = report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"{path}:{lineno}: a test dependency is missing and CI is set, so "
+                           f"this is a failure, not a skip: {message}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    _fail_in_ci(report)  # a module-level importorskip
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_in_ci(report)  # importorskip in a test or a fixture
+    return report
 
 
 # -- HTTP -------------------------------------------------------------------------------------
@@ -119,3 +159,11 @@ def gcs_bucket(gcs_emulator) -> str:
 def put_on_s3_fixture():
     """:func:`put_on_s3` as a fixture, for tests that prefer not to import from conftest."""
     return put_on_s3
+
+
+# -- the sample volume ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory) -> Path:
+    """A ``$NAPARI_ZSHARD_CACHE`` folder for the session: the sample volume is generated there
+    once, by the first test that needs it (never into the developer's ~/.cache)."""
+    return tmp_path_factory.mktemp("sample-cache")

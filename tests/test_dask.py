@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
+from cluster_checks import tasks_by_worker_pid
 
 import napari_zshard
 from napari_zshard import EngineCache
@@ -231,13 +233,17 @@ def test_a_local_cluster_of_worker_processes_reads_over_http(volume, http_server
 
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        total = client.compute(d.astype("uint64").sum(axis=(1, 2))).result()
-        plane = client.compute(arr.to_dask()[4]).result()
-        workers = {w["host"] for w in client.scheduler_info()["workers"].values()}
+        with tasks_by_worker_pid(client) as ran:
+            total = client.compute(d.astype("uint64").sum(axis=(1, 2))).result()
+        with tasks_by_worker_pid(client) as ran_plane:
+            plane = client.compute(arr.to_dask()[4]).result()
 
     assert np.array_equal(total, data.astype("uint64").sum(axis=(1, 2)))
     assert np.array_equal(plane, data[4])
-    assert workers  # the work ran in the workers' processes
+    # the reads ran in both worker processes (one task per shard block at least), none here
+    assert len(ran) == 2 and os.getpid() not in ran
+    assert sum(ran.values()) >= d.npartitions
+    assert ran_plane and os.getpid() not in ran_plane
     assert http_server.count("/c/") > 0
 
 

@@ -213,7 +213,7 @@ ONE = (32, 64, 64)  # one chunk, 256 KiB: two zstd blocks
 
 def one_chunk_shard(path, chunk: bytes) -> str:
     """An array of one shard holding one inner chunk (zstd, no crc32c) stored as ``chunk``."""
-    import crc32c
+    from napari_zshard.engine.checksum import crc32c
 
     zarr.create_array(str(path), shape=ONE, dtype="uint16", chunks=ONE,
                       serializer=ShardingCodec(chunk_shape=ONE,
@@ -222,7 +222,7 @@ def one_chunk_shard(path, chunk: bytes) -> str:
     entries = np.array([[0, len(chunk)]], dtype="<u8").tobytes()
     (path / "c" / "0" / "0").mkdir(parents=True)
     (path / "c" / "0" / "0" / "0").write_bytes(
-        chunk + entries + crc32c.crc32c(entries).to_bytes(4, "little"))
+        chunk + entries + crc32c(entries).to_bytes(4, "little"))
     return str(path)
 
 

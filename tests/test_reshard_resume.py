@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from cluster_checks import tasks_by_worker_pid
 
 import napari_zshard as nz
 from napari_zshard.cli import main
@@ -130,9 +131,11 @@ def test_a_local_cluster_of_worker_processes_reshards(tmp_path):
     plan = plan_reshard(tmp_path / "src.zarr", tmp_path / "out.zarr", chunks=(8, 32, 32),
                         shards=(16, 64, 128))
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=None) as cluster, Client(cluster) as client, \
+            tasks_by_worker_pid(client, prefix="reshard_shard") as written_by:
         summary = list(plan.run(client=client, verify="full"))[-1].summary
-        workers = {w["id"] for w in client.scheduler_info()["workers"].values()}
     assert summary.complete and summary.written == plan.n_shards == 6
-    assert len(workers) == 2
+    # every shard was written by a task in one of the two worker processes, not in this one
+    assert sum(written_by.values()) == 6
+    assert len(written_by) == 2 and os.getpid() not in written_by
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], data)

@@ -136,3 +136,39 @@ def test_browse_picks_a_local_destination(widget, tmp_path, monkeypatch):
     widget.target.browse.native.click()
     assert widget.target.value == str(tmp_path / "picked.zarr")
     assert asked[0][1] == ""  # a URL is no place to start a local dialog
+
+
+def saving_bars() -> list:
+    """The progress bars napari's activity dock shows for a save (a QProgressBar next to a
+    label "saving …")."""
+    from qtpy.QtWidgets import QApplication, QLabel, QProgressBar
+
+    return [bar for top in QApplication.topLevelWidgets() for bar in top.findChildren(QProgressBar)
+            if bar.parent() is not None and any(
+                label.text().startswith("saving") for label in bar.parent().findChildren(QLabel))]
+
+
+def test_the_activity_dock_shows_the_save_advance_and_finish(widget, tmp_path, qtbot):
+    data = np.random.default_rng(2).integers(0, 60000, (64, 256, 256), dtype=np.uint16)
+    widget.viewer.add_image(data, name="big")
+    widget.target.value = tmp_path / "big.zarr"
+    widget.chunks.value = "8,32,32"
+    widget.shards.value = "8,64,64"  # many small shards: many steps
+    assert saving_bars() == []
+    widget.save_button.native.click()
+
+    qtbot.waitUntil(lambda: len(saving_bars()) > 0, timeout=10000)
+    (bar,) = saving_bars()
+    shown, removed = [], []  # (value, maximum) as the bar changed
+    bar.valueChanged.connect(lambda value: shown.append((value, bar.maximum())))
+    bar.destroyed.connect(lambda *_: removed.append(True))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    qtbot.waitUntil(lambda: bool(removed), timeout=5000)  # the finished bar leaves the dock
+
+    assert widget.status.value == f"saved {tmp_path / 'big.zarr'}"
+    values = [value for value, _ in shown]
+    total = shown[-1][1]
+    assert total >= 64  # one step per shard: 8 x 4 x 4 at full resolution alone
+    assert values == sorted(values) and len(set(values)) >= 3, shown  # it advanced
+    assert values[-1] == total  # and reached the end
+    assert saving_bars() == []

@@ -19,20 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ChecksumError, CorruptDataError, DecompressionBombError, UnsupportedCodecError
+from .checksum import crc32c as _crc32c
 
 _NATIVE = sys.byteorder
-
-
-def _crc32c(data) -> int:
-    global _crc32c_impl
-    if _crc32c_impl is None:
-        from crc32c import crc32c
-
-        _crc32c_impl = crc32c
-    return _crc32c_impl(data)
-
-
-_crc32c_impl = None
 
 
 def zstd_frame_content_size(data) -> int | None:
