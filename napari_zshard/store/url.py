@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlparse, urlsplit, urlunsplit
 
 from ..errors import UnsupportedURLError
 from .base import Store
@@ -19,6 +19,56 @@ def normalize_url(url: str | os.PathLike) -> str:
     if text.startswith("file://"):
         return os.path.abspath(unquote(urlparse(text).path))
     return text.rstrip("/")
+
+
+def redact_url(url: str | os.PathLike) -> str:
+    """``url`` as it may be shown, logged or put in an error: without the userinfo
+    (``user:password@``), the query (presigned-URL signatures, ``X-Amz-Credential``, SAS and
+    access tokens) and the fragment. Local paths come back unchanged.
+
+    Every message of this package that names a URL passes it through here; a :class:`Store`'s
+    ``url`` is already free of userinfo, but a user's input may not be.
+    """
+    text = os.fspath(url)
+    if not isinstance(text, str) or "://" not in text:
+        return text if isinstance(text, str) else repr(text)
+    scheme, _, rest = text.partition("://")
+    # (not urlsplit: it refuses some malformed hosts, and an error path must never raise)
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    hidden = "?<redacted>" if cut < len(rest) else ""
+    rest = rest[:cut]
+    slash = rest.find("/")
+    netloc, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    if "@" in netloc:
+        netloc = "<redacted>@" + netloc.rpartition("@")[2]
+    return f"{scheme}://{netloc}{path}{hidden}"
+
+
+def redact_text(text: str, url: str | os.PathLike) -> str:
+    """``text`` (an error message, say) with every occurrence of ``url`` — and of its userinfo
+    and query, which libraries quote on their own — replaced by :func:`redact_url`'s form."""
+    raw = os.fspath(url)
+    if not isinstance(raw, str) or "://" not in raw:
+        return text
+    text = text.replace(raw, redact_url(raw))
+    parts = urlsplit(raw) if _splittable(raw) else None
+    secrets = []
+    if parts is not None:
+        userinfo = parts.netloc.rpartition("@")[0]
+        secrets += [userinfo, userinfo.partition(":")[2], unquote(userinfo.partition(":")[2])]
+        secrets += [parts.query, unquote(parts.query)]
+        secrets += [v for _, v in parse_qsl(parts.query)]
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _splittable(url: str) -> bool:
+    try:
+        urlsplit(url)
+    except ValueError:
+        return False
+    return True
 
 
 def protocol_of(url: str) -> str:
