@@ -8,6 +8,7 @@ from typing import Any
 
 from ._convert import layer_data, too_big_warning
 from .multiscale import open_nodes, sniff
+from .store.url import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,10 @@ def read_zarr(path: str | list[str]) -> list:
         try:
             opened = layer_data(open_nodes(p))
         except Exception as e:  # reported to the user below, never a traceback dump
-            log.debug("cannot open %s", p, exc_info=True)
-            errors.append(f"{p}: {e}")
+            # (no traceback: libraries below quote URLs, passwords included, in theirs)
+            message = redact_text(str(e), p)
+            log.debug("cannot open %s: %s: %s", redact_url(p), type(e).__name__, message)
+            errors.append(f"{redact_url(p)}: {message}")
             continue
         layers.extend(opened)
         # a coarsest level too big for 3D view: the layer got a small virtual level; say so

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from . import __version__
-from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line
+from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line, redact_for
 from .commands.survey import cmd_fsck, cmd_info
 from .commands.write import cmd_convert, cmd_reshard
 
@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors: argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_ERROR
+    logger, handler, level = logging.getLogger("napari_zshard"), None, None
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("napari_zshard")
+        level = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     try:
@@ -190,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"zshard: error: {one_line(e)}", file=sys.stderr)
+        print(f"zshard: error: {redact_for(one_line(e), args)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if handler is not None:  # (main() called again in one process: no stale handler)
+            logger.removeHandler(handler)
+            logger.setLevel(level)
     if code == EXIT_INTERRUPTED and argv is None and (
             threading.current_thread() is threading.main_thread()):
         # Worker threads finish their current read before the process exits; a second Ctrl-C

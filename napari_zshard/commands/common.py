@@ -17,6 +17,19 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text} (run with --debug for the traceback)"
 
 
+def redact_for(text: str, args: Any) -> str:
+    """``text`` with every URL the user gave on the command line (URL, SRC, DST) redacted
+    (:func:`~napari_zshard.store.url.redact_url`): errors and reports never echo a password
+    or a presigned-URL signature."""
+    from ..store.url import redact_text
+
+    for name in ("url", "src", "dst"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            text = redact_text(text, value)
+    return text
+
+
 def follow(steps: Iterator[Any], *, show: bool,
            describe: Callable[[str], str] = lambda message: message) -> Iterator[Any]:
     """Yield every step of a progress generator (``done``, ``total``, ``message``), with a

@@ -41,6 +41,10 @@ def redact_url(url: str | os.PathLike) -> str:
     netloc, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
     if "@" in netloc:
         netloc = "<redacted>@" + netloc.rpartition("@")[2]
+    elif "@" in rest and ":" in rest[:rest.find("@")]:
+        # an unquoted "/" in the password: the authority only seems to end before the "@"
+        netloc, _, path = rest.partition("@")[2].partition("/")
+        netloc, path = "<redacted>@" + netloc, "/" + path if path or "/" in rest else ""
     return f"{scheme}://{netloc}{path}{hidden}"
 
 
@@ -84,6 +88,7 @@ def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = 
     """
     address = normalize_url(url)
     protocol = protocol_of(address)
+    _refuse_credentials_in(address, protocol)
     options = {**options_for(_without_userinfo(address)), **(storage_options or {})}
     if protocol == "file":
         from .local import LocalStore
@@ -102,9 +107,30 @@ def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = 
 
         return FsspecStore(address, options)
     raise UnsupportedURLError(
-        f"cannot open {address}: unknown protocol {protocol!r}. Use a local path or a "
-        "file://, http(s)://, s3:// or gs:// URL."
+        f"cannot open {redact_url(address)}: unknown protocol {protocol!r}. Use a local path "
+        "or a file://, http(s)://, s3:// or gs:// URL."
     )
+
+
+def _refuse_credentials_in(address: str, protocol: str) -> None:
+    """A store's ``url`` is shown, logged and pickled: it must carry no secret. ``user:pw@``
+    of an HTTP(S) URL becomes an ``Authorization`` header (the store strips it); anything else
+    that could be a credential — a query string (presigned-URL signatures, SAS tokens; a
+    store URL has no use for one: keys are appended to its path), userinfo in an object-store
+    URL — is refused, never silently dropped."""
+    if protocol == "file":
+        return
+    rest = address.partition("://")[2]
+    if "?" in rest or "#" in rest:
+        raise UnsupportedURLError(
+            f"cannot open {redact_url(address)}: a store URL cannot have a query string (a "
+            "presigned or tokened URL names one object, not a store). Pass credentials as "
+            "storage options (-o headers='{\"Authorization\": ...}') or configure them for "
+            "the URL's prefix.")
+    if protocol not in ("http", "https") and "@" in rest.partition("/")[0]:
+        raise UnsupportedURLError(
+            f"cannot open {redact_url(address)}: {protocol}:// URLs cannot carry credentials "
+            "(user:password@). Use a profile or storage options instead.")
 
 
 def _without_userinfo(url: str) -> str:
