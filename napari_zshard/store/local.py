@@ -4,7 +4,9 @@ read-modify-writes under a per-object lock file."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 import time
 from collections import defaultdict
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
+from ..errors import ShortReadError, StoreError, UnsafeKeyError, UpdateNotSupportedError
 from .base import (
     Modify,
     ObjectWriter,
@@ -32,6 +34,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows)
 #: :meth:`LocalStore.sweep_temporaries` leaves temporary files younger than this (seconds).
 TEMP_MIN_AGE = 30.0
 
@@ -58,7 +61,13 @@ class LocalStore(Store):
     def __init__(self, root: str | os.PathLike, options: dict | None = None):
         self.root = Path(root).expanduser().absolute()
         self._root = str(self.root)
+        self._real_dirs: dict[str, bool] = {}  # folder -> lies inside the root (symlinks)
         super().__init__(self.root.as_uri(), options)
+
+    def child(self, path: str) -> LocalStore:
+        # a path, not a URL: nothing percent-decodes it on the way (see validate_key)
+        return LocalStore(self.root / validate_key(path.strip("/"), what="child path"),
+                          self.options)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -68,12 +77,56 @@ class LocalStore(Store):
         small object from the page cache (an unsharded array has one object per chunk)."""
         return os.path.join(self._root, validate_key(key))
 
+    # -- symbolic links (README "Integrity"): followed only where they stay inside the root --
+    @property
+    def _real_root(self) -> str:
+        return os.path.realpath(self._root)
+
+    def _is_inside(self, path: str) -> bool:
+        real, root = os.path.realpath(path), self._real_root
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+    def _check_folder(self, folder: str, key: str) -> None:
+        """Raise :class:`UnsafeKeyError` when ``folder`` (the folder of ``key``, or its
+        deepest existing ancestor) resolves outside the root through a symbolic link."""
+        inside = self._real_dirs.get(folder)
+        if inside is None:
+            probe = folder
+            while not os.path.lexists(probe) and len(probe) > len(self._root):
+                probe = os.path.dirname(probe)
+            if len(probe) <= len(self._root):
+                return  # nothing of the key's folder exists yet below the root
+            inside = self._is_inside(probe)
+            if os.path.isdir(folder):
+                if len(self._real_dirs) > 4096:
+                    self._real_dirs.clear()
+                self._real_dirs[folder] = inside
+        if not inside:
+            raise UnsafeKeyError(
+                f"{self.url}/{key}: its folder is a symbolic link to "
+                f"{os.path.realpath(folder)}, outside the store root: refused (a store never "
+                "reads or writes outside its root; see the README, Integrity)")
+
+    def _open_inside(self, path: str, key: str) -> int:
+        """``os.open`` of an object for reading, following a symbolic link only when it ends
+        inside the root."""
+        self._check_folder(os.path.dirname(path), key)
+        try:
+            return os.open(path, _O_READ | _O_NOFOLLOW)
+        except OSError as e:
+            if e.errno != errno.ELOOP or not _O_NOFOLLOW:
+                raise
+        if not self._is_inside(path):
+            raise UnsafeKeyError(
+                f"{self.url}/{key} is a symbolic link to {os.path.realpath(path)}, outside "
+                "the store root: refused (a store never reads or writes outside its root; "
+                "see the README, Integrity)")
+        return os.open(os.path.realpath(path), _O_READ)
+
     def _read_key(self, key: str, requests: list[tuple[int, ByteRequest]]):
         try:
-            fd = os.open(self._file(key), _O_READ)
+            fd = self._open_inside(self._file(key), key)
         except (FileNotFoundError, NotADirectoryError):
-            return [(i, ByteResult(None)) for i, _ in requests]
-        except IsADirectoryError:
             return [(i, ByteResult(None)) for i, _ in requests]
         except PermissionError as e:
             raise StoreError(f"permission denied reading {self._path(key)}: {e.strerror}") from e
@@ -81,7 +134,11 @@ class LocalStore(Store):
             raise StoreError(f"cannot read {self._path(key)}: {e.strerror or e}") from e
         out = []
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise StoreError(f"cannot read {self._path(key)}: a folder stands where this "
+                                 "object belongs (remove or rename it)")
+            size = info.st_size
             for i, req in requests:
                 if isinstance(req, FullRequest):
                     start, length = 0, size
@@ -144,6 +201,7 @@ class LocalStore(Store):
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
         path = self._path(key)
+        self._check_folder(str(path.parent), key)
         try:
             fd, tmp = _new_temp(path)
         except OSError as e:
@@ -168,11 +226,15 @@ class LocalStore(Store):
         an atomic rename, like :meth:`write`."""
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
-        return _FileWriter(self._path(key), key)
+        path = self._path(key)
+        self._check_folder(str(path.parent), key)
+        return _FileWriter(path, key)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
+        self._check_folder(str(path.parent), key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()  # (a symbolic link: the link, never what it points to)
 
     def update(self, key: str, modify: Modify, *, tries: int = 10) -> bytes | None:
         """Read-modify-write ``key`` under an exclusive lock (see :meth:`Store.update`).
@@ -199,6 +261,7 @@ class LocalStore(Store):
 
     def _update_once(self, key: str, modify: Modify) -> bytes | None:
         path = self._path(key)
+        self._check_folder(str(path.parent), key)
         with self._locked(path):
             current = self.read(key)
             new = modify(current)
@@ -213,6 +276,7 @@ class LocalStore(Store):
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
         path = self._path(key)
+        self._check_folder(str(path.parent), key)
         if fcntl is None:
             # No update can be in flight where none is possible: a plain write is ordered.
             if data is None:
@@ -241,9 +305,14 @@ class LocalStore(Store):
             try:
                 lock_path.parent.mkdir(parents=True, exist_ok=True)
                 # Read-write: a POSIX lock (flock over NFS) needs a descriptor open for writing.
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                             0o666)
+                # O_NOFOLLOW: a lock file that is a symbolic link must not create its target
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW
+                             | getattr(os, "O_CLOEXEC", 0), 0o666)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise UnsafeKeyError(
+                        f"the lock file {lock_path} is a symbolic link: refused (a store never "
+                        "writes outside its root; remove the link)") from e
                 raise StoreError(f"cannot create the lock file {lock_path}: "
                                  f"{e.strerror or e}") from e
             # The lock file is never deleted. flock locks an inode, not a name: were it
@@ -331,7 +400,11 @@ class LocalStore(Store):
                 if name.startswith(".") and name.endswith((".tmp", ".lock")):
                     continue  # commits in progress, update locks: not objects
                 full = Path(dirpath) / name
-                yield full.relative_to(self.root).as_posix(), full.stat().st_size
+                try:
+                    size = full.stat().st_size
+                except OSError:  # a dangling symbolic link: listed, its read will say why
+                    size = 0
+                yield full.relative_to(self.root).as_posix(), size
 
 
 class _FileWriter(ObjectWriter):
