@@ -2,8 +2,8 @@
 
 This module parses the command line and runs the command (:mod:`napari_zshard.commands` holds
 them: thin shells over the library that print and return exit codes). Exit codes: 0 clean,
-1 problems found, 2 usage error or the URL cannot be opened, 130 interrupted. Errors are one
-line on stderr (``--debug`` shows the traceback).
+1 problems found, 2 usage error or the URL cannot be opened, 3 (fsck) something could not be
+checked, 130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check every stored shard's index and inner chunks. By default a chunk "
         "whose codecs end with crc32c has only its checksum verified (no decompression); "
         "other chunks are decoded.",
-        epilog="exit codes: 0 clean, 1 damage found, 2 usage error or URL cannot be opened, "
-        "130 interrupted")
+        epilog="exit codes: 0 clean (everything checked); 1 damage found (corrupt metadata, "
+        "index or chunk, or a link out of the store); 2 usage error or URL cannot be opened; "
+        "3 no damage found but something could not be checked (an array skipped: codecs the "
+        "engine does not implement or a string dtype; an object that cannot be read, e.g. a "
+        "folder where a shard belongs); 130 interrupted")
     fsck.add_argument("url", metavar="URL", help="the array or group to check")
     fsck.add_argument("--full", action="store_true",
                       help="decode every inner chunk, even where a crc32c checksum exists")

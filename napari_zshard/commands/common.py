@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``zshard fsck``: no damage found, but something could not be checked (an array skipped —
+#: codecs the engine does not implement, a string dtype — or an object that cannot be read).
+EXIT_INCOMPLETE = 3
 
 
 def one_line(error: BaseException) -> str:

@@ -17,7 +17,7 @@ from ..survey import (
     run_fsck,
     survey,
 )
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
+from .common import EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
 _METHODS = {
     "crc32c": "crc32c of every chunk, no decompression",
@@ -131,14 +131,18 @@ def cmd_fsck(args: argparse.Namespace) -> int:
                   f"note: {what}; readers ignore them, --remove-partial deletes them")
         totals = (f"{report.objects_found:,} {noun} and {report.chunks_checked:,} inner chunks "
                   "checked" if sharded else f"{report.objects_found:,} {noun} checked")
-        if report.clean and not report.objects_checked and report.skipped:
-            print(f"nothing checked: {len(report.skipped)} array(s) skipped")
-        elif report.clean:
-            print(f"clean: {totals}")
-        else:
+        if report.damaged:
             print(f"DAMAGED: {report.damaged_objects:,} of {report.objects_found:,} {noun} "
                   f"have problems ({len(report.problems)} problem(s); {totals})")
-    return EXIT_OK if report.clean else EXIT_PROBLEMS
+        elif report.unchecked:
+            unread = report.unchecked - len(report.skipped)
+            print(f"INCOMPLETE: no damage found, but {len(report.skipped)} array(s) skipped "
+                  f"and {unread} object(s) unreadable ({totals})")
+        else:
+            print(f"clean: {totals}")
+    if report.damaged:
+        return EXIT_PROBLEMS
+    return EXIT_INCOMPLETE if report.unchecked else EXIT_OK
 
 
 def _check_with_progress(args: argparse.Namespace, plan: FsckPlan, report: FsckReport,

@@ -19,6 +19,7 @@ missing ones are skipped. Memory stays bounded by one batch of whole objects (``
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ import numpy as np
 from ..engine.codecs import Crc32cCodec
 from ..engine.metadata import ArrayMeta
 from ..engine.shard_index import EMPTY, decode_index
-from ..errors import CorruptShardError, UnsupportedCodecError, ZShardError
+from ..errors import CorruptShardError, UnsafeKeyError, UnsupportedCodecError, ZShardError
 from ..store import FullRequest
 from ..store.pool import decode_pool
-from .arrays import ArrayNode, StoredObject, Survey, all_objects
+from .arrays import ArrayNode, StoredObject, Survey, all_objects, grid_coords
 
 MAX_CHUNK_PROBLEMS = 5  # per object; the rest are counted in one summary problem
+#: Problem kinds that say "could not be checked" rather than "is damaged".
+UNCHECKED_KINDS = frozenset({"read"})
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Problem:
 
     array: str  # array path relative to the checked URL
     key: str  # object key relative to the array
-    kind: str  # "metadata" | "index" | "chunk" | "read"
+    kind: str  # "metadata" | "index" | "chunk" | "unsafe" (leads out of the store) | "read"
     message: str
 
 
@@ -100,6 +103,16 @@ class FsckReport:
         return not self.problems
 
     @property
+    def damaged(self) -> bool:
+        """Damage was found (corrupt metadata, index or chunk; a link out of the store)."""
+        return any(p.kind not in UNCHECKED_KINDS for p in self.problems)
+
+    @property
+    def unchecked(self) -> int:
+        """Arrays skipped plus objects that could not be read: what this check did not cover."""
+        return len(self.skipped) + sum(p.kind in UNCHECKED_KINDS for p in self.problems)
+
+    @property
     def damaged_objects(self) -> int:
         return len({(p.array, p.key) for p in self.problems if p.kind != "metadata"})
 
@@ -108,6 +121,7 @@ class FsckReport:
             "url": self.url, "clean": self.clean, "complete": self.complete,
             "objects_checked": self.objects_checked, "objects_found": self.objects_found,
             "chunks_checked": self.chunks_checked, "damaged_objects": self.damaged_objects,
+            "damaged": self.damaged, "unchecked": self.unchecked,
             "problems": [vars(p) for p in self.problems],
             "skipped": [{"array": a, "reason": r} for a, r in self.skipped],
             "partial_files": {"count": self.partial_files[0], "bytes": self.partial_files[1]},
@@ -128,6 +142,7 @@ def plan_fsck(found: Survey, *, full: bool = False) -> FsckPlan:
     for node in found.arrays:
         if node.meta is not None:
             plan.targets.append((node, check_method(node.meta, full=full)))
+            plan.problems.extend(_folders_at_object_keys(node))
         elif isinstance(node.error, UnsupportedCodecError):
             plan.skipped.append((node.path, f"codecs the engine does not implement: {node.error}"))
         else:
@@ -187,6 +202,24 @@ def remove_partial_files(found: Survey) -> tuple[int, int]:
     return found.store.sweep_temporaries()
 
 
+def _folders_at_object_keys(node: ArrayNode) -> list[Problem]:
+    """A folder where a shard or chunk belongs (local stores): a listing of files does not
+    show it, and every read of that object fails."""
+    from ..store.local import LocalStore
+
+    if not isinstance(node.store, LocalStore) or node.meta is None:
+        return []
+    problems = []
+    for dirpath, dirs, _ in os.walk(node.store.root):
+        for name in dirs:
+            key = os.path.relpath(os.path.join(dirpath, name), node.store.root)
+            key = key.replace(os.sep, "/")
+            if grid_coords(node.meta, key) is not None:
+                problems.append(Problem(node.path, key, "read", f"{node.url}/{key}: a folder "
+                                        "stands where this object belongs; it cannot be read"))
+    return problems
+
+
 def _batches(objects: Iterable[StoredObject], max_bytes: int, max_count: int
              ) -> Iterator[list[StoredObject]]:
     batch: list[StoredObject] = []
@@ -210,7 +243,8 @@ def _read_batch(node: ArrayNode, batch: list[StoredObject], *, listed: bool
         if len(batch) > 1:  # find out which object fails
             return [r for o in batch for r in _read_batch(node, [o], listed=listed)]
         msg = " ".join(str(e).split()) or type(e).__name__
-        problem = Problem(node.path, batch[0].key, "read", f"{node.url}/{batch[0].key}: {msg}")
+        kind = "unsafe" if isinstance(e, UnsafeKeyError) else "read"
+        problem = Problem(node.path, batch[0].key, kind, f"{node.url}/{batch[0].key}: {msg}")
         return [ObjectCheck(node.path, batch[0].key, True, problems=(problem,))]
     out: list[bytes | ObjectCheck] = []
     for obj, data in zip(batch, datas, strict=True):
