@@ -32,6 +32,20 @@ def _storage_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def _at_least(minimum: int):
+    """An argparse ``type``: an integer ≥ ``minimum``, or a message naming what is expected."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _codec_arguments(parser: argparse.ArgumentParser) -> None:
     """The codec options every command that writes shards takes."""
     parser.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
@@ -91,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--chunks", help="inner chunk shape, e.g. 64,64,64 (default: auto)")
     convert.add_argument("--shards", help="shard shape, e.g. 256,256,256 (default: auto)")
     _codec_arguments(convert)
-    convert.add_argument("--levels", type=int,
+    convert.add_argument("--levels", type=_at_least(1),
                          help="rebuild the pyramid with this many levels (default: keep the "
                               "source's levels)")
     convert.add_argument("--rebuild-pyramid", action="store_true",
@@ -131,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--on-corrupt", choices=["stop", "skip"], default="stop",
                          help="a corrupt source shard stops the job (default) or its "
                               "destination shards are skipped")
-    reshard.add_argument("--workers", type=int, help="threads (default: one per core)")
+    reshard.add_argument("--workers", type=_at_least(1), help="threads (default: one per core)")
     reshard.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the shard tasks on this dask.distributed scheduler")
     reshard.add_argument("--dst-option", dest="dst_options", action="append",

@@ -12,17 +12,10 @@ from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, follow, one_line, 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..multiscale.convert import convert
     from ..multiscale.write import WriteOptions
+    from ..reshard.layout import parse_shape
 
-    def shape(text: str | None, what: str):
-        if not text:
-            return None
-        try:
-            return tuple(int(v) for v in text.replace("x", ",").split(","))
-        except ValueError:
-            raise ValueError(f"{what} must look like 64,64,64, not {text!r}") from None
-
-    options = WriteOptions(chunks=shape(args.chunks, "--chunks"),
-                           shards=shape(args.shards, "--shards"), compressor=args.codec,
+    options = WriteOptions(chunks=parse_shape(args.chunks, "--chunks"),
+                           shards=parse_shape(args.shards, "--shards"), compressor=args.codec,
                            level=args.codec_level, checksum=not args.no_checksum,
                            levels=args.levels, overwrite=args.overwrite)
     steps = convert(args.src, args.dst, options=options,

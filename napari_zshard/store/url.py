@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, unquote, urlparse, urlsplit, urlunsplit
 
 from ..errors import UnsupportedURLError
 from .base import Store
-from .config import options_for
+from .config import check_storage_options, options_for
 
 
 def normalize_url(url: str | os.PathLike) -> str:
@@ -90,6 +90,7 @@ def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = 
     protocol = protocol_of(address)
     _refuse_credentials_in(address, protocol)
     options = {**options_for(_without_userinfo(address)), **(storage_options or {})}
+    check_storage_options(protocol, options)
     if protocol == "file":
         from .local import LocalStore
 
