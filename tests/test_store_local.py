@@ -332,11 +332,12 @@ def test_a_killed_writers_partial_file_is_swept_a_live_writers_is_not(tmp_path):
     assert store.read("c/0/0") == b"kept" and store.read("c/0/1") is None
 
 
-def test_a_partial_file_is_left_alone_for_its_first_seconds(tmp_path):
+def test_a_just_created_file_is_left_alone_for_its_first_seconds(tmp_path):
     store = LocalStore(tmp_path / "vol.zarr")
     store.write("c/0/0", b"kept")
-    # what a writer holds for an instant between creating its file and locking it
-    fresh = store.root / "c" / "0" / ".1.abc123.tmp"
+    # what a writer holds for an instant between creating its file and locking it (a .tmp
+    # is locked from birth: an unlocked one is a dead writer's, however young)
+    fresh = store.root / "c" / "0" / ".1.abc123.new"
     fresh.write_bytes(b"x" * 10)
 
     assert store.sweep_temporaries() == (0, 0)

@@ -35,7 +35,9 @@ except ImportError:  # Windows
 
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows)
-#: :meth:`LocalStore.sweep_temporaries` leaves temporary files younger than this (seconds).
+#: :meth:`LocalStore.sweep_temporaries` leaves a file a writer has only just created (not yet
+#: locked, ``*.new``) alone for this long (seconds). A ``*.tmp`` is locked from birth to
+#: commit, so an unlocked one is a dead writer's, whatever its age.
 TEMP_MIN_AGE = 30.0
 
 
@@ -207,11 +209,13 @@ class LocalStore(Store):
         except OSError as e:
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+            except BaseException:
+                os.close(fd)
+                raise
+            _commit_temp(fd, tmp, path)  # (closes fd)
         except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -345,10 +349,12 @@ class LocalStore(Store):
         """Remove the temporary files of writes whose process died (killed, crashed, power
         cut) below ``prefix``; returns how many and their bytes.
 
-        A writer holds an ``flock`` on its temporary file from creating it to its last write,
-        and the lock dies with its process: an unlocked one is abandoned. Files touched in the
-        last ``min_age`` seconds are left alone (the instants between creating the file and
-        locking it, and between the last write and the rename). Without ``fcntl``: nothing.
+        A writer creates its file as ``.<name>.<random>.new``, locks it (``flock``) and only
+        then renames it to ``….tmp``; it holds the lock until the file has been renamed over
+        the object. The lock dies with its process: an unlocked ``.tmp`` is abandoned,
+        however young (a resumed reshard removes what the killed run left a second ago). A
+        ``.new`` is removed only once ``min_age`` seconds old (its writer may be between
+        creating and locking it). Without ``fcntl``: nothing.
         """
         return self._abandoned_temporaries(prefix, min_age, remove=True)
 
@@ -366,16 +372,16 @@ class LocalStore(Store):
         now = time.time()
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if not (name.startswith(".") and name.endswith(".tmp")):
+                if not (name.startswith(".") and name.endswith((".tmp", ".new"))):
                     continue
                 path = os.path.join(dirpath, name)
                 try:
-                    fd = os.open(path, os.O_RDONLY)
+                    fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
                 except OSError:  # renamed or removed meanwhile
                     continue
                 try:
                     info = os.fstat(fd)
-                    if now - info.st_mtime < min_age:
+                    if name.endswith(".new") and now - info.st_mtime < min_age:
                         continue
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:  # a live writer holds it
@@ -397,7 +403,7 @@ class LocalStore(Store):
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".") and name.endswith((".tmp", ".lock")):
+                if name.startswith(".") and name.endswith((".tmp", ".new", ".lock")):
                     continue  # commits in progress, update locks: not objects
                 full = Path(dirpath) / name
                 try:
@@ -448,10 +454,8 @@ class _FileWriter(ObjectWriter):
 
     def commit(self) -> None:
         try:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            os.replace(self._tmp, self.path)
+            fd, self._fd = self._fd, -1
+            _commit_temp(fd, self._tmp, self.path)
         except BaseException as e:
             self.abort()
             if isinstance(e, OSError):  # the target is a folder, ...
@@ -470,13 +474,39 @@ class _FileWriter(ObjectWriter):
 
 def _new_temp(path: Path) -> tuple[int, str]:
     """A hidden temporary file beside ``path`` (``.<name>.<random>.tmp``), open for writing
-    and ``flock``-ed for as long as this process keeps it open: the mark of a live write."""
+    and ``flock``-ed for as long as this process keeps it open: the mark of a live write.
+
+    Made as ``….new``, locked, then renamed: no sweeper ever sees an unlocked ``.tmp`` of a
+    live writer (see :meth:`LocalStore.sweep_temporaries`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    if fcntl is not None:
+    fd, new = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    if fcntl is None:
+        return fd, new
+    try:
         with contextlib.suppress(OSError):  # (a file system without locks: never swept)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tmp = new[:-len(".new")] + ".tmp"
+        os.rename(new, tmp)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(new)
+        raise
     return fd, tmp
+
+
+def _commit_temp(fd: int, tmp: str, path: Path) -> None:
+    """fsync ``fd`` (open on ``tmp``), rename ``tmp`` over ``path``, then close ``fd``: the
+    lock is held until the file no longer has its temporary name (where fcntl exists: Windows
+    cannot rename an open file)."""
+    try:
+        os.fsync(fd)
+        if fcntl is not None:
+            os.replace(tmp, path)
+    finally:
+        os.close(fd)  # (always, and only here)
+    if fcntl is None:
+        os.replace(tmp, path)
 
 
 def _iov_max() -> int:

@@ -28,12 +28,20 @@ from typing import Any
 import numpy as np
 
 from ..engine.codecs import Crc32cCodec
-from ..engine.metadata import ArrayMeta
+from ..engine.metadata import ArrayMeta, parse_v3
 from ..engine.shard_index import EMPTY, decode_index
 from ..errors import CorruptShardError, UnsafeKeyError, UnsupportedCodecError, ZShardError
-from ..store import FullRequest
+from ..store import FullRequest, Store
 from ..store.pool import decode_pool
-from .arrays import ArrayNode, StoredObject, Survey, all_objects, grid_coords
+from .arrays import (
+    ArrayNode,
+    StoredObject,
+    Survey,
+    _grid_objects,
+    _list,
+    all_objects,
+    grid_coords,
+)
 
 MAX_CHUNK_PROBLEMS = 5  # per object; the rest are counted in one summary problem
 #: Problem kinds that say "could not be checked" rather than "is damaged".
@@ -91,6 +99,9 @@ class FsckReport:
     #: temporary files of writes whose process died (local stores): count, bytes. Not damage:
     #: readers never see them; :func:`remove_partial_files` deletes them.
     partial_files: tuple[int, int] = (0, 0)
+    #: set when the URL holds an interrupted write (no metadata yet): what it is. The shards
+    #: written so far are checked against the planned metadata; the store is not complete.
+    interrupted: str | None = None
 
     def add(self, check: ObjectCheck) -> None:
         self.objects_checked += 1
@@ -109,8 +120,10 @@ class FsckReport:
 
     @property
     def unchecked(self) -> int:
-        """Arrays skipped plus objects that could not be read: what this check did not cover."""
-        return len(self.skipped) + sum(p.kind in UNCHECKED_KINDS for p in self.problems)
+        """Arrays skipped plus objects that could not be read (plus one for an interrupted
+        write's missing metadata): what this check did not cover."""
+        return (len(self.skipped) + sum(p.kind in UNCHECKED_KINDS for p in self.problems)
+                + (self.interrupted is not None))
 
     @property
     def damaged_objects(self) -> int:
@@ -122,6 +135,7 @@ class FsckReport:
             "objects_checked": self.objects_checked, "objects_found": self.objects_found,
             "chunks_checked": self.chunks_checked, "damaged_objects": self.damaged_objects,
             "damaged": self.damaged, "unchecked": self.unchecked,
+            "interrupted": self.interrupted,
             "problems": [vars(p) for p in self.problems],
             "skipped": [{"array": a, "reason": r} for a, r in self.skipped],
             "partial_files": {"count": self.partial_files[0], "bytes": self.partial_files[1]},
@@ -189,6 +203,37 @@ def fsck(found: Survey, *, full: bool = False) -> FsckReport:
     report.complete = True
     report.partial_files = partial_files(found)
     return report
+
+
+def survey_interrupted(store: Store) -> Survey | None:
+    """What an interrupted write left at ``store``, which has no Zarr metadata yet (a killed
+    reshard writes every ``zarr.json`` at its end): the arrays its reshard journal plans, each
+    with the shards stored so far, so that fsck checks them and ``--remove-partial`` cleans up.
+    None when there is no journal and no partial file either (nothing was being written)."""
+    from ..reshard.journal import read_plan
+
+    try:
+        plan = read_plan(store)
+    except ZShardError:
+        plan = None
+    if plan is None and not store.abandoned_temporaries()[0]:
+        return None
+    listing, error = _list(store, "")
+    nodes = []
+    for path, doc in sorted((plan or {}).get("arrays", {}).items()):
+        sub = store.child(path) if path else store
+        try:
+            meta = parse_v3(doc, f"{sub.url}/zarr.json (planned, in the reshard journal)")
+        except ZShardError as e:
+            nodes.append(ArrayNode(path, sub, None, e))
+            continue
+        node = ArrayNode(path, sub, meta)
+        if listing is not None:
+            prefix = f"{path}/" if path else ""
+            node.objects = _grid_objects(meta, ((k[len(prefix):], n) for k, n in listing
+                                                if k.startswith(prefix)))
+        nodes.append(node)
+    return Survey(store.url, store, "group", nodes, error)
 
 
 def partial_files(found: Survey) -> tuple[int, int]:
