@@ -8,7 +8,7 @@ from typing import Any
 
 from ._convert import layer_data, too_big_warning
 from .multiscale import open_nodes, sniff
-from .store.url import redact_text, redact_url
+from .store.url import carries_credentials, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list] | None:
     if not paths or not all(isinstance(p, str) for p in paths):
         return None
     if not all(sniff(p) for p in paths):
-        return None
+        # A URL carrying a password or token is claimed even so: napari's own "no reader" and
+        # "returned no data" messages quote the path as typed; read_zarr's are redacted.
+        return read_zarr if any(carries_credentials(p) for p in paths) else None
     return read_zarr
 
 
@@ -47,6 +49,8 @@ def read_zarr(path: str | list[str]) -> list:
         from napari.utils.notifications import show_error
 
         show_error("napari-zshard could not open:\n" + "\n".join(errors))
+        if not layers and any(carries_credentials(p) for p in paths):
+            return [(None,)]  # napari's "no layers, no error" value: it would quote the URL
     if too_big:
         from napari.utils.notifications import show_warning
 

@@ -48,6 +48,12 @@ def redact_url(url: str | os.PathLike) -> str:
     return f"{scheme}://{netloc}{path}{hidden}"
 
 
+def carries_credentials(url: str | os.PathLike) -> bool:
+    """Whether ``url`` has userinfo or a query (what :func:`redact_url` hides)."""
+    text = os.fspath(url)
+    return isinstance(text, str) and redact_url(text) != text
+
+
 def redact_text(text: str, url: str | os.PathLike) -> str:
     """``text`` (an error message, say) with every occurrence of ``url`` — and of its userinfo
     and query, which libraries quote on their own — replaced by :func:`redact_url`'s form."""
