@@ -35,6 +35,7 @@ except ImportError:  # Windows
 
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows)
+_S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
 #: :meth:`LocalStore.sweep_temporaries` leaves a file a writer has only just created (not yet
 #: locked, ``*.new``) alone for this long (seconds). A ``*.tmp`` is locked from birth to
 #: commit, so an unlocked one is a dead writer's, whatever its age.
@@ -111,13 +112,21 @@ class LocalStore(Store):
 
     def _open_inside(self, path: str, key: str) -> int:
         """``os.open`` of an object for reading, following a symbolic link only when it ends
-        inside the root."""
-        self._check_folder(os.path.dirname(path), key)
+        inside the root. (A missing object costs no check: nothing is read.)"""
         try:
-            return os.open(path, _O_READ | _O_NOFOLLOW)
+            fd = os.open(path, _O_READ | _O_NOFOLLOW)
         except OSError as e:
             if e.errno != errno.ELOOP or not _O_NOFOLLOW:
                 raise
+        else:
+            folder = path.rpartition(os.sep)[0]
+            if self._real_dirs.get(folder) is not True:  # (the common case: known inside)
+                try:
+                    self._check_folder(folder, key)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            return fd
         if not self._is_inside(path):
             raise UnsafeKeyError(
                 f"{self.url}/{key} is a symbolic link to {os.path.realpath(path)}, outside "
@@ -137,7 +146,7 @@ class LocalStore(Store):
         out = []
         try:
             info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
+            if info.st_mode & _S_IFMT == _S_IFDIR:
                 raise StoreError(f"cannot read {self._path(key)}: a folder stands where this "
                                  "object belongs (remove or rename it)")
             size = info.st_size
