@@ -42,6 +42,7 @@ def test_redact_url_strips_userinfo_query_and_fragment():
     assert redact_url(signed) == "https://bucket.s3.amazonaws.com/x.zarr?<redacted>"
     assert redact_url("/data/x.zarr") == "/data/x.zarr"
     assert redact_url("http://u:pa/ss@host/x.zarr") == "http://<redacted>@host/x.zarr"
+    assert redact_url("http://host:8080/u@x/a.zarr") == "http://host:8080/u@x/a.zarr"
     assert redact_url("http://[::1/x.zarr") == "http://[::1/x.zarr"  # never raises
 
 

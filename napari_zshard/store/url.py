@@ -41,8 +41,10 @@ def redact_url(url: str | os.PathLike) -> str:
     netloc, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
     if "@" in netloc:
         netloc = "<redacted>@" + netloc.rpartition("@")[2]
-    elif "@" in rest and ":" in rest[:rest.find("@")]:
+    elif "@" in rest and ":" in (head := rest[:rest.find("@")].split("/")[0]) and not (
+            head.rpartition(":")[2].isdigit()):
         # an unquoted "/" in the password: the authority only seems to end before the "@"
+        # (a "host:port" before a path holding an "@" is not one)
         netloc, _, path = rest.partition("@")[2].partition("/")
         netloc, path = "<redacted>@" + netloc, "/" + path if path or "/" in rest else ""
     return f"{scheme}://{netloc}{path}{hidden}"
