@@ -116,3 +116,12 @@ def test_open_store_of_a_root_outside_is_still_allowed(tmp_path):
     store = open_store(tmp_path / "anywhere.zarr")
     store.write("a/b", b"1")
     assert store.read("a/b") == b"1"
+
+
+def test_fsck_reports_a_linked_folder_out_of_the_store(array, tmp_path, capsys):
+    root, _, _ = array
+    os.replace(root / "c/1", tmp_path / "outside" / "c1")
+    os.symlink(tmp_path / "outside" / "c1", root / "c/1")
+    assert main(["fsck", str(root), "--json", "-q"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [(p["key"], p["kind"]) for p in report["problems"]] == [("c/1", "unsafe")]

@@ -85,7 +85,8 @@ class LocalStore(Store):
     def _real_root(self) -> str:
         return os.path.realpath(self._root)
 
-    def _is_inside(self, path: str) -> bool:
+    def resolves_inside(self, path: str) -> bool:
+        """Whether ``path``, its symbolic links resolved, lies in (or is) the store root."""
         real, root = os.path.realpath(path), self._real_root
         return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -99,7 +100,7 @@ class LocalStore(Store):
                 probe = os.path.dirname(probe)
             if len(probe) <= len(self._root):
                 return  # nothing of the key's folder exists yet below the root
-            inside = self._is_inside(probe)
+            inside = self.resolves_inside(probe)
             if os.path.isdir(folder):
                 if len(self._real_dirs) > 4096:
                     self._real_dirs.clear()
@@ -127,7 +128,7 @@ class LocalStore(Store):
                     os.close(fd)
                     raise
             return fd
-        if not self._is_inside(path):
+        if not self.resolves_inside(path):
             raise UnsafeKeyError(
                 f"{self.url}/{key} is a symbolic link to {os.path.realpath(path)}, outside "
                 "the store root: refused (a store never reads or writes outside its root; "

@@ -248,18 +248,27 @@ def remove_partial_files(found: Survey) -> tuple[int, int]:
 
 
 def _folders_at_object_keys(node: ArrayNode) -> list[Problem]:
-    """A folder where a shard or chunk belongs (local stores): a listing of files does not
-    show it, and every read of that object fails."""
+    """Folders a listing of files does not show (local stores): a folder where a shard or
+    chunk belongs (every read of it fails), and symbolic links to folders — out of the store
+    (damage: reads refuse them) or inside it (not listed, so not checked)."""
     from ..store.local import LocalStore
 
-    if not isinstance(node.store, LocalStore) or node.meta is None:
+    store = node.store
+    if not isinstance(store, LocalStore) or node.meta is None:
         return []
     problems = []
-    for dirpath, dirs, _ in os.walk(node.store.root):
+    for dirpath, dirs, _ in os.walk(store.root):
         for name in dirs:
-            key = os.path.relpath(os.path.join(dirpath, name), node.store.root)
-            key = key.replace(os.sep, "/")
-            if grid_coords(node.meta, key) is not None:
+            full = os.path.join(dirpath, name)
+            key = os.path.relpath(full, store.root).replace(os.sep, "/")
+            if os.path.islink(full):
+                inside = store.resolves_inside(full)
+                problems.append(Problem(
+                    node.path, key, "read" if inside else "unsafe",
+                    f"{node.url}/{key}: a symbolic link to the folder {os.path.realpath(full)}"
+                    + (": its objects were not checked" if inside else
+                       ", outside the store root: reads refuse it")))
+            elif grid_coords(node.meta, key) is not None:
                 problems.append(Problem(node.path, key, "read", f"{node.url}/{key}: a folder "
                                         "stands where this object belongs; it cannot be read"))
     return problems
