@@ -243,7 +243,7 @@ def test_an_aborted_stream_leaves_the_object_as_it_was(store):
 
 def test_a_local_stream_leaves_no_temporary_file_and_survives_short_writes(tmp_path,
                                                                            monkeypatch):
-    import napari_zshard.store.local as local
+    import napari_zshard.store.local_files as local
 
     real = local._writev or (lambda fd, views: os.write(fd, views[0]))
     monkeypatch.setattr(local, "_writev", lambda fd, views: real(fd, [views[0][:1000]]))
@@ -262,7 +262,7 @@ def test_a_failed_stream_is_a_store_error_naming_the_path_and_leaves_nothing(tmp
                                                                             monkeypatch):
     import errno
 
-    import napari_zshard.store.local as local
+    import napari_zshard.store.local_files as local
 
     def full(fd, views):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
