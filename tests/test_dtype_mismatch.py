@@ -15,12 +15,12 @@ from napari_zshard.errors import ChunkSizeMismatchError, DecompressionBombError
 
 
 @pytest.mark.parametrize("progressive", [True, False])
-@pytest.mark.parametrize("compressor", ["zstd", "blosc"])
+@pytest.mark.parametrize("compressor", ["zstd", "blosc", "gzip"])
 def test_uint32_data_under_a_uint16_data_type_is_a_size_mismatch(compressor, progressive,
                                                                  tmp_path):
     path = tmp_path / "vol.zarr"
-    codec = (zarr.codecs.ZstdCodec() if compressor == "zstd"
-             else zarr.codecs.BloscCodec(cname="lz4"))
+    codec = {"zstd": zarr.codecs.ZstdCodec(), "blosc": zarr.codecs.BloscCodec(cname="lz4"),
+             "gzip": zarr.codecs.GzipCodec()}[compressor]
     zarr.create_array(store=str(path), shape=(32, 32, 32), chunks=(16, 16, 16),
                       shards=(32, 32, 32), dtype="uint32", compressors=[codec],
                       fill_value=0)[:] = np.arange(32**3, dtype=np.uint32).reshape(32, 32, 32)

@@ -39,6 +39,7 @@ from .codecs import (
     ZlibCodec,
     ZstdCodec,
     declared_size_error,
+    zlib_overflow_error,
     zstd_frame_content_size,
 )
 
@@ -218,8 +219,7 @@ class _ZlibStream:
         except zlib.error as e:
             raise CorruptDataError(f"cannot decompress {self._name} chunk: {e}") from e
         if done + len(piece) > total:
-            raise DecompressionBombError(
-                f"{self._name} stream expands beyond the {total} bytes the chunk holds")
+            raise zlib_overflow_error(d, done + len(piece), total, f"{self._name} stream")
         self._out[done:done + len(piece)] = np.frombuffer(piece, "B")
         self.done, self._tail = done + len(piece), d.unconsumed_tail
         if until >= total and (not d.eof or self.done != total):
