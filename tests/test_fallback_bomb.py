@@ -137,3 +137,4 @@ def test_a_healthy_fallback_array_reads_whole_shards_and_single_chunks(tmp_path)
     assert arr.uses_fallback
     np.testing.assert_array_equal(arr[:], data)
     np.testing.assert_array_equal(arr[40, 3:20], data[40, 3:20])
+

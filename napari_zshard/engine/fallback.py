@@ -33,6 +33,8 @@ _ZSTD_MAGIC = (0xFD2FB528).to_bytes(4, "little")
 #: Decoded bytes allowed per element of a variable-length dtype (strings), whose chunks have
 #: no fixed size: generous, but finite.
 VARIABLE_ITEM_BOUND = 1024
+#: How much more than the array's dtype a chunk may decompress to when filters come first.
+FILTER_GROWTH = 8
 _EMPTY = 2**64 - 1
 _METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 
@@ -97,12 +99,25 @@ def _layout(array) -> tuple[int, dict[str, Any] | None]:
     per_item = dtype.itemsize if dtype.kind not in "OT" and dtype.itemsize else \
         VARIABLE_ITEM_BOUND
     bound = math.prod(chunk) * per_item
+    if _has_filters(array, sharding):
+        # filters may store a wider type than the array's (numcodecs' AsType: uint8 as f8)
+        bound *= FILTER_GROWTH
     if sharding is None:
         return bound, None
     n = math.prod(s // c for s, c in zip(array.shards, chunk, strict=True))
     crc = sum(4 for c in sharding.index_codecs if "crc32c" in type(c).__name__.lower())
     location = getattr(sharding.index_location, "value", sharding.index_location)
     return bound, {"entries": n, "index_size": 16 * n + crc, "start": location == "start"}
+
+
+def _has_filters(array, sharding) -> bool:
+    """Whether ``array``'s chunks pass array→array codecs (v3) or filters (v2)."""
+    from zarr.abc.codec import ArrayArrayCodec
+
+    if getattr(array.metadata, "filters", None):  # Zarr v2
+        return True
+    codecs = sharding.codecs if sharding is not None else getattr(array.metadata, "codecs", ())
+    return any(isinstance(c, ArrayArrayCodec) for c in codecs)
 
 
 def _bounded_store_class():
