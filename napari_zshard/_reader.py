@@ -9,6 +9,7 @@ from typing import Any
 from ._convert import layer_data, too_big_warning
 from .errors import MetadataError, ZShardError
 from .multiscale import open_nodes, probe
+from .store.url import carries_credentials, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,12 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list] | None:
     for p in paths:
         try:
             if probe(p) is None:
-                return None
+                # A URL carrying a password or token is claimed even so: napari's own "no
+                # reader" and "returned no data" messages quote the path as typed; ours are
+                # redacted.
+                return read_zarr if any(carries_credentials(q) for q in paths) else None
         except MetadataError as e:
-            return _broken(e)
+            return _broken(MetadataError(redact_text(str(e), p)))
     return read_zarr
 
 
@@ -47,27 +51,32 @@ def read_zarr(path: str | list[str]) -> list:
     it)."""
     paths = path if isinstance(path, list) else [path]
     layers: list = []
-    errors: list[tuple[str, Exception]] = []
+    errors: list[tuple[Exception, str]] = []  # the error, and what to show of it
     too_big = []
     for p in paths:
         try:
             opened = layer_data(open_nodes(p))
         except Exception as e:  # reported to the user below, never a traceback dump
-            log.debug("cannot open %s", p, exc_info=True)
-            errors.append((p, e))
+            # (no traceback: libraries below quote URLs, passwords included, in theirs)
+            message = redact_text(str(e), p)
+            log.debug("cannot open %s: %s: %s", redact_url(p), type(e).__name__, message)
+            errors.append((e, f"{redact_url(p)}: {message}"))
             continue
         layers.extend(opened)
         # a coarsest level too big for 3D view: the layer got a small virtual level; say so
         too_big.extend(w for _, kwargs, _ in opened if (w := too_big_warning(kwargs, p)))
-    if errors and not layers:
+    report = "napari-zshard could not open:\n" + "\n".join(line for _, line in errors)
+    secret = any(carries_credentials(p) for p in paths)
+    if errors and not layers and not secret:
         if len(errors) == 1:
-            raise errors[0][1]
-        raise ZShardError("napari-zshard could not open:\n" +
-                          "\n".join(f"{p}: {e}" for p, e in errors))
+            raise errors[0][0]
+        raise ZShardError(report)
     if errors:
         from napari.utils.notifications import show_error
 
-        show_error("napari-zshard could not open:\n" + "\n".join(f"{p}: {e}" for p, e in errors))
+        show_error(report)
+        if not layers:
+            return [(None,)]  # napari's "no layers, no error" value: it would quote the URL
     if too_big:
         from napari.utils.notifications import show_warning
 

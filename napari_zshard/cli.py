@@ -2,8 +2,8 @@
 
 This module parses the command line and runs the command (:mod:`napari_zshard.commands` holds
 them: thin shells over the library that print and return exit codes). Exit codes: 0 clean,
-1 problems found, 2 usage error or the URL cannot be opened, 130 interrupted. Errors are one
-line on stderr (``--debug`` shows the traceback).
+1 problems found, 2 usage error or the URL cannot be opened, 3 (fsck) something could not be
+checked, 130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from . import __version__
-from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line
+from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line, redact_for
 from .commands.survey import cmd_fsck, cmd_info
 from .commands.write import cmd_convert, cmd_reshard
 
@@ -30,6 +30,20 @@ def _storage_option(text: str) -> tuple[str, Any]:
         return name, json.loads(value)
     except ValueError:
         return name, value
+
+
+def _at_least(minimum: int):
+    """An argparse ``type``: an integer ≥ ``minimum``, or a message naming what is expected."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _codec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check every stored shard's index and inner chunks. By default a chunk "
         "whose codecs end with crc32c has only its checksum verified (no decompression); "
         "other chunks are decoded.",
-        epilog="exit codes: 0 clean, 1 damage found, 2 usage error or URL cannot be opened, "
-        "130 interrupted")
+        epilog="exit codes: 0 clean (everything checked); 1 damage found (corrupt metadata, "
+        "index or chunk, or a link out of the store); 2 usage error or URL cannot be opened; "
+        "3 no damage found but something could not be checked (an array skipped: codecs the "
+        "engine does not implement or a string dtype; an object that cannot be read, e.g. a "
+        "folder where a shard belongs); 130 interrupted")
     fsck.add_argument("url", metavar="URL", help="the array or group to check")
     fsck.add_argument("--full", action="store_true",
                       help="decode every inner chunk, even where a crc32c checksum exists")
@@ -88,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--chunks", help="inner chunk shape, e.g. 64,64,64 (default: auto)")
     convert.add_argument("--shards", help="shard shape, e.g. 256,256,256 (default: auto)")
     _codec_arguments(convert)
-    convert.add_argument("--levels", type=int,
+    convert.add_argument("--levels", type=_at_least(1),
                          help="rebuild the pyramid with this many levels (default: keep the "
                               "source's levels)")
     convert.add_argument("--rebuild-pyramid", action="store_true",
@@ -128,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--on-corrupt", choices=["stop", "skip"], default="stop",
                          help="a corrupt source shard stops the job (default) or its "
                               "destination shards are skipped")
-    reshard.add_argument("--workers", type=int, help="threads (default: one per core)")
+    reshard.add_argument("--workers", type=_at_least(1), help="threads (default: one per core)")
     reshard.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the shard tasks on this dask.distributed scheduler")
     reshard.add_argument("--dst-option", dest="dst_options", action="append",
@@ -176,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors: argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_ERROR
+    logger, handler, level = logging.getLogger("napari_zshard"), None, None
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("napari_zshard")
+        level = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     try:
@@ -190,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"zshard: error: {one_line(e)}", file=sys.stderr)
+        print(f"zshard: error: {redact_for(one_line(e), args)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if handler is not None:  # (main() called again in one process: no stale handler)
+            logger.removeHandler(handler)
+            logger.setLevel(level)
     if code == EXIT_INTERRUPTED and argv is None and (
             threading.current_thread() is threading.main_thread()):
         # Worker threads finish their current read before the process exits; a second Ctrl-C

@@ -76,3 +76,12 @@ class ChecksumError(CorruptDataError):
 
 class DecompressionBombError(CorruptDataError):
     """A compressed chunk expands to more bytes than the chunk can hold."""
+
+
+class ChunkSizeMismatchError(CorruptDataError):
+    """A chunk's stored data is a few times larger or smaller than its shape and data type
+    allow: the metadata (``data_type``, chunk shape) does not describe what was written.
+
+    Not a :class:`DecompressionBombError`: the frame's header says so before anything is
+    allocated, and the usual cause is a ``zarr.json`` edited or written for other data.
+    """

@@ -87,9 +87,9 @@ def test_a_redirect_loop_is_a_clear_error_and_not_retried(folder, http_server, c
 
 def test_a_redirect_from_https_to_http_is_refused(folder, http_server, tmp_path, monkeypatch):
     import fsspec.asyn
+    from test_http_client import _self_signed
 
     from napari_zshard.store.http_client import client_for_loop
-    from test_http_client import _self_signed
 
     cert_file, key_file = _self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -243,7 +243,7 @@ def test_an_aborted_stream_leaves_the_object_as_it_was(store):
 
 def test_a_local_stream_leaves_no_temporary_file_and_survives_short_writes(tmp_path,
                                                                            monkeypatch):
-    import napari_zshard.store.local as local
+    import napari_zshard.store.local_files as local
 
     real = local._writev or (lambda fd, views: os.write(fd, views[0]))
     monkeypatch.setattr(local, "_writev", lambda fd, views: real(fd, [views[0][:1000]]))
@@ -262,7 +262,7 @@ def test_a_failed_stream_is_a_store_error_naming_the_path_and_leaves_nothing(tmp
                                                                             monkeypatch):
     import errno
 
-    import napari_zshard.store.local as local
+    import napari_zshard.store.local_files as local
 
     def full(fd, views):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -332,11 +332,12 @@ def test_a_killed_writers_partial_file_is_swept_a_live_writers_is_not(tmp_path):
     assert store.read("c/0/0") == b"kept" and store.read("c/0/1") is None
 
 
-def test_a_partial_file_is_left_alone_for_its_first_seconds(tmp_path):
+def test_a_just_created_file_is_left_alone_for_its_first_seconds(tmp_path):
     store = LocalStore(tmp_path / "vol.zarr")
     store.write("c/0/0", b"kept")
-    # what a writer holds for an instant between creating its file and locking it
-    fresh = store.root / "c" / "0" / ".1.abc123.tmp"
+    # what a writer holds for an instant between creating its file and locking it (a .tmp
+    # is locked from birth: an unlocked one is a dead writer's, however young)
+    fresh = store.root / "c" / "0" / ".1.abc123.new"
     fresh.write_bytes(b"x" * 10)
 
     assert store.sweep_temporaries() == (0, 0)

@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``zshard fsck``: no damage found, but something could not be checked (an array skipped —
+#: codecs the engine does not implement, a string dtype — or an object that cannot be read).
+EXIT_INCOMPLETE = 3
 
 
 def one_line(error: BaseException) -> str:
@@ -15,6 +18,19 @@ def one_line(error: BaseException) -> str:
             "napari_zshard"):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text} (run with --debug for the traceback)"
+
+
+def redact_for(text: str, args: Any) -> str:
+    """``text`` with every URL the user gave on the command line (URL, SRC, DST) redacted
+    (:func:`~napari_zshard.store.url.redact_url`): errors and reports never echo a password
+    or a presigned-URL signature."""
+    from ..store.url import redact_text
+
+    for name in ("url", "src", "dst"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            text = redact_text(text, value)
+    return text
 
 
 def follow(steps: Iterator[Any], *, show: bool,

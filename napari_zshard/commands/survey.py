@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..errors import MetadataError
+from ..store import open_store
 from ..survey import (
     ArrayInfo,
     FsckPlan,
@@ -17,7 +19,8 @@ from ..survey import (
     run_fsck,
     survey,
 )
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
+from ..survey.fsck import survey_interrupted
+from .common import EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
 _METHODS = {
     "crc32c": "crc32c of every chunk, no decompression",
@@ -103,13 +106,27 @@ def _format_info(info: ArrayInfo) -> str:
 
 # -- fsck ------------------------------------------------------------------------------------
 def cmd_fsck(args: argparse.Namespace) -> int:
-    found = survey(args.url, storage_options=dict(args.options))
+    interrupted = None
+    try:
+        found = survey(args.url, storage_options=dict(args.options))
+    except MetadataError:  # no metadata: an interrupted reshard's destination?
+        store = open_store(args.url, dict(args.options))
+        partial = survey_interrupted(store)
+        if partial is None:
+            raise
+        found = partial
+        interrupted = ("an interrupted write: no Zarr metadata yet (rerun the reshard to "
+                       "finish it)")
+        if not args.json:
+            print(f"note: {found.url} is {interrupted}; checking the {len(found.arrays)} "
+                  "array(s) its reshard journal plans, as far as written")
     if not found.arrays and not found.listable:
         print(f"zshard: error: no arrays found in {found.url}: the store cannot be listed and the "
               "group's metadata names none; give an array's URL", file=sys.stderr)
         return EXIT_ERROR
     plan = plan_fsck(found, full=args.full)
-    report = FsckReport(found.url, problems=list(plan.problems), skipped=list(plan.skipped))
+    report = FsckReport(found.url, problems=list(plan.problems), skipped=list(plan.skipped),
+                        interrupted=interrupted)
     sharded = all(n.meta.sharding for n, _ in plan.targets if n.meta)
     noun = "shards" if sharded else "objects"
     try:
@@ -131,14 +148,21 @@ def cmd_fsck(args: argparse.Namespace) -> int:
                   f"note: {what}; readers ignore them, --remove-partial deletes them")
         totals = (f"{report.objects_found:,} {noun} and {report.chunks_checked:,} inner chunks "
                   "checked" if sharded else f"{report.objects_found:,} {noun} checked")
-        if report.clean and not report.objects_checked and report.skipped:
-            print(f"nothing checked: {len(report.skipped)} array(s) skipped")
-        elif report.clean:
-            print(f"clean: {totals}")
-        else:
+        if report.damaged:
             print(f"DAMAGED: {report.damaged_objects:,} of {report.objects_found:,} {noun} "
                   f"have problems ({len(report.problems)} problem(s); {totals})")
-    return EXIT_OK if report.clean else EXIT_PROBLEMS
+        elif report.interrupted:
+            print(f"INCOMPLETE: no damage found in what was written ({totals}), but the store "
+                  f"is {report.interrupted}")
+        elif report.unchecked:
+            unread = report.unchecked - len(report.skipped)
+            print(f"INCOMPLETE: no damage found, but {len(report.skipped)} array(s) skipped "
+                  f"and {unread} object(s) unreadable ({totals})")
+        else:
+            print(f"clean: {totals}")
+    if report.damaged:
+        return EXIT_PROBLEMS
+    return EXIT_INCOMPLETE if report.unchecked else EXIT_OK
 
 
 def _check_with_progress(args: argparse.Namespace, plan: FsckPlan, report: FsckReport,

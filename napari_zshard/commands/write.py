@@ -5,23 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, follow, one_line
+from ..store.url import redact_url
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, follow, one_line, redact_for
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..multiscale.convert import convert
     from ..multiscale.write import WriteOptions
+    from ..reshard.layout import parse_shape
 
-    def shape(text: str | None, what: str):
-        if not text:
-            return None
-        try:
-            return tuple(int(v) for v in text.replace("x", ",").split(","))
-        except ValueError:
-            raise ValueError(f"{what} must look like 64,64,64, not {text!r}") from None
-
-    options = WriteOptions(chunks=shape(args.chunks, "--chunks"),
-                           shards=shape(args.shards, "--shards"), compressor=args.codec,
+    options = WriteOptions(chunks=parse_shape(args.chunks, "--chunks"),
+                           shards=parse_shape(args.shards, "--shards"), compressor=args.codec,
                            level=args.codec_level, checksum=not args.no_checksum,
                            levels=args.levels, overwrite=args.overwrite)
     steps = convert(args.src, args.dst, options=options,
@@ -32,9 +26,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
             pass
     except KeyboardInterrupt:
         steps.close()
-        print(f"zshard: interrupted; nothing was written to {args.dst}", file=sys.stderr)
+        print(f"zshard: interrupted; nothing was written to {redact_url(args.dst)}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"wrote {args.dst}")
+    print(f"wrote {redact_url(args.dst)}")
     return EXIT_OK
 
 
@@ -59,11 +54,11 @@ def cmd_reshard(args: argparse.Namespace) -> int:
             summary = step.summary or summary
     except KeyboardInterrupt:
         steps.close()
-        print(f"zshard: interrupted; the shards done so far are journaled in {args.dst}: run "
-              "the same command again to resume", file=sys.stderr)
+        print(f"zshard: interrupted; the shards done so far are journaled in "
+              f"{redact_url(args.dst)}: run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except VerificationError as e:
-        print(f"zshard: verification failed: {one_line(e)}", file=sys.stderr)
+        print(f"zshard: verification failed: {redact_for(one_line(e), args)}", file=sys.stderr)
         return EXIT_PROBLEMS
     assert summary is not None
     print(summary.text())

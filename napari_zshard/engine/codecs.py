@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ChecksumError, CorruptDataError, DecompressionBombError, UnsupportedCodecError
+from ..errors import (
+    ChecksumError,
+    ChunkSizeMismatchError,
+    CorruptDataError,
+    DecompressionBombError,
+    UnsupportedCodecError,
+)
 from .checksum import crc32c as _crc32c
 
 _NATIVE = sys.byteorder
@@ -39,6 +45,45 @@ def zstd_frame_content_size(data) -> int | None:
         raise CorruptDataError("truncated zstd frame header")
     value = int.from_bytes(mv[pos:pos + size], "little")
     return value + 256 if size == 2 else value
+
+
+#: A frame declaring up to this many times the chunk's size (or as little as its inverse) is
+#: a metadata/data mismatch (say, uint32 data under a uint16 ``data_type``), not a bomb.
+MISMATCH_RATIO = 8
+
+
+def declared_size_error(what: str, declared: int, expected: int) -> CorruptDataError:
+    """The error for a frame (``what``: "zstd frame", ...) declaring ``declared`` decoded bytes
+    where the chunk holds ``expected``: a bomb when far larger, else a size mismatch that
+    names its likely cause."""
+    if declared > expected * MISMATCH_RATIO or expected == 0:
+        return DecompressionBombError(
+            f"{what} declares {declared} bytes but the chunk holds only {expected}")
+    if declared and (declared % expected == 0 or expected % declared == 0):
+        ratio = (f"{declared // expected} times" if declared > expected
+                 else f"1/{expected // declared} of")
+        return ChunkSizeMismatchError(
+            f"{what} holds {declared} bytes, {ratio} the {expected} bytes the chunk holds: "
+            "the array's data_type or chunk shape does not match the stored data (was "
+            "zarr.json written for other data, or edited?)")
+    return ChunkSizeMismatchError(f"{what} holds {declared} bytes, expected {expected}")
+
+
+def zlib_overflow_error(d, decoded: int, expected: int | None, what: str
+                        ) -> CorruptDataError:
+    """The error for a gzip/zlib stream (decompressor ``d``) that did not end within the
+    ``decoded`` bytes it was allowed. Decoding goes on, a chunk's worth at a time and
+    discarded, to at most :data:`MISMATCH_RATIO` times the chunk, to tell a data type
+    mismatch (a stream of exactly 2, 4 or 8 chunks) from a bomb: memory stays one piece, and
+    the time is spent on the error path only."""
+    total = decoded
+    if expected:
+        while d.unconsumed_tail and total <= expected * MISMATCH_RATIO:
+            total += len(d.decompress(d.unconsumed_tail, expected))
+        if d.eof and total <= expected * MISMATCH_RATIO:
+            return declared_size_error(what, total, expected)
+    return DecompressionBombError(
+        f"{what} expands beyond the {expected or decoded} bytes the chunk holds")
 
 
 class BytesCodec:
@@ -116,9 +161,12 @@ class ZstdCodec(BytesCodec):
         declared = zstd_frame_content_size(data)
         bound = _bound(expected, len(data))
         if declared is not None and declared > bound:
-            raise DecompressionBombError(
-                f"zstd frame declares {declared} bytes but the chunk holds only {bound}"
-            )
+            if expected is None:
+                raise DecompressionBombError(
+                    f"zstd frame declares {declared} bytes but the chunk holds only {bound}")
+            raise declared_size_error("zstd frame", declared, expected)
+        if expected is not None and declared is not None and declared != expected:
+            raise declared_size_error("zstd frame", declared, expected)
         size = declared if declared is not None else bound
         result = _decode_into(_zstd_decompress, data, size, out,
                               exact=declared is not None or expected is not None)
@@ -244,12 +292,11 @@ class BloscCodec(BytesCodec):
             raise CorruptDataError("blosc frame shorter than its 16-byte header")
         declared = int.from_bytes(mv[4:8], "little")
         bound = _bound(expected, len(mv))
-        if declared > bound:
+        if declared > bound and expected is None:
             raise DecompressionBombError(
-                f"blosc frame declares {declared} bytes but the chunk holds only {bound}"
-            )
+                f"blosc frame declares {declared} bytes but the chunk holds only {bound}")
         if expected is not None and declared != expected:
-            raise CorruptDataError(f"blosc frame holds {declared} bytes, expected {expected}")
+            raise declared_size_error("blosc frame", declared, expected)
         impl = self._impl()
 
         def decode(data, target) -> None:
@@ -286,9 +333,7 @@ class ZlibCodec(BytesCodec):
         try:
             result = d.decompress(data, bound)
             if d.unconsumed_tail:
-                raise DecompressionBombError(
-                    f"{self.name} stream expands beyond the {bound} bytes the chunk holds"
-                )
+                raise zlib_overflow_error(d, bound, expected, f"{self.name} stream")
             if not d.eof:
                 raise CorruptDataError(f"truncated {self.name} stream")
         except zlib.error as e:

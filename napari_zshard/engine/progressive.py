@@ -33,7 +33,15 @@ import zlib
 import numpy as np
 
 from ..errors import CorruptDataError, DecompressionBombError
-from .codecs import ChunkCodecs, Crc32cCodec, ZlibCodec, ZstdCodec, zstd_frame_content_size
+from .codecs import (
+    ChunkCodecs,
+    Crc32cCodec,
+    ZlibCodec,
+    ZstdCodec,
+    declared_size_error,
+    zlib_overflow_error,
+    zstd_frame_content_size,
+)
 
 #: Above this share of a chunk, decoding a prefix first saves too little: decode it whole.
 MAX_PREFIX_SHARE = 0.5
@@ -94,11 +102,8 @@ def decode_prefix(codecs: ChunkCodecs, data, shape: tuple[int, ...], dtype: np.d
     codec = chain[0]
     if isinstance(codec, ZstdCodec):
         declared = zstd_frame_content_size(payload)
-        if declared is not None and declared > out.nbytes:
-            raise DecompressionBombError(
-                f"zstd frame declares {declared} bytes but the chunk holds only {out.nbytes}")
         if declared is not None and declared != out.nbytes:
-            raise CorruptDataError(f"zstd frame holds {declared} bytes, expected {out.nbytes}")
+            raise declared_size_error("zstd frame", declared, out.nbytes)
         stream = _ZstdStream(payload, out)
     else:
         stream = _ZlibStream(payload, out, codec)
@@ -214,8 +219,7 @@ class _ZlibStream:
         except zlib.error as e:
             raise CorruptDataError(f"cannot decompress {self._name} chunk: {e}") from e
         if done + len(piece) > total:
-            raise DecompressionBombError(
-                f"{self._name} stream expands beyond the {total} bytes the chunk holds")
+            raise zlib_overflow_error(d, done + len(piece), total, f"{self._name} stream")
         self._out[done:done + len(piece)] = np.frombuffer(piece, "B")
         self.done, self._tail = done + len(piece), d.unconsumed_tail
         if until >= total and (not d.eof or self.done != total):

@@ -171,6 +171,19 @@ def check_destination(url: str | os.PathLike) -> None:
                          "(file:// works too)")
 
 
+def _forget_old_metadata(target: Store) -> None:
+    """Delete the metadata of the old store's levels and labels before overwriting it in
+    place: a level of an interrupted overwrite must not open as the old array over a mix of
+    old and new shards. (The new metadata is written when the save is done.)"""
+    try:
+        keys = [k for k, _ in target.list_prefix("") if k.rsplit("/", 1)[-1] in _ZARR_MARKERS]
+    except (StoreError, OSError, NotImplementedError) as e:
+        log.warning("could not list %s to remove its old metadata: %s", target.url, e)
+        return
+    for key in keys:
+        target.delete(key)
+
+
 @contextlib.contextmanager
 def staged_target(url: str | os.PathLike, options: WriteOptions,
                    storage_options: dict[str, Any] | None) -> Iterator[Store]:
@@ -190,6 +203,7 @@ def staged_target(url: str | os.PathLike, options: WriteOptions,
     else:
         if exists:
             target.delete("zarr.json")  # from now on the old store no longer claims to be whole
+            _forget_old_metadata(target)
         try:
             yield target
         except BaseException:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import EngineCache, open_array
-from ..engine.create import SUPPORTED_KINDS, create_array, default_layout
-from ..engine.metadata import ArrayMeta
+from ..engine import EngineCache, ShardedArray
+from ..engine.create import SUPPORTED_KINDS, array_metadata, default_layout
+from ..engine.metadata import ArrayMeta, parse_json, parse_v3
 from ..engine.shard_writer import iter_shards, shard_region, write_shard
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
@@ -104,13 +104,14 @@ def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard,
     return write_shard(store, meta, shard, np.asarray(block, dtype=meta.dtype))
 
 
-def _write_downsampled(store: Store, meta: ArrayMeta, previous: Store, factors, method: str,
-                       shard) -> int:
+def _write_downsampled(store: Store, meta: ArrayMeta, previous: Store, previous_meta: ArrayMeta,
+                       factors, method: str, shard) -> int:
     """One shard of a coarser level from the level before it, in slabs along axis 0."""
     # A cache of its own: the level was written moments ago under a name the process-wide
     # cache may know from before (an object store overwritten in place), each of its chunks
-    # is read once, and a save should not push out what the viewer has cached.
-    source = open_array(previous, readahead=False, cache=EngineCache(0))
+    # is read once, and a save should not push out what the viewer has cached. Opened from
+    # its metadata: its zarr.json is not written before the whole save is done.
+    source = ShardedArray(previous, previous_meta, readahead=False, cache=EngineCache(0))
     region = shard_region(meta, shard)
     out = np.empty(tuple(s.stop - s.start for s in region), dtype=meta.dtype)
     # slabs one source chunk deep along axis 0: little memory, and no chunk decoded twice
@@ -223,6 +224,7 @@ class _ImagePlan:
     given: bool  # the caller supplied every level
     metas: list[ArrayMeta]
     stores: list[Store]
+    raws: list[bytes]  # each level's zarr.json, written when the whole save is done
     factors: list[tuple[int, ...]]
     method: str
     attributes: dict[str, Any]
@@ -268,18 +270,26 @@ def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
             factors_list = factors_list[:max(0, options.levels - 1)]
         shapes = _level_shapes(source.shape, factors_list)
     dtype = np.dtype(source.dtype)
-    metas, stores = [], []
+    metas, stores, raws = [], [], []
     for i, shape in enumerate(shapes):
         chunks, shards = _layout(shape, dtype, options)
-        level_store, meta = create_array(
-            store.child(str(i)), shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-            compressor=options.compressor, level=options.level, checksum=options.checksum,
-            dimension_names=[a.name for a in axes], overwrite=True)
-        metas.append(meta)
+        if shards is not None and any(s % c for s, c in zip(shards, chunks, strict=True)):
+            raise ValueError(f"shard shape {tuple(shards)} must be a multiple of the chunk "
+                             f"shape {tuple(chunks)}")
+        # the level's zarr.json is only described here: _write_into writes it once the whole
+        # save is done, so a level of an interrupted save is no array (it would read as fill
+        # value where shards were never written)
+        level_store = store.child(str(i))
+        raw = array_metadata(shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+                             compressor=options.compressor, level=options.level,
+                             checksum=options.checksum, dimension_names=[a.name for a in axes])
+        where = f"{level_store.url}/zarr.json"
+        metas.append(parse_v3(parse_json(raw, where), where))
         stores.append(level_store)
+        raws.append(raw)
     return _ImagePlan(
         name=spec.name, store=store, levels_data=list(levels_data), given=given, metas=metas,
-        stores=stores, factors=factors_list,
+        stores=stores, raws=raws, factors=factors_list,
         method=spec.method or ("mode" if spec.kind == "labels" else "mean"),
         attributes=_group_attributes(spec, axes, scale, shapes, dtype), spec=spec, axes=axes)
 
@@ -323,7 +333,9 @@ def _finish_omero(plan: _ImagePlan) -> None:
     ome = plan.attributes["ome"]
     if "omero" not in ome or ome["omero"] is not None:
         return
-    coarsest = open_array(plan.stores[-1], readahead=False, cache=EngineCache(0))
+    # (its zarr.json is not written yet: the save is not done)
+    coarsest = ShardedArray(plan.stores[-1], plan.metas[-1], readahead=False,
+                            cache=EngineCache(0))
     values = np.asarray(coarsest[...], dtype=np.float64)
     finite = values[np.isfinite(values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -346,8 +358,8 @@ def run_plan(plan: _ImagePlan, runner: _Runner) -> Iterator[str]:
             tasks = runner.run(_write_from_source, args)
         else:
             tasks = runner.run(_write_downsampled,
-                               [(level_store, meta, plan.stores[i - 1], plan.factors[i - 1],
-                                 plan.method, s) for s in shards])
+                               [(level_store, meta, plan.stores[i - 1], plan.metas[i - 1],
+                                 plan.factors[i - 1], plan.method, s) for s in shards])
         for _ in tasks:
             yield f"{plan.name}: level {i} of {len(plan.metas) - 1}"
 
@@ -384,6 +396,10 @@ def _write_into(store: Store, levels: list[Any], spec: ImageSpec,
                 done += 1
                 yield WriteProgress(done, total, message)
             _finish_omero(plan)
+        # every shard is in: now the metadata, levels first, the root last
+        for plan in plans:
+            for level_store, raw in zip(plan.stores, plan.raws, strict=True):
+                level_store.write("zarr.json", raw)
             if plan.store is not store:
                 plan.store.write("zarr.json", group_json(plan.attributes))
         if labels:

@@ -194,10 +194,12 @@ class Store(ABC):
 
     # -- identity --------------------------------------------------------------------------
     def child(self, path: str) -> Store:
-        """The store rooted at ``path`` below this one (same transport and options)."""
+        """The store rooted at ``path`` below this one (same transport and options).
+        ``path`` comes from metadata: checked as a key (see :func:`validate_key`)."""
         from .url import open_store
 
-        return open_store(f"{self.url.rstrip('/')}/{path.strip('/')}", self.options)
+        path = validate_key(path.strip("/"), what="child path")
+        return open_store(f"{self.url.rstrip('/')}/{path}", self.options)
 
     def __reduce__(self):
         # A pickled store (dask graphs, worker processes) carries the address and the

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,116 @@ def options_for(url: str) -> dict[str, Any]:
     best = max(matching, key=len)
     log.debug("storage options for %s come from the configured prefix %s", url, best)
     return dict(configured[best])
+
+
+# -- what each transport accepts ---------------------------------------------------------------
+# fsspec file systems take any keyword and silently ignore the ones they do not know (or, over
+# HTTP, hand them to every request), and a wrong type fails far from where it was given
+# ("'>' not supported between 'str' and 'int'"). Options are checked here, where they enter:
+# the name must be one the transport takes, the value of the type it expects.
+
+_Check = tuple[str, Callable[[Any], bool]] | None  # (what it expects, test), None: anything
+
+
+def _number(minimum: float, *, integer: bool = False, strict: bool = False) -> _Check:
+    kind = "an integer" if integer else "a number"
+    what = f"{kind} {'>' if strict else '≥'} {minimum:g}"
+    return what, lambda v: (isinstance(v, int if integer else (int, float))
+                            and not isinstance(v, bool)
+                            and (v > minimum if strict else v >= minimum))
+
+
+_BOOL: _Check = ("true or false", lambda v: isinstance(v, bool))
+_STR: _Check = ("a string", lambda v: isinstance(v, str))
+_MAP: _Check = ("a mapping (a JSON object)", lambda v: isinstance(v, dict))
+_HEADERS: _Check = ("a mapping of header names to string values",
+                    lambda v: isinstance(v, dict) and all(
+                        isinstance(k, str) and isinstance(x, str) for k, x in v.items()))
+_URL: _Check = ("an http:// or https:// URL",
+                lambda v: isinstance(v, str) and v.startswith(("http://", "https://")))
+_TIMEOUT: _Check = ("a number of seconds > 0",
+                    lambda v: not isinstance(v, (str, bool, dict, list)) and (
+                        not isinstance(v, (int, float)) or v > 0))
+_INT0, _INT1 = _number(0, integer=True), _number(1, integer=True)
+
+_COMMON: dict[str, _Check] = {
+    "skip_instance_cache": _BOOL, "use_listings_cache": _BOOL,
+    "listings_expiry_time": _number(0), "max_paths": _INT1, "batch_size": _INT1}
+OPTIONS: dict[str, dict[str, _Check]] = {
+    "file": {},
+    "http": {**_COMMON,
+             "headers": _HEADERS, "client_kwargs": _MAP, "block_size": _INT0,
+             "simple_links": _BOOL, "same_scheme": _BOOL, "size_policy": _STR,
+             "cache_type": _STR, "cache_options": _MAP, "encoded": _BOOL, "get_client": None,
+             # what aiohttp takes per request (fsspec passes unknown options to every request)
+             "auth": None, "timeout": _TIMEOUT, "ssl": None, "verify_ssl": _BOOL,
+             "proxy": _URL, "proxy_auth": None, "proxy_headers": _HEADERS,
+             "allow_redirects": _BOOL, "max_redirects": _INT0, "cookies": _MAP},
+    "s3": {**_COMMON,
+           "anon": _BOOL, "key": _STR, "secret": _STR, "token": _STR, "username": _STR,
+           "password": _STR, "profile": _STR, "endpoint_url": _URL, "client_kwargs": _MAP,
+           "config_kwargs": _MAP, "s3_additional_kwargs": _MAP, "requester_pays": _BOOL,
+           "default_block_size": _INT1, "default_fill_cache": _BOOL,
+           "default_cache_type": _STR, "version_aware": _BOOL, "use_ssl": _BOOL,
+           "cache_regions": _BOOL, "session": None, "max_concurrency": _INT1,
+           "fixed_upload_size": _BOOL, "local_expiry_check": _BOOL,
+           # botocore session / client arguments s3fs passes on
+           "region_name": _STR, "aws_access_key_id": _STR, "aws_secret_access_key": _STR,
+           "aws_session_token": _STR, "verify": None, "config": None},
+    "gs": {**_COMMON,
+           "token": None, "project": _STR, "access": _STR, "consistency": _STR,
+           "requester_pays": None, "endpoint_url": _URL, "default_location": _STR,
+           "session_kwargs": _MAP, "check_connection": _BOOL, "timeout": _TIMEOUT,
+           "requests_timeout": _TIMEOUT, "block_size": _INT1, "cache_timeout": _number(0),
+           "version_aware": _BOOL, "secure_serialize": _BOOL},
+}
+_ALIASES = {"https": "http", "s3a": "s3", "gcs": "gs"}
+
+
+def check_storage_options(protocol: str, options: dict[str, Any]) -> None:
+    """Raise :class:`StorageConfigError` naming the option and what it expects when ``options``
+    holds a name ``protocol``'s transport does not take, or a value of the wrong type.
+
+    Checked for local paths, HTTP(S), S3 and GCS (the names their fsspec file systems take, in
+    the installed version, plus what those pass on); other fsspec protocols are passed as is.
+    """
+    from .base import _is_secret
+
+    kind = _ALIASES.get(protocol, protocol)
+    table = OPTIONS.get(kind)
+    if table is None or not options:
+        return
+    if kind == "file":
+        raise StorageConfigError(
+            f"a local path takes no storage options, got {', '.join(sorted(options))}")
+    known = {**dict.fromkeys(_fsspec_parameters(kind)), **table}
+    for name, value in options.items():
+        if name not in known:
+            raise StorageConfigError(
+                f"unknown storage option {name!r} for {protocol}:// URLs; it takes: "
+                f"{', '.join(sorted(known))}")
+        check = known[name]
+        if check is not None and not check[1](value):
+            shown = "" if _is_secret(name) else f", got {value!r}"
+            raise StorageConfigError(
+                f"storage option {name!r} for {protocol}:// URLs expects {check[0]}{shown}")
+
+
+def _fsspec_parameters(kind: str) -> list[str]:
+    """The keyword parameters of the fsspec file system class of ``kind`` (and its bases)."""
+    import inspect
+
+    import fsspec
+
+    try:
+        cls = fsspec.get_filesystem_class(kind)
+    except (ImportError, ValueError):
+        return []
+    names = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        names += [n for n, p in inspect.signature(init).parameters.items() if n != "self"
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names

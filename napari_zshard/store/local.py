@@ -4,16 +4,16 @@ read-modify-writes under a per-object lock file."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
-import time
+import stat
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShortReadError, StoreError, UpdateNotSupportedError
+from ..errors import ShortReadError, StoreError, UnsafeKeyError, UpdateNotSupportedError
 from .base import (
     Modify,
     ObjectWriter,
@@ -23,6 +23,7 @@ from .base import (
     process_key_locks,
 )
 from .keys import validate_key
+from .local_files import TEMP_MIN_AGE, FileWriter, abandoned_files, commit_temp, fsync_dir, new_temp
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
 
@@ -32,8 +33,8 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-#: :meth:`LocalStore.sweep_temporaries` leaves temporary files younger than this (seconds).
-TEMP_MIN_AGE = 30.0
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows)
+_S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
 
 
 #: Ranges from this size on are read into an uninitialised numpy buffer (numpy backs 4 MiB and
@@ -70,7 +71,13 @@ class LocalStore(Store):
     def __init__(self, root: str | os.PathLike, options: dict | None = None):
         self.root = Path(root).expanduser().absolute()
         self._root = str(self.root)
+        self._real_dirs: dict[str, bool] = {}  # folder -> lies inside the root (symlinks)
         super().__init__(self.root.as_uri(), options)
+
+    def child(self, path: str) -> LocalStore:
+        # a path, not a URL: nothing percent-decodes it on the way (see validate_key)
+        return LocalStore(self.root / validate_key(path.strip("/"), what="child path"),
+                          self.options)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -80,12 +87,65 @@ class LocalStore(Store):
         small object from the page cache (an unsharded array has one object per chunk)."""
         return os.path.join(self._root, validate_key(key))
 
+    # -- symbolic links (README "Integrity"): followed only where they stay inside the root --
+    @property
+    def _real_root(self) -> str:
+        return os.path.realpath(self._root)
+
+    def resolves_inside(self, path: str) -> bool:
+        """Whether ``path``, its symbolic links resolved, lies in (or is) the store root."""
+        real, root = os.path.realpath(path), self._real_root
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+    def _check_folder(self, folder: str, key: str) -> None:
+        """Raise :class:`UnsafeKeyError` when ``folder`` (the folder of ``key``, or its
+        deepest existing ancestor) resolves outside the root through a symbolic link."""
+        inside = self._real_dirs.get(folder)
+        if inside is None:
+            probe = folder
+            while not os.path.lexists(probe) and len(probe) > len(self._root):
+                probe = os.path.dirname(probe)
+            if len(probe) <= len(self._root):
+                return  # nothing of the key's folder exists yet below the root
+            inside = self.resolves_inside(probe)
+            if os.path.isdir(folder):
+                if len(self._real_dirs) > 4096:
+                    self._real_dirs.clear()
+                self._real_dirs[folder] = inside
+        if not inside:
+            raise UnsafeKeyError(
+                f"{self.url}/{key}: its folder is a symbolic link to "
+                f"{os.path.realpath(folder)}, outside the store root: refused (a store never "
+                "reads or writes outside its root; see the README, Integrity)")
+
+    def _open_inside(self, path: str, key: str) -> int:
+        """``os.open`` of an object for reading, following a symbolic link only when it ends
+        inside the root. (A missing object costs no check: nothing is read.)"""
+        try:
+            fd = os.open(path, _O_READ | _O_NOFOLLOW)
+        except OSError as e:
+            if e.errno != errno.ELOOP or not _O_NOFOLLOW:
+                raise
+        else:
+            folder = path.rpartition(os.sep)[0]
+            if self._real_dirs.get(folder) is not True:  # (the common case: known inside)
+                try:
+                    self._check_folder(folder, key)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            return fd
+        if not self.resolves_inside(path):
+            raise UnsafeKeyError(
+                f"{self.url}/{key} is a symbolic link to {os.path.realpath(path)}, outside "
+                "the store root: refused (a store never reads or writes outside its root; "
+                "see the README, Integrity)")
+        return os.open(os.path.realpath(path), _O_READ)
+
     def _read_key(self, key: str, requests: list[tuple[int, ByteRequest]]):
         try:
-            fd = os.open(self._file(key), _O_READ)
+            fd = self._open_inside(self._file(key), key)
         except (FileNotFoundError, NotADirectoryError):
-            return [(i, ByteResult(None)) for i, _ in requests]
-        except IsADirectoryError:
             return [(i, ByteResult(None)) for i, _ in requests]
         except PermissionError as e:
             raise StoreError(f"permission denied reading {self._path(key)}: {e.strerror}") from e
@@ -94,6 +154,9 @@ class LocalStore(Store):
         out = []
         try:
             info = os.fstat(fd)
+            if info.st_mode & _S_IFMT == _S_IFDIR:
+                raise StoreError(f"cannot read {self._path(key)}: a folder stands where this "
+                                 "object belongs (remove or rename it)")
             size, identity = info.st_size, file_identity(info)
             for i, req in requests:
                 if isinstance(req, FullRequest):
@@ -157,23 +220,26 @@ class LocalStore(Store):
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
         path = self._path(key)
+        self._check_folder(str(path.parent), key)
         try:
-            fd, tmp = _new_temp(path)
+            fd, tmp = new_temp(path)
         except OSError as e:
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+            except BaseException:
+                os.close(fd)
+                raise
+            commit_temp(fd, tmp, path)  # (closes fd)
         except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             if isinstance(e, OSError):  # disk full, target is a folder, ...
                 raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def writer(self, key: str) -> ObjectWriter:
         """The object streamed into a temporary file beside ``key`` (see :meth:`write`), so a
@@ -181,11 +247,15 @@ class LocalStore(Store):
         an atomic rename, like :meth:`write`."""
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
-        return _FileWriter(self._path(key), key)
+        path = self._path(key)
+        self._check_folder(str(path.parent), key)
+        return FileWriter(path, key)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
+        self._check_folder(str(path.parent), key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()  # (a symbolic link: the link, never what it points to)
 
     def update(self, key: str, modify: Modify, *, tries: int = 10) -> bytes | None:
         """Read-modify-write ``key`` under an exclusive lock (see :meth:`Store.update`).
@@ -212,6 +282,7 @@ class LocalStore(Store):
 
     def _update_once(self, key: str, modify: Modify) -> bytes | None:
         path = self._path(key)
+        self._check_folder(str(path.parent), key)
         with self._locked(path):
             current = self.read(key)
             new = modify(current)
@@ -226,6 +297,7 @@ class LocalStore(Store):
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
         path = self._path(key)
+        self._check_folder(str(path.parent), key)
         if fcntl is None:
             # No update can be in flight where none is possible: a plain write is ordered.
             if data is None:
@@ -254,9 +326,14 @@ class LocalStore(Store):
             try:
                 lock_path.parent.mkdir(parents=True, exist_ok=True)
                 # Read-write: a POSIX lock (flock over NFS) needs a descriptor open for writing.
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                             0o666)
+                # O_NOFOLLOW: a lock file that is a symbolic link must not create its target
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW
+                             | getattr(os, "O_CLOEXEC", 0), 0o666)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise UnsafeKeyError(
+                        f"the lock file {lock_path} is a symbolic link: refused (a store never "
+                        "writes outside its root; remove the link)") from e
                 raise StoreError(f"cannot create the lock file {lock_path}: "
                                  f"{e.strerror or e}") from e
             # The lock file is never deleted. flock locks an inode, not a name: were it
@@ -282,17 +359,19 @@ class LocalStore(Store):
             return
         except OSError as e:
             raise StoreError(f"cannot delete {path}: {e.strerror or e}") from e
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def sweep_temporaries(self, prefix: str = "", *,
                           min_age: float = TEMP_MIN_AGE) -> tuple[int, int]:
         """Remove the temporary files of writes whose process died (killed, crashed, power
         cut) below ``prefix``; returns how many and their bytes.
 
-        A writer holds an ``flock`` on its temporary file from creating it to its last write,
-        and the lock dies with its process: an unlocked one is abandoned. Files touched in the
-        last ``min_age`` seconds are left alone (the instants between creating the file and
-        locking it, and between the last write and the rename). Without ``fcntl``: nothing.
+        A writer creates its file as ``.<name>.<random>.new``, locks it (``flock``) and only
+        then renames it to ``….tmp``; it holds the lock until the file has been renamed over
+        the object. The lock dies with its process: an unlocked ``.tmp`` is abandoned,
+        however young (a resumed reshard removes what the killed run left a second ago). A
+        ``.new`` is removed only once ``min_age`` seconds old (its writer may be between
+        creating and locking it). Without ``fcntl``: nothing.
         """
         return self._abandoned_temporaries(prefix, min_age, remove=True)
 
@@ -305,35 +384,8 @@ class LocalStore(Store):
                                ) -> tuple[int, int]:
         if fcntl is None or (remove and self.read_only):
             return 0, 0
-        base = self.root / prefix if prefix else self.root
-        found = size = 0
-        now = time.time()
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                if not (name.startswith(".") and name.endswith(".tmp")):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:  # renamed or removed meanwhile
-                    continue
-                try:
-                    info = os.fstat(fd)
-                    if now - info.st_mtime < min_age:
-                        continue
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:  # a live writer holds it
-                    continue
-                else:  # (removed while locked: no writer can have taken it meanwhile)
-                    if remove:
-                        try:
-                            os.unlink(path)
-                        except FileNotFoundError:
-                            continue
-                    found, size = found + 1, size + info.st_size
-                finally:
-                    os.close(fd)
-        return found, size
+        return abandoned_files(self.root / prefix if prefix else self.root, min_age,
+                               remove=remove)
 
     def list_prefix(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = self.root / prefix if prefix else self.root
@@ -341,103 +393,11 @@ class LocalStore(Store):
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".") and name.endswith((".tmp", ".lock")):
+                if name.startswith(".") and name.endswith((".tmp", ".new", ".lock")):
                     continue  # commits in progress, update locks: not objects
                 full = Path(dirpath) / name
-                yield full.relative_to(self.root).as_posix(), full.stat().st_size
-
-
-class _FileWriter(ObjectWriter):
-    """:meth:`LocalStore.writer`: a temporary file in the object's folder, fsynced and renamed
-    over the object at commit (then the folder is fsynced), unlinked at abort.
-
-    Every :data:`_SYNC_BYTES` written, the data so far is flushed to the disk (``fdatasync``)
-    by the writing thread, so that the commit waits for the last few MiB only, not for the
-    whole object: a shard streamed while it is encoded reaches the disk while it is encoded.
-    """
-
-    def __init__(self, path: Path, key: str):
-        self.path, self.key = path, key
-        self._synced = 0
-        try:
-            self._fd, self._tmp = _new_temp(path)
-        except OSError as e:
-            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
-
-    def write(self, buffers: Sequence) -> None:
-        views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
-        first = 0  # views before this one are written
-        try:
-            while first < len(views):
-                if _writev is None:
-                    n = os.write(self._fd, views[first])
-                else:
-                    n = _writev(self._fd, views[first:first + _IOV_MAX])
-                self.size += n
-                while first < len(views) and n >= len(views[first]):
-                    n -= len(views[first])
-                    first += 1
-                if n:  # a short write: go on where it stopped
-                    views[first] = views[first][n:]
-            if self.size - self._synced >= _SYNC_BYTES:
-                _fdatasync(self._fd)
-                self._synced = self.size
-        except OSError as e:  # disk full, ...
-            self.abort()
-            raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from e
-
-    def commit(self) -> None:
-        try:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            os.replace(self._tmp, self.path)
-        except BaseException as e:
-            self.abort()
-            if isinstance(e, OSError):  # the target is a folder, ...
-                raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from e
-            raise
-        _fsync_dir(self.path.parent)
-
-    def abort(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
-
-
-def _new_temp(path: Path) -> tuple[int, str]:
-    """A hidden temporary file beside ``path`` (``.<name>.<random>.tmp``), open for writing
-    and ``flock``-ed for as long as this process keeps it open: the mark of a live write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    if fcntl is not None:
-        with contextlib.suppress(OSError):  # (a file system without locks: never swept)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd, tmp
-
-
-def _iov_max() -> int:
-    try:
-        return max(1, min(1024, os.sysconf("SC_IOV_MAX")))
-    except (AttributeError, ValueError, OSError):
-        return 16
-
-
-_writev = getattr(os, "writev", None)  # (not on Windows: one write per buffer)
-_IOV_MAX = _iov_max()  # buffers one writev takes
-_fdatasync = getattr(os, "fdatasync", os.fsync)  # (not on macOS and Windows)
-#: A streamed object is flushed to the disk each time this many more bytes were written.
-_SYNC_BYTES = 32 * 1024 * 1024
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                try:
+                    size = full.stat().st_size
+                except OSError:  # a dangling symbolic link: listed, its read will say why
+                    size = 0
+                yield full.relative_to(self.root).as_posix(), size

@@ -19,6 +19,7 @@ missing ones are skipped. Memory stays bounded by one batch of whole objects (``
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,14 +28,24 @@ from typing import Any
 import numpy as np
 
 from ..engine.codecs import Crc32cCodec
-from ..engine.metadata import ArrayMeta
+from ..engine.metadata import ArrayMeta, parse_v3
 from ..engine.shard_index import EMPTY, decode_index
-from ..errors import CorruptShardError, UnsupportedCodecError, ZShardError
-from ..store import FullRequest
+from ..errors import CorruptShardError, UnsafeKeyError, UnsupportedCodecError, ZShardError
+from ..store import FullRequest, Store
 from ..store.pool import decode_pool
-from .arrays import ArrayNode, StoredObject, Survey, all_objects
+from .arrays import (
+    ArrayNode,
+    StoredObject,
+    Survey,
+    _grid_objects,
+    _list,
+    all_objects,
+    grid_coords,
+)
 
 MAX_CHUNK_PROBLEMS = 5  # per object; the rest are counted in one summary problem
+#: Problem kinds that say "could not be checked" rather than "is damaged".
+UNCHECKED_KINDS = frozenset({"read"})
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ class Problem:
 
     array: str  # array path relative to the checked URL
     key: str  # object key relative to the array
-    kind: str  # "metadata" | "index" | "chunk" | "read"
+    kind: str  # "metadata" | "index" | "chunk" | "unsafe" (leads out of the store) | "read"
     message: str
 
 
@@ -88,6 +99,9 @@ class FsckReport:
     #: temporary files of writes whose process died (local stores): count, bytes. Not damage:
     #: readers never see them; :func:`remove_partial_files` deletes them.
     partial_files: tuple[int, int] = (0, 0)
+    #: set when the URL holds an interrupted write (no metadata yet): what it is. The shards
+    #: written so far are checked against the planned metadata; the store is not complete.
+    interrupted: str | None = None
 
     def add(self, check: ObjectCheck) -> None:
         self.objects_checked += 1
@@ -100,6 +114,18 @@ class FsckReport:
         return not self.problems
 
     @property
+    def damaged(self) -> bool:
+        """Damage was found (corrupt metadata, index or chunk; a link out of the store)."""
+        return any(p.kind not in UNCHECKED_KINDS for p in self.problems)
+
+    @property
+    def unchecked(self) -> int:
+        """Arrays skipped plus objects that could not be read (plus one for an interrupted
+        write's missing metadata): what this check did not cover."""
+        return (len(self.skipped) + sum(p.kind in UNCHECKED_KINDS for p in self.problems)
+                + (self.interrupted is not None))
+
+    @property
     def damaged_objects(self) -> int:
         return len({(p.array, p.key) for p in self.problems if p.kind != "metadata"})
 
@@ -108,6 +134,8 @@ class FsckReport:
             "url": self.url, "clean": self.clean, "complete": self.complete,
             "objects_checked": self.objects_checked, "objects_found": self.objects_found,
             "chunks_checked": self.chunks_checked, "damaged_objects": self.damaged_objects,
+            "damaged": self.damaged, "unchecked": self.unchecked,
+            "interrupted": self.interrupted,
             "problems": [vars(p) for p in self.problems],
             "skipped": [{"array": a, "reason": r} for a, r in self.skipped],
             "partial_files": {"count": self.partial_files[0], "bytes": self.partial_files[1]},
@@ -128,6 +156,7 @@ def plan_fsck(found: Survey, *, full: bool = False) -> FsckPlan:
     for node in found.arrays:
         if node.meta is not None:
             plan.targets.append((node, check_method(node.meta, full=full)))
+            plan.problems.extend(_folders_at_object_keys(node))
         elif isinstance(node.error, UnsupportedCodecError):
             plan.skipped.append((node.path, f"codecs the engine does not implement: {node.error}"))
         else:
@@ -176,6 +205,37 @@ def fsck(found: Survey, *, full: bool = False) -> FsckReport:
     return report
 
 
+def survey_interrupted(store: Store) -> Survey | None:
+    """What an interrupted write left at ``store``, which has no Zarr metadata yet (a killed
+    reshard writes every ``zarr.json`` at its end): the arrays its reshard journal plans, each
+    with the shards stored so far, so that fsck checks them and ``--remove-partial`` cleans up.
+    None when there is no journal and no partial file either (nothing was being written)."""
+    from ..reshard.journal import read_plan
+
+    try:
+        plan = read_plan(store)
+    except ZShardError:
+        plan = None
+    if plan is None and not store.abandoned_temporaries()[0]:
+        return None
+    listing, error = _list(store, "")
+    nodes = []
+    for path, doc in sorted((plan or {}).get("arrays", {}).items()):
+        sub = store.child(path) if path else store
+        try:
+            meta = parse_v3(doc, f"{sub.url}/zarr.json (planned, in the reshard journal)")
+        except ZShardError as e:
+            nodes.append(ArrayNode(path, sub, None, e))
+            continue
+        node = ArrayNode(path, sub, meta)
+        if listing is not None:
+            prefix = f"{path}/" if path else ""
+            node.objects = _grid_objects(meta, ((k[len(prefix):], n) for k, n in listing
+                                                if k.startswith(prefix)))
+        nodes.append(node)
+    return Survey(store.url, store, "group", nodes, error)
+
+
 def partial_files(found: Survey) -> tuple[int, int]:
     """Temporary files left below the surveyed URL by writes whose process died (a killed
     save or reshard): how many, and their bytes."""
@@ -185,6 +245,33 @@ def partial_files(found: Survey) -> tuple[int, int]:
 def remove_partial_files(found: Survey) -> tuple[int, int]:
     """Delete what :func:`partial_files` counts (never a live writer's file)."""
     return found.store.sweep_temporaries()
+
+
+def _folders_at_object_keys(node: ArrayNode) -> list[Problem]:
+    """Folders a listing of files does not show (local stores): a folder where a shard or
+    chunk belongs (every read of it fails), and symbolic links to folders — out of the store
+    (damage: reads refuse them) or inside it (not listed, so not checked)."""
+    from ..store.local import LocalStore
+
+    store = node.store
+    if not isinstance(store, LocalStore) or node.meta is None:
+        return []
+    problems = []
+    for dirpath, dirs, _ in os.walk(store.root):
+        for name in dirs:
+            full = os.path.join(dirpath, name)
+            key = os.path.relpath(full, store.root).replace(os.sep, "/")
+            if os.path.islink(full):
+                inside = store.resolves_inside(full)
+                problems.append(Problem(
+                    node.path, key, "read" if inside else "unsafe",
+                    f"{node.url}/{key}: a symbolic link to the folder {os.path.realpath(full)}"
+                    + (": its objects were not checked" if inside else
+                       ", outside the store root: reads refuse it")))
+            elif grid_coords(node.meta, key) is not None:
+                problems.append(Problem(node.path, key, "read", f"{node.url}/{key}: a folder "
+                                        "stands where this object belongs; it cannot be read"))
+    return problems
 
 
 def _batches(objects: Iterable[StoredObject], max_bytes: int, max_count: int
@@ -210,7 +297,8 @@ def _read_batch(node: ArrayNode, batch: list[StoredObject], *, listed: bool
         if len(batch) > 1:  # find out which object fails
             return [r for o in batch for r in _read_batch(node, [o], listed=listed)]
         msg = " ".join(str(e).split()) or type(e).__name__
-        problem = Problem(node.path, batch[0].key, "read", f"{node.url}/{batch[0].key}: {msg}")
+        kind = "unsafe" if isinstance(e, UnsafeKeyError) else "read"
+        problem = Problem(node.path, batch[0].key, kind, f"{node.url}/{batch[0].key}: {msg}")
         return [ObjectCheck(node.path, batch[0].key, True, problems=(problem,))]
     out: list[bytes | ObjectCheck] = []
     for obj, data in zip(batch, datas, strict=True):
