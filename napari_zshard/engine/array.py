@@ -39,7 +39,20 @@ def read_array_meta(store: Store, *, zarr_json: bytes | None = None) -> ArrayMet
         with _malformed_is_metadata_error(where):
             attrs = parse_json(attrs_raw, f"{store.url}/.zattrs") if attrs_raw else {}
             return parse_v2(parse_json(raw, where), where, attrs)
+    if _has_chunks(store):
+        raise MetadataError(
+            f"{store.url}: chunks are stored here but no zarr.json: a save or conversion into "
+            "it did not finish (its metadata is written last). Save it again, or remove it "
+            "(`zshard fsck --remove-partial` cleans what an interrupted reshard left)")
     raise MetadataError(f"{store.url}: no Zarr array here (neither zarr.json nor .zarray)")
+
+
+def _has_chunks(store: Store) -> bool:
+    """Whether ``store`` holds chunk objects (``c/…``); False when it cannot be listed."""
+    try:
+        return next(iter(store.list_prefix("c")), None) is not None
+    except (ZShardError, OSError, NotImplementedError):
+        return False
 
 
 @contextlib.contextmanager
