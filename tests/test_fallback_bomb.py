@@ -2,7 +2,7 @@
 engine does not implement (numcodecs' zstd through zarr-python) is a DecompressionBombError,
 and neither a read nor ``zshard convert`` allocates what the frame declares.
 
-Peak memory is measured in a fresh interpreter (``ru_maxrss`` of the child itself), so nothing
+Peak memory is measured in a fresh interpreter (``VmHWM`` of the child itself), so nothing
 this test process allocated before hides or inflates it.
 """
 
@@ -15,10 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import crc32c
 import numpy as np
 import pytest
 from test_corrupt_input import gzip_of_zeros, zstd_rle_frame
+
+from napari_zshard.engine.checksum import crc32c
 
 GIB = 2**30
 EMPTY = 2**64 - 1
@@ -43,7 +44,7 @@ def write_fallback_bomb(path: Path, bomb: bytes, compressor) -> np.ndarray:
     second = shard[int(entries[1, 0]):int(entries[1, 0] + entries[1, 1])]
     index = np.array([[0, len(bomb)], [len(bomb), len(second)]], "<u8").tobytes()
     (path / "c/0/0/0").write_bytes(bomb + second + index +
-                                   crc32c.crc32c(index).to_bytes(4, "little"))
+                                   crc32c(index).to_bytes(4, "little"))
     assert good.shape == data.shape
     return data
 
@@ -51,9 +52,12 @@ def write_fallback_bomb(path: Path, bomb: bytes, compressor) -> np.ndarray:
 def run_child(code: str) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON line, to which the child's own
     peak RSS is added."""
+    # VmHWM, not ru_maxrss: Linux carries the parent's resident size at fork into the child's
+    # ru_maxrss, so a test process already at 1.3 GiB made every child report 1.3 GiB
     script = code + (
-        "\nimport json, resource\n"
-        "result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "\nimport json\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "result['peak_rss'] = int(hwm.split()[1]) * 1024\n"
         "print(json.dumps(result))\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

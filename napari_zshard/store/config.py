@@ -146,7 +146,9 @@ _INT0, _INT1 = _number(0, integer=True), _number(1, integer=True)
 
 _COMMON: dict[str, _Check] = {
     "skip_instance_cache": _BOOL, "use_listings_cache": _BOOL,
-    "listings_expiry_time": _number(0), "max_paths": _INT1, "batch_size": _INT1}
+    "listings_expiry_time": _number(0), "max_paths": _INT1, "batch_size": _INT1,
+    # read by the engine itself (store/remote.py ENGINE_OPTIONS), never by fsspec
+    "stall_timeout": None}  # (checked by RetryPolicy.from_options)
 OPTIONS: dict[str, dict[str, _Check]] = {
     "file": {},
     "http": {**_COMMON,
