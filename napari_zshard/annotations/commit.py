@@ -1,0 +1,279 @@
+"""The commit of an :class:`~.edit.Edit`, and the replay of an interrupted one (repair).
+
+Order, so that a commit killed at any point is finished by replaying its diff:
+diff + intent (write-once) → level-0 shards (three-way merge, per shard CAS) → coarser levels
+(per shard CAS, recomputed from finer data read inside the attempt) → record (write-once, the
+commit point) → object-table delta. Replaying is a three-way merge again, so it is idempotent
+and safe while a slow original still runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..engine.cache import default_cache
+from ..engine.shard_update import decode_chunk, split_shard
+from . import provenance as prov
+from .apply import ApplyResult, Diff, ShardResult, apply_level0, identity, update_pyramid
+from .labelimage import LabelImage
+
+if TYPE_CHECKING:
+    from .edit import CommitProgress, CommitReport, Conflict, Edit
+
+log = logging.getLogger(__name__)
+Coords = tuple[int, ...]
+
+
+def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
+    diff = Diff()
+    for c, ours_part in snap.items():
+        base = edit._base_values(c)
+        _, inner = edit.data.chunk_box(c)
+        changed = ours_part != base[inner]
+        pending = edit._pending.get(c)
+        if pending is not None:
+            changed &= ~pending[inner]
+        if not changed.any():
+            continue
+        mask = np.zeros(base.shape, dtype=bool)
+        mask[inner] = changed
+        ours = base.copy()
+        ours[inner] = ours_part
+        idx = np.flatnonzero(mask)
+        diff.chunks[c] = (idx, base.flat[idx], ours.flat[idx])
+    return diff
+
+
+def _global_coords(li: LabelImage, shard: Coords, flat: int, mask: np.ndarray) -> np.ndarray:
+    meta = li.metas[0]
+    cps, cs = meta.chunks_per_object, meta.chunk_shape
+    local = np.unravel_index(flat, cps)
+    origin = np.array([(s * n + i) * c for s, n, i, c in zip(shard, cps, local, cs,
+                                                            strict=True)])
+    return np.argwhere(mask) + origin
+
+
+def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict]:
+    from .edit import Conflict
+
+    meta = li.metas[0]
+    groups: dict[tuple[str, str, int, int], list[np.ndarray]] = {}
+    for shard, res in result.shards.items():
+        for flat, out in res.outcomes.items():
+            if not out.conflict.any():
+                continue
+            coords = _global_coords(li, shard, flat, out.conflict)
+            ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
+            chunk = tuple(int(c) // n for c, n in zip(coords[0], meta.chunk_shape,
+                                                      strict=True))
+            idx, _, o = diff.chunks[chunk]
+            ours.flat[idx] = o
+            pairs = np.stack([ours[out.conflict], out.theirs[out.conflict]], axis=1)
+            for pair in np.unique(pairs, axis=0):
+                hit = (pairs == pair).all(axis=1)
+                groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
+                                  []).append(coords[hit])
+    out_list = []
+    who: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    for (key, theirs_id, ours, theirs), parts in sorted(groups.items()):
+        pts = np.concatenate(parts)
+        if (key, theirs_id) not in who:
+            who[(key, theirs_id)] = prov.their_commit(li, key, theirs_id)
+        commit, annotator = who[(key, theirs_id)]
+        lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
+        out_list.append(Conflict(
+            voxels=len(pts), bbox=tuple(slice(int(a), int(b)) for a, b in zip(lo, hi,
+                                                                               strict=True)),
+            centroid=tuple(float(v) for v in pts.mean(axis=0)), ours=ours, theirs=theirs,
+            their_commit=commit, their_annotator=annotator))
+    return out_list
+
+
+def _written(li: LabelImage, diff: Diff, result: ApplyResult
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    meta = li.metas[0]
+    out = []
+    for shard, res in result.shards.items():
+        for flat, o in res.outcomes.items():
+            if not o.written.any():
+                continue
+            coords = _global_coords(li, shard, flat, o.written)
+            chunk = tuple(int(c) // n for c, n in zip(coords[0], meta.chunk_shape,
+                                                      strict=True))
+            ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
+            idx, _, vals = diff.chunks[chunk]
+            ours.flat[idx] = vals
+            out.append((coords, o.theirs[o.written], ours[o.written]))
+    return out
+
+
+@dataclass
+class Applied:
+    result: ApplyResult
+    conflicts: list = field(default_factory=list)
+    written: list = field(default_factory=list)
+
+
+def apply_all(li: LabelImage, diff: Diff, base_identities: dict[str, str] | None,
+              on_shard=None) -> Applied:
+    result = None
+    for item in apply_level0(li, diff, base_identities=base_identities):
+        if isinstance(item, ShardResult):
+            if on_shard is not None:
+                on_shard(item)
+        else:
+            result = item
+    assert result is not None
+    update_pyramid(li, result.changed_chunks, result)
+    default_cache().forget(f"{li.store.url.rstrip('/')}/{li.prefix}")
+    return Applied(result, _conflicts(li, diff, result), _written(li, diff, result))
+
+
+def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
+           repaired: bool) -> bool:
+    """Write the record (the commit point) and the object delta; False when another process
+    had already written the record."""
+    result = applied.result
+    when = prov.now().isoformat()
+    created = prov.write_record(
+        li, commit_id, annotator=intent.get("annotator"), created=intent.get("created"),
+        finished=when, message=intent.get("message", ""), region=intent.get("region"),
+        voxels_written=result.voxels_written, shards_written=result.shards_written,
+        bytes_written=result.bytes_written, shards=result.identities,
+        base_shards=intent.get("base_shards", {}),
+        conflicts=[c.to_json() for c in applied.conflicts], repaired=repaired,
+        overrides=intent.get("overrides", []))
+    delta = prov.object_delta(applied.written)
+    prov.write_object_delta(li, commit_id, intent.get("annotator") or "", when, delta)
+    return created
+
+
+def replay(li: LabelImage, commit_id: str) -> bool:
+    """Finish an interrupted commit from its intent and diff; False when there is nothing
+    (left) to do."""
+    found = prov.read_intent(li, commit_id)
+    if found is None:
+        return False
+    intent, raw = found
+    applied = apply_all(li, Diff.from_npz(raw), intent.get("base_shards"))
+    return finish(li, commit_id, intent, applied, repaired=True)
+
+
+def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, CommitReport]:
+    from .edit import CommitProgress, CommitReport
+
+    li = edit.li
+    for cid in prov.interrupted(li, older_than=prov.STALE_INTENT_SECONDS):
+        log.info("finishing the interrupted commit %s", cid)
+        replay(li, cid)
+    _gen, snap = edit.data.snapshot()
+    diff = _diff_of(edit, snap)
+    shards = {k for k in (li.key(0, li.metas[0].object_key(
+        tuple(c // n for c, n in zip(chunk, li.metas[0].chunks_per_object, strict=True))))
+        for chunk in diff.chunks)}
+    total = len(shards) + 1
+    yield CommitProgress(0, total, True)
+    if not diff.chunks:
+        _settle(edit, snap, {})
+        return CommitReport(commit_id=None)
+    commit_id = prov.new_commit_id(edit.slug)
+    intent = {"annotator": edit.annotator, "annotator_slug": edit.slug,
+              "created": prov.now().isoformat(), "message": message,
+              "label_image": li.name, "region": [[s.start, s.stop] for s in edit.region],
+              "base_shards": {k: edit.base_identities.get(k, "unknown") for k in sorted(shards)},
+              "overrides": list(edit._overrides), "voxels": diff.voxels}
+    prov.write_intent(li, commit_id, diff.to_npz(), **intent)
+    edit._overrides.clear()
+    done = [0]
+    progress: list[CommitProgress] = []
+
+    def on_shard(_res: ShardResult) -> None:
+        done[0] += 1
+        progress.append(CommitProgress(done[0], total, False))
+
+    yield CommitProgress(0, total, False)
+    # apply shard by shard, reporting progress between shards
+    result = None
+    for item in apply_level0(li, diff, base_identities=edit.base_identities):
+        if isinstance(item, ShardResult):
+            on_shard(item)
+            yield progress[-1]
+        else:
+            result = item
+    assert result is not None
+    update_pyramid(li, result.changed_chunks, result)
+    default_cache().forget(f"{li.store.url.rstrip('/')}/{li.prefix}")
+    applied = Applied(result, _conflicts(li, diff, result), _written(li, diff, result))
+    finish(li, commit_id, intent, applied, repaired=False)
+    _settle(edit, snap, result.shards)
+    edit._pending_conflicts.extend(applied.conflicts)
+    yield CommitProgress(total, total, False)
+    changed = None
+    if applied.written:
+        pts = np.concatenate([c for c, _, _ in applied.written])
+        lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
+        changed = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    return CommitReport(commit_id=commit_id, voxels_written=result.voxels_written,
+                        shards_written=result.shards_written,
+                        bytes_written=result.bytes_written, conflicts=applied.conflicts,
+                        changed_region=changed)
+
+
+def _settle(edit: Edit, snap: dict[Coords, np.ndarray], shards: dict[Coords, ShardResult]
+            ) -> None:
+    """After a commit: the base of what was written (and of colleagues' changes) becomes the
+    store's state, colleagues' changes are pulled where the user did not paint since the
+    snapshot, conflicts stay pending."""
+    li, data, meta = edit.li, edit.data, edit._meta
+    cps = meta.chunks_per_object
+    by_shard: dict[Coords, list[Coords]] = {}
+    for c in data.all_chunks():
+        shard = tuple(i // n for i, n in zip(c, cps, strict=True))
+        if shard in shards:
+            by_shard.setdefault(shard, []).append(c)
+    for shard, chunks in by_shard.items():
+        res = shards[shard]
+        split = split_shard(res.new, meta, key=res.key, where=li.store.url)
+        edit.base_identities[res.key] = identity(res.new)
+        for c in chunks:
+            flat = int(np.ravel_multi_index(tuple(i % n for i, n in zip(c, cps, strict=True)),
+                                            cps))
+            new_full = decode_chunk(split[flat], meta, key=res.key, where=li.store.url)
+            old_full = edit._base_values(c)
+            local, inner = data.chunk_box(c)
+            out = res.outcomes.get(flat)
+            zeros = np.zeros(meta.chunk_shape, dtype=bool)
+            written = (out.written if out is not None else zeros)[inner]
+            conflict_full = out.conflict if out is not None else zeros
+            conflict = conflict_full[inner]
+            pend_full = edit._pending.get(c)
+            pend_old = (pend_full if pend_full is not None else zeros)[inner]
+            nv, old = new_full[inner], old_full[inner]
+            with data.lock:
+                cur = data.values_view()[local]
+                before = snap.get(c, old)
+                painted_since = cur != before
+                pull = ~painted_since & ~conflict & ~pend_old
+                cur[pull] = nv[pull]
+                keep_old = painted_since & ~written & ~conflict & (nv != old)
+                if keep_old.any():
+                    base_full = new_full.copy()
+                    base_full[inner] = np.where(keep_old, old, nv)
+                    edit._base[c] = None if (base_full == meta.fill_value).all() else \
+                        meta.chunk_codecs.encode(base_full)
+                    base_part = base_full[inner]
+                else:
+                    edit._base[c] = None if split[flat] is None else bytes(split[flat])
+                    base_part = nv
+                pending = conflict_full | (pend_full if pend_full is not None else zeros)
+                if pending.any():
+                    edit._pending[c] = pending
+                if np.array_equal(cur, base_part) and not pending.any():
+                    data.mark_clean([c])
+                else:
+                    data.mark_dirty([c])

@@ -1,0 +1,276 @@
+"""Commit intents and records (write-once objects), the log, repair of interrupted commits,
+and the per-object table (write-once CSV deltas plus compaction).
+
+Layout inside a label image (``labels/<name>/zshard/``)::
+
+    commits/<commit-id>/diff.npz     what changed: per inner chunk, voxel indexes, base, ours
+    commits/<commit-id>/intent.json  written before the first shard (who, when, why, where)
+    commits/<commit-id>/record.json  written after the last shard: the commit point
+    objects/deltas/<commit-id>.csv   per-object changes of one commit
+    objects/table.csv                compaction of the deltas (one row per object)
+    ids.json                         reserved label-id blocks
+
+A commit id is ``<UTC time>-<annotator slug>-<random>``: sortable by time, portable characters.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..store import Store
+from .labelimage import LabelImage
+
+#: An intent without a record older than this is finished by the next commit (seconds).
+STALE_INTENT_SECONDS = 60.0
+TABLE_COLUMNS = ("id", "author", "created", "modified_by", "modified", "voxels", "bbox")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_commit_id(slug: str) -> str:
+    return f"{now():%Y%m%dT%H%M%S%fZ}-{slug}-{secrets.token_hex(3)}"
+
+
+def commit_time(commit_id: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(commit_id.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(
+            tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _doc(kind: str, **fields: Any) -> bytes:
+    return json.dumps({"zshard": {"kind": kind, **fields}}, indent=1, sort_keys=True).encode()
+
+
+def _load(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    out = doc.get("zshard") if isinstance(doc, dict) else None
+    return out if isinstance(out, dict) else None
+
+
+def write_intent(li: LabelImage, commit_id: str, diff_npz: bytes, **fields: Any) -> None:
+    li.store.create_exclusive(li.zshard_key(f"commits/{commit_id}/diff.npz"), diff_npz)
+    li.store.create_exclusive(
+        li.zshard_key(f"commits/{commit_id}/intent.json"),
+        _doc("intent", commit=commit_id, diff=f"commits/{commit_id}/diff.npz", **fields))
+
+
+def write_record(li: LabelImage, commit_id: str, **fields: Any) -> bool:
+    """The commit point; False when a record exists already (a repair, or the original,
+    finished it first)."""
+    return li.store.create_exclusive(li.zshard_key(f"commits/{commit_id}/record.json"),
+                                      _doc("record", commit=commit_id, **fields))
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One commit as the log shows it."""
+
+    commit_id: str
+    label_image: str
+    annotator: str | None
+    created: str | None
+    finished: str | None
+    message: str
+    status: str  # "committed" | "interrupted"
+    voxels_written: int = 0
+    shards_written: int = 0
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    repaired: bool = False
+    region: list[list[int]] | None = None
+    shards: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def commit_ids(li: LabelImage) -> dict[str, set[str]]:
+    """commit id -> the object names it has (intent.json, record.json, diff.npz)."""
+    out: dict[str, set[str]] = {}
+    prefix = li.zshard_key("commits")
+    for key, _size in li.store.list_prefix(prefix):
+        rel = key[len(prefix):].strip("/").split("/")
+        if len(rel) == 2:
+            out.setdefault(rel[0], set()).add(rel[1])
+    return out
+
+
+def read_log(li: LabelImage) -> list[CommitRecord]:
+    out = []
+    for cid, names in sorted(commit_ids(li).items()):
+        intent = _load(li.store.read(li.zshard_key(f"commits/{cid}/intent.json"))) \
+            if "intent.json" in names else None
+        record = _load(li.store.read(li.zshard_key(f"commits/{cid}/record.json"))) \
+            if "record.json" in names else None
+        src = record or intent
+        if src is None:
+            continue
+        out.append(CommitRecord(
+            commit_id=cid, label_image=li.name, annotator=src.get("annotator"),
+            created=src.get("created"), finished=(record or {}).get("finished"),
+            message=src.get("message", ""),
+            status="committed" if record else "interrupted",
+            voxels_written=int((record or {}).get("voxels_written", 0)),
+            shards_written=int((record or {}).get("shards_written", 0)),
+            conflicts=list((record or {}).get("conflicts", [])),
+            repaired=bool((record or {}).get("repaired", False)),
+            region=src.get("region"), shards=dict((record or {}).get("shards", {}))))
+    out.sort(key=lambda r: (r.created or "", r.commit_id))
+    return out
+
+
+def interrupted(li: LabelImage, *, older_than: float = 0.0, exclude: Iterable[str] = ()
+                ) -> list[str]:
+    """Commits with an intent but no record (started longer than ``older_than`` s ago)."""
+    skip = set(exclude)
+    out = []
+    limit = now() - dt.timedelta(seconds=older_than)
+    for cid, names in sorted(commit_ids(li).items()):
+        if cid in skip or "intent.json" not in names or "record.json" in names:
+            continue
+        started = commit_time(cid)
+        if older_than and started is not None and started > limit:
+            continue
+        out.append(cid)
+    return out
+
+
+def read_intent(li: LabelImage, commit_id: str) -> tuple[dict[str, Any], bytes] | None:
+    intent = _load(li.store.read(li.zshard_key(f"commits/{commit_id}/intent.json")))
+    if intent is None:
+        return None
+    diff = li.store.read(li.zshard_key(intent.get("diff", f"commits/{commit_id}/diff.npz")))
+    if diff is None:
+        return None
+    return intent, diff
+
+
+def their_commit(li: LabelImage, key: str, identity: str, *, limit: int = 200
+                 ) -> tuple[str | None, str | None]:
+    """The commit that left shard ``key`` as ``identity`` (best effort: the newest record
+    saying so, among the last ``limit``); (commit id, annotator) or (None, None)."""
+    ids = sorted(commit_ids(li).items(), reverse=True)[:limit]
+    for cid, names in ids:
+        if "record.json" not in names:
+            continue
+        rec = _load(li.store.read(li.zshard_key(f"commits/{cid}/record.json"))) or {}
+        if (rec.get("shards") or {}).get(key, {}).get("after") == identity:
+            return cid, rec.get("annotator")
+    return None, None
+
+
+# -- the object table -------------------------------------------------------------------------
+def object_delta(diff_values: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                 ) -> dict[int, dict[str, Any]]:
+    """Per label value: voxels gained/lost and the bbox of the voxels it gained, from the
+    (global coords N x nd, before, after) of what a commit wrote."""
+    out: dict[int, dict[str, Any]] = {}
+    for coords, before, after in diff_values:
+        for values, sign in ((after, 1), (before, -1)):
+            for v in np.unique(values):
+                v = int(v)
+                if v == 0:
+                    continue
+                hit = values == v
+                row = out.setdefault(v, {"voxels": 0, "lo": None, "hi": None})
+                row["voxels"] += sign * int(hit.sum())
+                if sign > 0:
+                    pts = coords[hit]
+                    lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
+                    row["lo"] = lo if row["lo"] is None else np.minimum(row["lo"], lo)
+                    row["hi"] = hi if row["hi"] is None else np.maximum(row["hi"], hi)
+    return out
+
+
+def _bbox_text(lo, hi) -> str:
+    if lo is None:
+        return ""
+    return ";".join(f"{int(a)}:{int(b)}" for a, b in zip(lo, hi, strict=True))
+
+
+def write_object_delta(li: LabelImage, commit_id: str, author: str, when: str,
+                       delta: dict[int, dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(TABLE_COLUMNS)
+    for v, row in sorted(delta.items()):
+        w.writerow([v, author, when, author, when, row["voxels"],
+                    _bbox_text(row["lo"], row["hi"])])
+    li.store.create_exclusive(li.zshard_key(f"objects/deltas/{commit_id}.csv"),
+                              buf.getvalue().encode())
+
+
+def object_table(li: LabelImage) -> list[dict[str, Any]]:
+    """One row per object: the compacted table plus every delta not yet compacted into it."""
+    rows: dict[int, dict[str, Any]] = {}
+    table = li.store.read(li.zshard_key("objects/table.csv"))
+    done: set[str] = set()
+    if table:
+        text = table.decode()
+        first, _, rest = text.partition("\n")
+        if first.startswith("#compacted="):
+            done = set(filter(None, first[len("#compacted="):].split(",")))
+            text = rest
+        for r in csv.DictReader(io.StringIO(text)):
+            rows[int(r["id"])] = {**r, "id": int(r["id"]), "voxels": int(r["voxels"])}
+    prefix = li.zshard_key("objects/deltas")
+    deltas = sorted(k for k, _ in li.store.list_prefix(prefix) if k.endswith(".csv"))
+    for key in deltas:
+        cid = key.rsplit("/", 1)[1][:-4]
+        if cid in done:
+            continue
+        for r in csv.DictReader(io.StringIO((li.store.read(key) or b"").decode())):
+            v = int(r["id"])
+            old = rows.get(v)
+            if old is None:
+                rows[v] = {**r, "id": v, "voxels": int(r["voxels"])}
+                continue
+            old["voxels"] += int(r["voxels"])
+            old["modified_by"], old["modified"] = r["modified_by"], r["modified"]
+            old["bbox"] = _union(old.get("bbox", ""), r.get("bbox", ""))
+    return [rows[v] for v in sorted(rows)]
+
+
+def _union(a: str, b: str) -> str:
+    if not a:
+        return b
+    if not b:
+        return a
+    pa = [tuple(map(int, p.split(":"))) for p in a.split(";")]
+    pb = [tuple(map(int, p.split(":"))) for p in b.split(";")]
+    return ";".join(f"{min(x[0], y[0])}:{max(x[1], y[1])}" for x, y in zip(pa, pb, strict=True))
+
+
+def compact_objects(li: LabelImage) -> int:
+    """Fold every delta into ``objects/table.csv`` (deltas stay: they are the history).
+    Returns the number of objects."""
+    rows = object_table(li)
+    prefix = li.zshard_key("objects/deltas")
+    done = sorted(k.rsplit("/", 1)[1][:-4] for k, _ in li.store.list_prefix(prefix)
+                  if k.endswith(".csv"))
+    buf = io.StringIO()
+    buf.write("#compacted=" + ",".join(done) + "\n")
+    w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    li.store.write(li.zshard_key("objects/table.csv"), buf.getvalue().encode())
+    return len(rows)
+
+
+def store_of(li: LabelImage) -> Store:
+    return li.store
