@@ -179,7 +179,7 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
     total = len(shards) + 1
     yield CommitProgress(0, total, True)
     if not diff.chunks:
-        _settle(edit, snap, {})
+        _settle(edit, snap, current_shards(edit))  # nothing to write: still pull
         return CommitReport(commit_id=None)
     commit_id = prov.new_commit_id(edit.slug)
     intent = {"annotator": edit.annotator, "annotator_slug": edit.slug,
@@ -222,6 +222,20 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
                         shards_written=result.shards_written,
                         bytes_written=result.bytes_written, conflicts=applied.conflicts,
                         changed_region=changed)
+
+
+def current_shards(edit: Edit) -> dict[Coords, ShardResult]:
+    """The level-0 shards of the edit's region as stored now (for a pull without a write)."""
+    from ..store import FullRequest
+
+    li, meta = edit.li, edit._meta
+    cps = meta.chunks_per_object
+    shards = sorted({tuple(i // n for i, n in zip(c, cps, strict=True))
+                     for c in edit.data.all_chunks()})
+    keys = [li.key(0, meta.object_key(s)) for s in shards]
+    raws = [r.data for r in li.store.read_many([FullRequest(k) for k in keys])]
+    return {s: ShardResult(key=k, base_identity=None, theirs_identity=identity(raw), new=raw,
+                           outcomes={}) for s, k, raw in zip(shards, keys, raws, strict=True)}
 
 
 def _settle(edit: Edit, snap: dict[Coords, np.ndarray], shards: dict[Coords, ShardResult]
