@@ -33,6 +33,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ._annotate_view import (
     MAX_EDIT_VOXELS,
+    PaintableRegion,
     RegionError,
     camera,
     canvas_size,
@@ -138,6 +139,7 @@ class AnnotateWidget(Container):
         self.worker: Any = None
         self._cancel = threading.Event()
         self._cancellable = False
+        self._bar: Any = None  # the activity dock's progress bar of the running export
         self._conflicts: list = []
         self.image.changed.connect(lambda _: self.label_image.reset_choices())
         self.label_image.changed.connect(self._label_changed)
@@ -258,9 +260,10 @@ class AnnotateWidget(Container):
         kwargs: dict[str, Any] = {}
         if self.stored_layer is not None:
             kwargs["colormap"] = self.stored_layer.colormap
+        name = f"{edit.labels_name} (editing {region_text(edit.region)})"
         self.layer = self.viewer.add_labels(
-            edit.data, name=f"{edit.labels_name} (editing {region_text(edit.region)})",
-            scale=edit.scale, translate=edit.translate, multiscale=False, **kwargs)
+            PaintableRegion(edit.data), name=name, scale=edit.scale, translate=edit.translate,
+            multiscale=False, **kwargs)
         self.layer.bind_key("m", self.new_label, overwrite=True)  # napari's needs numpy data
         self.layer.mode = "paint"
         for button in (self.new_label_button, self.export_button, self.close_button):
@@ -335,6 +338,13 @@ class AnnotateWidget(Container):
         self.worker.start()
 
     def _progress(self, step) -> None:
+        """On the Qt thread: the activity-dock bar, and Cancel only while it can cancel."""
+        from napari.utils import progress
+
+        if self._bar is None:
+            self._bar = progress(total=step.total, desc=f"exporting {self.edit.labels_name}")
+        self._bar.total = step.total
+        self._bar.update(step.done - self._bar.n)
         self._cancellable = bool(step.cancellable)
         self.cancel_button.enabled = self._cancellable and not self._cancel.is_set()
 
@@ -368,7 +378,9 @@ class AnnotateWidget(Container):
         self.signals.exported.emit(report)
 
     def _export_finished(self) -> None:
-        self.worker = None
+        if self._bar is not None:
+            self._bar.close()
+        self.worker = self._bar = None
         self.cancel_button.enabled = self._cancellable = False
         self.export_button.enabled = self.edit is not None
 
@@ -435,30 +447,20 @@ def _conflict_text(c) -> str:
 
 
 def _export_steps(edit, message: str, cancel: threading.Event):
-    """The worker: ``edit.commit_steps`` fed to the activity dock; stopped only while the
-    core says nothing has been written yet (``cancellable``)."""
-    from napari.utils import progress
-
+    """The worker: ``edit.commit_steps``, stopped only while the core says nothing has been
+    written yet (``cancellable``). Progress goes to the Qt thread (``yielded``)."""
     steps = edit.commit_steps(message)
-    bar = None
     try:
         while True:
             try:
                 step = next(steps)
             except StopIteration as done:
                 return done.value
-            if bar is None:
-                bar = progress(total=step.total, desc=f"exporting {edit.labels_name}")
-            bar.total = step.total
-            bar.update(step.done - bar.n)
             yield step
             if cancel.is_set() and step.cancellable:
-                steps.close()  # aborts with nothing written
-                return None
+                return None  # closing the steps below aborts with nothing written
     finally:
         steps.close()  # no-op once done; after an error the core leaves a repairable intent
-        if bar is not None:
-            bar.close()
 
 
 def open_annotate_widget(viewer: napari.viewer.Viewer) -> None:

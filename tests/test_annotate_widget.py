@@ -163,3 +163,104 @@ def test_the_stored_labels_are_blank_inside_the_region_at_every_level(viewer):
     rest = np.ones(coarse.shape, bool)
     rest[box] = False
     np.testing.assert_array_equal(coarse[rest], np.asarray(levels[2])[rest])
+
+
+# -- the whole story: check out, paint, fill, undo, export, see it ----------------------------
+REGION = "8:24, 64:192, 64:192"
+BLOB = (136, 104)  # level-0 (y, x) of the painted blob, inside the region
+
+
+def check_out(widget, qtbot, region=REGION):
+    widget.source.value = "numbers"
+    widget.region.value = region
+    with qtbot.waitSignal(widget.signals.checked_out, timeout=30000):
+        widget.edit_button.native.click()
+    return widget.layer
+
+
+def export(widget, qtbot):
+    with qtbot.waitSignal(widget.signals.exported, timeout=60000) as blocker:
+        widget.export_button.native.click()
+    return blocker.args[0]
+
+
+def stored_labels(path):
+    import napari_zshard as nz
+
+    (labels,) = nz.open_image(path).labels
+    return [np.asarray(a[...]) for a in labels.arrays]
+
+
+def centre_colour(viewer):
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    h, w = shot.shape[:2]
+    return shot[h // 2 - 1:h // 2 + 2, w // 2 - 1:w // 2 + 2, :3].reshape(-1, 3).mean(axis=0)
+
+
+def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
+        viewer, widget, qtbot, sample, make_napari_viewer):
+    from qtpy.QtCore import Qt
+
+    before = stored_labels(sample)
+    layer = check_out(widget, qtbot)
+    edit = widget.edit
+    # exactly over the region: the edit's own transform, the store's colours
+    assert layer.data.region is edit.data and layer.data.shape == (16, 128, 128)
+    np.testing.assert_array_equal(layer.translate, (8, 64, 64))
+    np.testing.assert_array_equal(layer.scale, (1, 1, 1))
+    np.testing.assert_array_equal(np.asarray(layer.data[8]), before[0][16, 64:192, 64:192])
+    # the stored labels stay visible around the region, blank inside it
+    stored = labels_layer(viewer)
+    assert not np.asarray(stored.data[0][8:24, 64:192, 64:192]).any()
+    np.testing.assert_array_equal(np.asarray(stored.data[0][:8]), before[0][:8])
+
+    # M (the widget's binding, not napari's): the next id of the annotator's reserved block
+    viewer.layers.selection.active = layer
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key.Key_M)
+    new = layer.selected_label
+    assert new > before[0].max()
+    widget.new_label_button.native.click()
+    assert layer.selected_label == new + 1
+
+    # paint a blob through planes 16..19 (a whole coarse block at levels 1 and 2)
+    layer.brush_size = 30
+    viewer.dims.set_point(0, 16)
+    for z in range(8, 12):
+        layer.paint((z, BLOB[0] - 64, BLOB[1] - 64), new)
+    # fill a stored cell on plane 16 with the second new id
+    plane = before[0][16, 64:192, 64:192]
+    cell = next(v for v in np.unique(plane[:, 70:]) if v and (plane == v).sum() > 20)
+    yy, xx = np.argwhere(plane == cell)[0]
+    layer.fill((8, yy, xx), new + 1)
+    # a stroke undone: not exported
+    layer.paint((8, 20, 20), new, refresh=True)
+    assert np.asarray(layer.data[8, 20, 20]) == new
+    layer.undo()
+    np.testing.assert_array_equal(np.asarray(layer.data[8]), np.where(
+        np.asarray(layer.data[8]) == new, new, np.where(plane == cell, new + 1, plane)))
+    expected = before[0].copy()
+    expected[8:24, 64:192, 64:192] = np.asarray(layer.data)
+
+    report = export(widget, qtbot)
+    assert report.voxels_written == int((expected != before[0]).sum()) > 0
+    assert report.shards_written > 0 and report.bytes_written > 0 and not report.conflicts
+    assert f"{report.voxels_written} voxels" in widget.summary.value
+    after = stored_labels(sample)
+    np.testing.assert_array_equal(after[0], expected)
+    assert (after[2] == new).any()  # the pyramid follows
+
+    # another viewer opens the store: the blob's colour is on screen, zoomed in and out
+    other = make_napari_viewer(show=True)
+    other.open(str(sample), plugin="napari-zshard")
+    image, labels = other.layers
+    image.visible = False
+    labels.opacity, labels.blending = 1.0, "opaque"
+    colour = np.round(np.asarray(labels.get_color(new))[:3] * 255)
+    other.dims.set_point(0, 17)
+    other.scene.camera.center = BLOB
+    other.scene.camera.zoom = 4
+    qtbot.waitUntil(lambda: labels.data_level == 0, timeout=5000)
+    qtbot.waitUntil(lambda: np.abs(centre_colour(other) - colour).max() <= 3, timeout=10000)
+    other.scene.camera.zoom = 0.25
+    qtbot.waitUntil(lambda: labels.data_level > 0, timeout=5000)
+    qtbot.waitUntil(lambda: np.abs(centre_colour(other) - colour).max() <= 3, timeout=10000)
