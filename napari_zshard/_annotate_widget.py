@@ -32,6 +32,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from ._annotate_view import (
+    MAX_EDIT_3D_BYTES,
     MAX_EDIT_VOXELS,
     PaintableRegion,
     RegionError,
@@ -86,6 +87,14 @@ def remember_annotator(name: str) -> None:
         log.debug("cannot remember the annotator in %s", path, exc_info=True)
 
 
+def _openable(url: str) -> str:
+    """What ``viewer.open`` takes: a local path for ``file://`` URLs (napari checks it)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(url)
+    return unquote(parsed.path) if parsed.scheme == "file" else url
+
+
 def _store_url(layer) -> str | None:
     return (getattr(layer, "metadata", None) or {}).get("napari_zshard", {}).get("url")
 
@@ -94,7 +103,7 @@ class AnnotateSignals(QObject):
     """Emitted on the Qt thread once a checkout or an export has been applied to the viewer."""
 
     checked_out = Signal(object)  # the Edit
-    exported = Signal(object)  # the CommitReport, or None when cancelled
+    exported = Signal(object)  # the CommitReport; None when cancelled or failed
 
 
 class AnnotateWidget(Container):
@@ -140,6 +149,8 @@ class AnnotateWidget(Container):
         self._cancel = threading.Event()
         self._cancellable = False
         self._bar: Any = None  # the activity dock's progress bar of the running export
+        self._step: Any = None  # the latest CommitProgress
+        self._in_progress = False
         self._conflicts: list = []
         self.image.changed.connect(lambda _: self.label_image.reset_choices())
         self.label_image.changed.connect(self._label_changed)
@@ -309,8 +320,8 @@ class AnnotateWidget(Container):
         """3D view renders the whole region at once: only when it fits the memory budget."""
         if self.layer is None:
             return
-        if self.viewer.dims.ndisplay == 3 and not fits_3d(self.edit.data.shape,
-                                                          self.edit.data.dtype):
+        if self.viewer.dims.ndisplay == 3 and not fits_3d(
+                self.edit.data.shape, self.edit.data.dtype, budget=MAX_EDIT_3D_BYTES):
             self.layer.visible, self._hidden_for_3d = False, True
             self._say(f"the region {region_text(self.edit.region)} is too large to show in 3D "
                       "view (it would be rendered whole): it is hidden until you go back to 2D; "
@@ -327,26 +338,47 @@ class AnnotateWidget(Container):
             return
         self._cancel.clear()
         self._cancellable = False
+        self.report = None
         self.worker = create_worker(_export_steps, self.edit, self.message.value, self._cancel,
                                     _start_thread=False)
         self.worker.yielded.connect(self._progress)
         self.worker.returned.connect(self._exported)
-        self.worker.errored.connect(lambda e: self._say(f"export failed: {e}", error=True))
+        self.worker.errored.connect(self._export_failed)
         self.worker.finished.connect(self._export_finished)
         self.export_button.enabled = False
         self._say(f"exporting into {self._labels_url()}…")
         self.worker.start()
 
     def _progress(self, step) -> None:
-        """On the Qt thread: the activity-dock bar, and Cancel only while it can cancel."""
+        """On the Qt thread: the activity-dock bar, and Cancel only while it can cancel.
+
+        napari's progress bar processes Qt events when it changes, so later steps (and the
+        end of the export) can arrive while this runs: only the outermost call works, always
+        on the latest step, and nothing is enabled once the worker is gone."""
+        self._step = step
+        if self._in_progress:
+            return
+        self._in_progress = True
+        try:
+            while True:
+                step = self._step
+                self._cancellable = self.worker is not None and bool(step.cancellable)
+                self.cancel_button.enabled = self._cancellable and not self._cancel.is_set()
+                self._update_bar(step)
+                if self._step is step:
+                    break
+        finally:
+            self._in_progress = False
+
+    def _update_bar(self, step) -> None:
         from napari.utils import progress
 
-        if self._bar is None:
+        if self._bar is None and self.worker is not None:
             self._bar = progress(total=step.total, desc=f"exporting {self.edit.labels_name}")
-        self._bar.total = step.total
-        self._bar.update(step.done - self._bar.n)
-        self._cancellable = bool(step.cancellable)
-        self.cancel_button.enabled = self._cancellable and not self._cancel.is_set()
+        if self._bar is not None:
+            self._bar.total = step.total
+        if self._bar is not None:
+            self._bar.update(step.done - self._bar.n)
 
     def cancel(self) -> None:
         if self.worker is not None and self._cancellable:
@@ -358,7 +390,6 @@ class AnnotateWidget(Container):
         self.report = report
         if report is None:
             self._say("export cancelled: nothing was written")
-            self.signals.exported.emit(None)
             return
         self.summary.value = (f"{report.voxels_written} voxels, {report.shards_written} shards, "
                               f"{report.bytes_written} bytes written; "
@@ -366,7 +397,7 @@ class AnnotateWidget(Container):
         self._show_conflicts()
         self.layer.refresh()  # colleagues' changes were pulled into the region
         if self.stored_layer is None:  # a new label image: show it, masked like the others
-            self.viewer.open(self._labels_url(), plugin="napari-zshard")
+            self.viewer.open(_openable(self._labels_url()), plugin="napari-zshard")
             self.stored_layer = self._find_stored_layer()
             if self.stored_layer is not None:
                 self._mask_stored(self.edit.region)
@@ -375,14 +406,19 @@ class AnnotateWidget(Container):
         else:
             self.stored_layer.refresh()
         self._say(f"exported {report.commit_id}")
-        self.signals.exported.emit(report)
+
+    def _export_failed(self, error: Exception) -> None:
+        self.report = None
+        self._say(f"export failed: {error}", error=True)
 
     def _export_finished(self) -> None:
+        """Last of the worker's signals: the form is ready again, then ``exported`` fires."""
         if self._bar is not None:
             self._bar.close()
         self.worker = self._bar = None
         self.cancel_button.enabled = self._cancellable = False
         self.export_button.enabled = self.edit is not None
+        self.signals.exported.emit(self.report)
 
     # -- conflicts -------------------------------------------------------------------------
     def _show_conflicts(self) -> None:

@@ -264,3 +264,137 @@ def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
     other.scene.camera.zoom = 0.25
     qtbot.waitUntil(lambda: labels.data_level > 0, timeout=5000)
     qtbot.waitUntil(lambda: np.abs(centre_colour(other) - colour).max() <= 3, timeout=10000)
+
+
+def test_a_colleagues_earlier_export_is_a_conflict_a_click_away_then_resolved(
+        viewer, widget, qtbot, sample):
+    from qtpy.QtCore import Qt
+
+    from napari_zshard import annotations as ann
+
+    layer = check_out(widget, qtbot)
+    patch_a = (16, slice(150, 160), slice(170, 180))
+    patch_b = (20, slice(70, 76), slice(80, 90))
+    # bob checks out the same voxels elsewhere and exports first
+    bob = ann.checkout(str(sample), labels="cells", region=(slice(16, 21), slice(0, 256),
+                                                             slice(0, 256)), annotator="bob")
+    theirs_a, theirs_b = bob.new_label_id(), bob.new_label_id()
+    bob.data[(0, *patch_a[1:])] = theirs_a  # bob's region starts at z=16, y=x=0
+    bob.data[(4, *patch_b[1:])] = theirs_b
+    assert not bob.commit(message="bob's fix").conflicts
+    # we paint the same voxels (from the console) and something of our own
+    mine = widget.new_label()
+    local = lambda z, ys, xs: (z - 8, slice(ys.start - 64, ys.stop - 64),  # noqa: E731
+                               slice(xs.start - 64, xs.stop - 64))
+    layer.data[local(*patch_a)] = mine
+    layer.data[local(*patch_b)] = mine
+    layer.data[local(12, slice(100, 104), slice(100, 104))] = mine
+
+    report = export(widget, qtbot)
+    assert sorted((c.voxels, c.theirs, c.ours) for c in report.conflicts) == [
+        (60, theirs_b, mine), (100, theirs_a, mine)]
+    assert report.voxels_written == 16  # ours elsewhere went in; theirs were not overwritten
+    stored = stored_labels(sample)[0]
+    assert (stored[patch_a] == theirs_a).all() and (stored[patch_b] == theirs_b).all()
+    assert (stored[12, 100:104, 100:104] == mine).all()
+    rows = widget.conflicts.native
+    assert rows.count() == 2 and all("bob" in rows.item(i).text() for i in range(2))
+
+    # a click on a conflict moves the dims and the camera there
+    viewer.dims.set_point(0, 0)
+    viewer.scene.camera.center = (0, 0)
+    row_a = next(i for i, c in enumerate(widget._conflicts) if c.theirs == theirs_a)
+    item = rows.item(row_a)
+    qtbot.mouseClick(rows.viewport(), Qt.MouseButton.LeftButton,
+                     pos=rows.visualItemRect(item).center())
+    assert viewer.dims.point[0] == pytest.approx(16)
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], (154.5, 174.5))
+    assert widget.conflicts.value == [row_a]
+
+    # keep mine for the selected one, take theirs for the rest; the next export records it
+    widget.keep_mine.native.click()
+    assert rows.count() == 1
+    widget.take_theirs.native.click()
+    assert rows.count() == 0 and not widget.keep_mine.enabled
+    assert (np.asarray(layer.data[local(*patch_b)]) == theirs_b).all()
+    report = export(widget, qtbot)
+    assert not report.conflicts
+    stored = stored_labels(sample)[0]
+    assert (stored[patch_a] == mine).all() and (stored[patch_b] == theirs_b).all()
+
+
+def test_painting_goes_on_during_an_export_and_the_next_export_takes_it(
+        viewer, widget, qtbot, sample):
+    layer = check_out(widget, qtbot)
+    label = widget.new_label()
+    layer.data[0, :8, :8] = label
+    with qtbot.waitSignal(widget.signals.exported, timeout=60000):
+        widget.export_button.native.click()
+        assert widget.worker is not None and not widget.export_button.enabled
+        layer.paint((2, 100, 100), label)  # on the Qt thread, the export in its worker
+    assert np.asarray(layer.data[2, 100, 100]) == label
+    export(widget, qtbot)
+    stored = stored_labels(sample)[0]
+    assert (stored[8, 64:72, 64:72] == label).all() and stored[10, 164, 164] == label
+
+
+def test_cancel_stops_an_export_only_before_anything_is_written(viewer, widget, qtbot, sample):
+    import threading
+
+    from napari_zshard import annotations as ann
+    from napari_zshard._annotate_widget import _export_steps
+
+    layer = check_out(widget, qtbot)
+    assert not widget.cancel_button.enabled  # nothing to cancel yet
+    layer.data[0, :8, :8] = widget.new_label()
+    before = stored_labels(sample)[0]
+    cancel = threading.Event()
+    cancel.set()
+    steps = _export_steps(widget.edit, "never", cancel)
+    first = next(steps)
+    assert first.cancellable
+    with pytest.raises(StopIteration) as stopped:
+        next(steps)
+    assert stopped.value.value is None  # cancelled
+    np.testing.assert_array_equal(stored_labels(sample)[0], before)
+    assert "never" not in [r.message for r in ann.log(str(sample))]
+    report = export(widget, qtbot)  # still exportable afterwards, and the button is off again
+    assert report.voxels_written == 64 and not widget.cancel_button.enabled
+
+
+def test_3d_view_shows_the_region_only_within_the_memory_budget(viewer, widget, qtbot,
+                                                                monkeypatch):
+    import napari_zshard._annotate_widget as aw
+
+    layer = check_out(widget, qtbot)
+    viewer.dims.ndisplay = 3
+    assert layer.visible  # 16 x 128 x 128 uint32 = 1 MiB
+    viewer.dims.ndisplay = 2
+    monkeypatch.setattr(aw, "MAX_EDIT_3D_BYTES", 512 * 1024)
+    viewer.dims.ndisplay = 3
+    assert not layer.visible and "too large to show in 3D" in widget.status.value
+    viewer.dims.ndisplay = 2
+    assert layer.visible
+
+
+def test_a_new_label_image_is_created_exported_and_shown(viewer, widget, qtbot, sample):
+    from napari_zshard import annotations as ann
+
+    widget.label_image.value = "(new label image)"
+    widget.new_name.value = "nuclei"
+    layer = check_out(widget, qtbot)
+    assert widget.stored_layer is None
+    label = widget.new_label()
+    layer.data[4, 10:20, 10:20] = label
+    report = export(widget, qtbot)
+    assert report.voxels_written == 100
+    assert "nuclei" in ann.label_images(str(sample))
+    import napari_zshard as nz
+
+    (nuclei,) = [n for n in nz.open_image(sample).labels if n.name == "nuclei"]
+    assert nuclei.arrays[0].shape == SHAPE and len(nuclei.arrays) == 3
+    assert (np.asarray(nuclei.arrays[0][12, 74:84, 74:84]) == label).all()
+    stored = widget.stored_layer  # opened from the store, blank under the edit
+    assert stored is not None and stored.metadata["napari_zshard"]["url"].endswith(
+        "labels/nuclei")
+    assert not np.asarray(stored.data[0][8:24, 64:192, 64:192]).any()
