@@ -159,15 +159,18 @@ def read_intent(li: LabelImage, commit_id: str) -> tuple[dict[str, Any], bytes] 
     return intent, diff
 
 
-def their_commit(li: LabelImage, key: str, identity: str, *, limit: int = 200
+def their_commit(li: LabelImage, key: str, identity: str, *, limit: int = 25
                  ) -> tuple[str | None, str | None]:
     """The commit that left shard ``key`` as ``identity`` (best effort: the newest record
     saying so, among the last ``limit``); (commit id, annotator) or (None, None)."""
-    ids = sorted(commit_ids(li).items(), reverse=True)[:limit]
-    for cid, names in ids:
-        if "record.json" not in names:
-            continue
-        rec = _load(li.store.read(li.zshard_key(f"commits/{cid}/record.json"))) or {}
+    from ..store import FullRequest
+
+    ids = [cid for cid, names in sorted(commit_ids(li).items(), reverse=True)
+           if "record.json" in names][:limit]
+    raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
+                               for cid in ids])
+    for cid, raw in zip(ids, raws, strict=True):
+        rec = _load(raw.data) or {}
         if (rec.get("shards") or {}).get(key, {}).get("after") == identity:
             return cid, rec.get("annotator")
     return None, None
