@@ -16,7 +16,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
@@ -26,18 +25,17 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
     RadioButtons,
-    Select,
     SpinBox,
 )
 from qtpy.QtCore import QObject, Signal
 
+from ._annotate_conflicts import ConflictList
+from ._annotate_export import ExportPanel
 from ._annotate_view import (
     MAX_EDIT_3D_BYTES,
     MAX_EDIT_VOXELS,
     PaintableRegion,
     RegionError,
-    camera,
-    canvas_size,
     check_region_size,
     fits_3d,
     masked_levels,
@@ -45,7 +43,6 @@ from ._annotate_view import (
     region_text,
     shapes_region,
     view_region,
-    world_of,
 )
 
 if TYPE_CHECKING:
@@ -124,45 +121,29 @@ class AnnotateWidget(Container):
         self.region = LineEdit(label="region (z0:z1, y0:y1, x0:x1)")
         self.edit_button = PushButton(text="Edit region")
         self.new_label_button = PushButton(text="New label id (M)", enabled=False)
-        self.message = LineEdit(label="export message", value="")
-        self.export_button = PushButton(text="Export", enabled=False)
-        self.cancel_button = PushButton(text="Cancel export", enabled=False)
         self.status = Label(value="")
-        self.summary = Label(value="")
-        self.conflicts = Select(label="conflicts", choices=[])
-        self.keep_mine = PushButton(text="Keep mine", enabled=False)
-        self.take_theirs = PushButton(text="Take theirs", enabled=False)
+        self.exporter = ExportPanel(say=self._say, applied=self._exported,
+                                    finished=self._export_finished)
+        self.export_button = self.exporter.export_button
+        self.cancel_button = self.exporter.cancel_button
+        self.summary = self.exporter.summary
+        self.conflicts = ConflictList(viewer, say=self._say, resolved=self._refresh_edit)
         self.close_button = PushButton(text="Close edit (drops what is not exported)",
                                        enabled=False)
         self.extend([self.image, self.label_image, self.new_name, self.annotator, self.source,
                      self.shapes, self.depth, self.region, self.edit_button, self.status,
-                     self.new_label_button, self.message, self.export_button,
-                     self.cancel_button, self.summary, self.conflicts, self.keep_mine,
-                     self.take_theirs, self.close_button])
+                     self.new_label_button, self.exporter, self.conflicts, self.close_button])
         self.edit: Any = None
         self.layer: Any = None  # the editable Labels layer
         self.stored_layer: Any = None  # the read-only labels of the store, masked meanwhile
         self._stored_levels: Any = None
         self._hidden_for_3d = False
-        self.report: Any = None
-        self.worker: Any = None
-        self._cancel = threading.Event()
-        self._cancellable = False
-        self._bar: Any = None  # the activity dock's progress bar of the running export
-        self._step: Any = None  # the latest CommitProgress
-        self._in_progress = False
-        self._conflicts: list = []
         self.image.changed.connect(lambda _: self.label_image.reset_choices())
         self.label_image.changed.connect(self._label_changed)
         self.source.changed.connect(self._source_changed)
         self.edit_button.changed.connect(self.start_edit)
         self.new_label_button.changed.connect(lambda: self.new_label())
         self.export_button.changed.connect(self.export)
-        self.cancel_button.changed.connect(self.cancel)
-        self.conflicts.native.itemClicked.connect(
-            lambda item: self.jump_to(self.conflicts.native.row(item)))
-        self.keep_mine.changed.connect(lambda: self.resolve("mine"))
-        self.take_theirs.changed.connect(lambda: self.resolve("theirs"))
         self.close_button.changed.connect(self.close_edit)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(lambda _: self.reset_choices())
@@ -330,72 +311,18 @@ class AnnotateWidget(Container):
             self.layer.visible, self._hidden_for_3d = True, False
 
     # -- export ----------------------------------------------------------------------------
+    @property
+    def worker(self):
+        """The running export's worker, else None."""
+        return self.exporter.worker
+
     def export(self) -> None:
-        """Commit in a worker thread; painting goes on (the commit works on a snapshot)."""
-        from napari.qt.threading import create_worker
-
-        if self.edit is None or self.worker is not None:
-            return
-        self._cancel.clear()
-        self._cancellable = False
-        self.report = None
-        self.worker = create_worker(_export_steps, self.edit, self.message.value, self._cancel,
-                                    _start_thread=False)
-        self.worker.yielded.connect(self._progress)
-        self.worker.returned.connect(self._exported)
-        self.worker.errored.connect(self._export_failed)
-        self.worker.finished.connect(self._export_finished)
-        self.export_button.enabled = False
-        self._say(f"exporting into {self._labels_url()}…")
-        self.worker.start()
-
-    def _progress(self, step) -> None:
-        """On the Qt thread: the activity-dock bar, and Cancel only while it can cancel.
-
-        napari's progress bar processes Qt events when it changes, so later steps (and the
-        end of the export) can arrive while this runs: only the outermost call works, always
-        on the latest step, and nothing is enabled once the worker is gone."""
-        self._step = step
-        if self._in_progress:
-            return
-        self._in_progress = True
-        try:
-            while True:
-                step = self._step
-                self._cancellable = self.worker is not None and bool(step.cancellable)
-                self.cancel_button.enabled = self._cancellable and not self._cancel.is_set()
-                self._update_bar(step)
-                if self._step is step:
-                    break
-        finally:
-            self._in_progress = False
-
-    def _update_bar(self, step) -> None:
-        from napari.utils import progress
-
-        if self._bar is None and self.worker is not None:
-            self._bar = progress(total=step.total, desc=f"exporting {self.edit.labels_name}")
-        if self._bar is not None:
-            self._bar.total = step.total
-        if self._bar is not None:
-            self._bar.update(step.done - self._bar.n)
-
-    def cancel(self) -> None:
-        if self.worker is not None and self._cancellable:
-            self._cancel.set()
-            self.cancel_button.enabled = False
-            self._say("cancelling the export…")
+        self.exporter.start(self.edit, self._labels_url())
 
     def _exported(self, report) -> None:
-        self.report = report
-        if report is None:
-            self._say("export cancelled: nothing was written")
-            return
-        self.summary.value = (f"{report.voxels_written} voxels, {report.shards_written} shards, "
-                              f"{report.bytes_written} bytes written; "
-                              f"{len(report.conflicts)} conflicts")
-        self._show_conflicts()
-        self.layer.refresh()  # colleagues' changes were pulled into the region
+        """A commit is in: its conflicts listed, every layer showing the new store state."""
+        self.conflicts.show(self.edit)
+        self._refresh_edit()  # colleagues' changes were pulled into the region
         if self.stored_layer is None:  # a new label image: show it, masked like the others
             self.viewer.open(_openable(self._labels_url()), plugin="napari-zshard")
             self.stored_layer = self._find_stored_layer()
@@ -405,57 +332,14 @@ class AnnotateWidget(Container):
                                         self.viewer.layers.index(self.layer))
         else:
             self.stored_layer.refresh()
-        self._say(f"exported {report.commit_id}")
 
-    def _export_failed(self, error: Exception) -> None:
-        self.report = None
-        self._say(f"export failed: {error}", error=True)
+    def _export_finished(self, report) -> None:
+        self.exporter.export_button.enabled = self.edit is not None
+        self.signals.exported.emit(report)
 
-    def _export_finished(self) -> None:
-        """Last of the worker's signals: the form is ready again, then ``exported`` fires."""
-        if self._bar is not None:
-            self._bar.close()
-        self.worker = self._bar = None
-        self.cancel_button.enabled = self._cancellable = False
-        self.export_button.enabled = self.edit is not None
-        self.signals.exported.emit(self.report)
-
-    # -- conflicts -------------------------------------------------------------------------
-    def _show_conflicts(self) -> None:
-        self._conflicts = list(self.edit.pending_conflicts) if self.edit is not None else []
-        rows = [(_conflict_text(c), i) for i, c in enumerate(self._conflicts)]
-        self.conflicts.choices = rows
-        self.keep_mine.enabled = self.take_theirs.enabled = bool(rows)
-
-    def jump_to(self, index: int) -> None:
-        """Move the dims and the camera to a conflict (its centroid, its box in view)."""
-        if not 0 <= index < len(self._conflicts):
-            return
-        c, edit = self._conflicts[index], self.edit
-        world = world_of(c.centroid, region=edit.region, scale=edit.scale,
-                         translate=edit.translate)
-        offset = self.viewer.dims.ndim - len(world)
-        displayed = [ax - offset for ax in self.viewer.dims.displayed]
-        for ax, value in enumerate(world):
-            if ax not in displayed:
-                self.viewer.dims.set_point(ax + offset, value)
-        cam = camera(self.viewer)
-        cam.center = tuple(world[ax] for ax in displayed)
-        extent = max(max(16.0, (c.bbox[ax].stop - c.bbox[ax].start) * edit.scale[ax])
-                     for ax in displayed)
-        cam.zoom = min(canvas_size(self.viewer)) / (3 * extent)
-        self.status.value = f"conflict {index + 1}: {_conflict_text(c)}"
-
-    def resolve(self, keep: str) -> None:
-        """Keep mine / take theirs for the selected conflicts (all of them when none is)."""
-        chosen = [self._conflicts[i] for i in self.conflicts.value] or list(self._conflicts)
-        if not chosen:
-            return
-        self.edit.resolve(chosen, keep=keep)
-        self.layer.refresh()
-        self._show_conflicts()
-        done = "kept mine" if keep == "mine" else "took theirs"
-        self._say(f"{len(chosen)} conflicts resolved ({done}): Export to record it")
+    def _refresh_edit(self) -> None:
+        if self.layer is not None:
+            self.layer.refresh()
 
     # -- closing ---------------------------------------------------------------------------
     def close_edit(self) -> None:
@@ -468,35 +352,11 @@ class AnnotateWidget(Container):
         self._unmask_stored()
         self.edit = self.layer = None
         self._hidden_for_3d = False
-        self.conflicts.choices = []
-        for button in (self.new_label_button, self.export_button, self.close_button,
-                       self.keep_mine, self.take_theirs):
+        self.conflicts.show(None)
+        for button in (self.new_label_button, self.export_button, self.close_button):
             button.enabled = False
         self.edit_button.enabled = True
         self._say("edit closed")
-
-
-def _conflict_text(c) -> str:
-    where = ", ".join(str(round(v)) for v in c.centroid)
-    who = c.their_annotator or "someone"
-    return f"{c.voxels} voxels near ({where}): mine {c.ours}, {who}'s {c.theirs}"
-
-
-def _export_steps(edit, message: str, cancel: threading.Event):
-    """The worker: ``edit.commit_steps``, stopped only while the core says nothing has been
-    written yet (``cancellable``). Progress goes to the Qt thread (``yielded``)."""
-    steps = edit.commit_steps(message)
-    try:
-        while True:
-            try:
-                step = next(steps)
-            except StopIteration as done:
-                return done.value
-            yield step
-            if cancel.is_set() and step.cancellable:
-                return None  # closing the steps below aborts with nothing written
-    finally:
-        steps.close()  # no-op once done; after an error the core leaves a repairable intent
 
 
 def open_annotate_widget(viewer: napari.viewer.Viewer) -> None:

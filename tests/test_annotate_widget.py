@@ -297,25 +297,25 @@ def test_a_colleagues_earlier_export_is_a_conflict_a_click_away_then_resolved(
     stored = stored_labels(sample)[0]
     assert (stored[patch_a] == theirs_a).all() and (stored[patch_b] == theirs_b).all()
     assert (stored[12, 100:104, 100:104] == mine).all()
-    rows = widget.conflicts.native
+    rows = widget.conflicts.rows.native
     assert rows.count() == 2 and all("bob" in rows.item(i).text() for i in range(2))
 
     # a click on a conflict moves the dims and the camera there
     viewer.dims.set_point(0, 0)
     viewer.scene.camera.center = (0, 0)
-    row_a = next(i for i, c in enumerate(widget._conflicts) if c.theirs == theirs_a)
+    row_a = next(i for i, c in enumerate(widget.conflicts.conflicts) if c.theirs == theirs_a)
     item = rows.item(row_a)
     qtbot.mouseClick(rows.viewport(), Qt.MouseButton.LeftButton,
                      pos=rows.visualItemRect(item).center())
     assert viewer.dims.point[0] == pytest.approx(16)
     np.testing.assert_allclose(viewer.scene.camera.center[-2:], (154.5, 174.5))
-    assert widget.conflicts.value == [row_a]
+    assert widget.conflicts.rows.value == [row_a]
 
     # keep mine for the selected one, take theirs for the rest; the next export records it
-    widget.keep_mine.native.click()
+    widget.conflicts.keep_mine.native.click()
     assert rows.count() == 1
-    widget.take_theirs.native.click()
-    assert rows.count() == 0 and not widget.keep_mine.enabled
+    widget.conflicts.take_theirs.native.click()
+    assert rows.count() == 0 and not widget.conflicts.keep_mine.enabled
     assert (np.asarray(layer.data[local(*patch_b)]) == theirs_b).all()
     report = export(widget, qtbot)
     assert not report.conflicts
@@ -342,7 +342,7 @@ def test_cancel_stops_an_export_only_before_anything_is_written(viewer, widget, 
     import threading
 
     from napari_zshard import annotations as ann
-    from napari_zshard._annotate_widget import _export_steps
+    from napari_zshard._annotate_export import export_steps
 
     layer = check_out(widget, qtbot)
     assert not widget.cancel_button.enabled  # nothing to cancel yet
@@ -350,7 +350,7 @@ def test_cancel_stops_an_export_only_before_anything_is_written(viewer, widget, 
     before = stored_labels(sample)[0]
     cancel = threading.Event()
     cancel.set()
-    steps = _export_steps(widget.edit, "never", cancel)
+    steps = export_steps(widget.edit, "never", cancel)
     first = next(steps)
     assert first.cancellable
     with pytest.raises(StopIteration) as stopped:
