@@ -68,7 +68,7 @@ class ExportPanel(Container):
         self._cancel.clear()
         self._cancellable = False
         self.worker = create_worker(export_steps, edit, self.message.value, self._cancel,
-                                    _start_thread=False)
+                                    _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._progress)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._failed)

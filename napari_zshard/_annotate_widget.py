@@ -238,7 +238,7 @@ class AnnotateWidget(Container):
         self.edit_button.enabled = False
         worker = create_worker(ann.checkout, url, labels=name, region=region,
                                annotator=annotator, create=create, max_voxels=MAX_EDIT_VOXELS,
-                               _start_thread=False)
+                               _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._checked_out)
         worker.errored.connect(lambda e: self._say(f"checkout failed: {e}", error=True))
         worker.finished.connect(lambda: setattr(self.edit_button, "enabled", self.edit is None))

@@ -398,3 +398,19 @@ def test_a_new_label_image_is_created_exported_and_shown(viewer, widget, qtbot, 
     assert stored is not None and stored.metadata["napari_zshard"]["url"].endswith(
         "labels/nuclei")
     assert not np.asarray(stored.data[0][8:24, 64:192, 64:192]).any()
+
+
+def test_an_http_store_is_refused_before_any_painting(make_napari_viewer, sample, http_server,
+                                                      qtbot):
+    from napari_zshard._annotate_widget import AnnotateWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(f"{http_server.url}/{sample.name}", plugin="napari-zshard")
+    widget = AnnotateWidget(viewer)
+    widget.source.value = "numbers"
+    widget.region.value = REGION
+    widget.edit_button.native.click()
+    qtbot.waitUntil(lambda: "checkout failed" in widget.status.value, timeout=20000)
+    assert "read-only" in widget.status.value and "zshard convert" in widget.status.value
+    assert widget.edit is None and widget.layer is None and widget.edit_button.enabled
+    assert len(viewer.layers) == 2  # no editable layer was added
