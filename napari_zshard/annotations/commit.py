@@ -10,6 +10,7 @@ and safe while a slow original still runs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -164,13 +165,33 @@ def replay(li: LabelImage, commit_id: str) -> bool:
     return finish(li, commit_id, intent, applied, repaired=True)
 
 
+#: label image -> when this process last looked for interrupted commits (time.monotonic)
+_last_stale_check: dict[str, float] = {}
+
+
+def finish_stale(li: LabelImage) -> list[str]:
+    """Finish the interrupted commits older than :data:`~.provenance.STALE_INTENT_SECONDS`;
+    looked for at most once per that period per process (a listing per commit would cost
+    every commit a LIST of the whole history)."""
+    where = f"{li.store.url}/{li.prefix}"
+    now = time.monotonic()
+    last = _last_stale_check.get(where)
+    if last is not None and now - last < prov.STALE_INTENT_SECONDS:
+        return []
+    _last_stale_check[where] = now
+    done = []
+    for cid in prov.interrupted(li, older_than=prov.STALE_INTENT_SECONDS):
+        log.info("finishing the interrupted commit %s", cid)
+        if replay(li, cid):
+            done.append(cid)
+    return done
+
+
 def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, CommitReport]:
     from .edit import CommitProgress, CommitReport
 
     li = edit.li
-    for cid in prov.interrupted(li, older_than=prov.STALE_INTENT_SECONDS):
-        log.info("finishing the interrupted commit %s", cid)
-        replay(li, cid)
+    finish_stale(li)
     _gen, snap = edit.data.snapshot()
     diff = _diff_of(edit, snap)
     shards = {k for k in (li.key(0, li.metas[0].object_key(
