@@ -5,6 +5,7 @@ The same core as a notebook (:mod:`napari_zshard.annotations`): ``checkout`` giv
 ``data`` napari paints into and whose ``scale``/``translate`` place it over the image; Export
 runs ``edit.commit_steps`` in a worker (activity-dock progress, Cancel while nothing is written,
 painting goes on), then lists the conflicts, each a click away, with "keep mine"/"take theirs".
+Points and Shapes layers export and re-open too (:mod:`._annotate_geometry`).
 
 Inside the region the read-only multiscale labels are blanked (:func:`masked_levels`) rather
 than hidden by an overlay or opacity: label 0 is transparent, so without the blanking an erased
@@ -31,6 +32,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ._annotate_conflicts import ConflictList
 from ._annotate_export import ExportPanel
+from ._annotate_geometry import GeometryPanel
 from ._annotate_view import (
     MAX_EDIT_3D_BYTES,
     MAX_EDIT_VOXELS,
@@ -101,6 +103,7 @@ class AnnotateSignals(QObject):
 
     checked_out = Signal(object)  # the Edit
     exported = Signal(object)  # the CommitReport; None when cancelled or failed
+    geometry_exported = Signal(object)  # the GeometryReport; None when failed
 
 
 class AnnotateWidget(Container):
@@ -130,9 +133,14 @@ class AnnotateWidget(Container):
         self.conflicts = ConflictList(viewer, say=self._say, resolved=self._refresh_edit)
         self.close_button = PushButton(text="Close edit (drops what is not exported)",
                                        enabled=False)
+        self.geometry = GeometryPanel(viewer, url=self._image_url,
+                                      annotator=lambda: self.annotator.value.strip(),
+                                      say=self._say,
+                                      done=self.signals.geometry_exported.emit)
         self.extend([self.image, self.label_image, self.new_name, self.annotator, self.source,
                      self.shapes, self.depth, self.region, self.edit_button, self.status,
-                     self.new_label_button, self.exporter, self.conflicts, self.close_button])
+                     self.new_label_button, self.exporter, self.conflicts, self.close_button,
+                     self.geometry])
         self.edit: Any = None
         self.layer: Any = None  # the editable Labels layer
         self.stored_layer: Any = None  # the read-only labels of the store, masked meanwhile
@@ -160,6 +168,9 @@ class AnnotateWidget(Container):
 
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Image) and _store_url(layer)]
+
+    def _image_url(self) -> str | None:
+        return _store_url(self.image.value) if self.image.value is not None else None
 
     def _label_choices(self, _widget=None) -> list[str]:
         from .annotations import label_images

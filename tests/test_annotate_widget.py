@@ -414,3 +414,57 @@ def test_an_http_store_is_refused_before_any_painting(make_napari_viewer, sample
     assert "read-only" in widget.status.value and "zshard convert" in widget.status.value
     assert widget.edit is None and widget.layer is None and widget.edit_button.enabled
     assert len(viewer.layers) == 2  # no editable layer was added
+
+
+def test_points_and_shapes_export_with_who_and_when_and_reopen_with_their_features(
+        viewer, widget, qtbot, sample, make_napari_viewer):
+    from napari_zshard.annotations.geometry import export_geometry, load_geometry
+
+    points = viewer.add_points([[16, 40, 50], [16, 60, 70], [20, 100, 110]], name="seeds",
+                               features={"kind": ["nucleus", "nucleus", "debris"]})
+    boxes = viewer.add_shapes([[[16, 10, 10], [16, 10, 30], [16, 30, 30], [16, 30, 10]]],
+                              shape_type="rectangle", name="boxes",
+                              features={"note": ["check"]})
+    panel = widget.geometry
+    widget.annotator.value = "alice"
+    for layer in (points, boxes):
+        panel.layer.value = layer
+        with qtbot.waitSignal(widget.signals.geometry_exported, timeout=20000):
+            panel.export_button.native.click()
+        assert panel.report.added == len(layer.data), widget.status.value
+    ids = list(points.features["zshard_id"])
+    assert all(i.startswith("alice") for i in ids) and len(set(ids)) == 3
+
+    # bob moves the first point meanwhile; we move it too, delete the debris and add one
+    stored = load_geometry(str(sample), name="seeds")
+    moved = np.array(stored.data)
+    moved[stored.ids.index(ids[0])] = [16, 41, 51]
+    export_geometry(str(sample), name="seeds", kind="points", data=moved, annotator="bob",
+                    features=stored.features, base=stored)
+    points.data = np.array([[16, 45, 55], [16, 60, 70], [12, 10, 10]])
+    points.features = {"kind": ["nucleus", "nucleus", "mitosis"],
+                       "zshard_id": [ids[0], ids[1], ""]}
+    panel.layer.value = points
+    with qtbot.waitSignal(widget.signals.geometry_exported, timeout=20000) as blocker:
+        panel.export_button.native.click()
+    report = blocker.args[0]
+    assert (report.added, report.modified, report.deleted) == (1, 0, 1)
+    assert [c.zshard_id for c in report.conflicts] == [ids[0]]  # bob's move wins, reported
+    assert "kept theirs" in widget.status.value
+
+    # another viewer opens them with their features, who and when
+    other = make_napari_viewer()
+    other.open(str(sample), plugin="napari-zshard")
+    from napari_zshard._annotate_widget import AnnotateWidget
+
+    reopened = AnnotateWidget(other)
+    reopened.geometry.open_button.native.click()
+    seeds, shapes = other.layers["seeds"], other.layers["boxes"]
+    table = seeds.features.set_index("zshard_id")
+    assert table.loc[ids[0], "modified_by"] == "bob"
+    np.testing.assert_allclose(seeds.data[list(table.index).index(ids[0])], [16, 41, 51])
+    assert ids[2] not in table.index  # deleted
+    assert sorted(table["kind"]) == ["mitosis", "nucleus", "nucleus"]
+    assert set(table["author"]) == {"alice"}
+    assert shapes.shape_type == ["rectangle"] and list(shapes.features["note"]) == ["check"]
+    np.testing.assert_allclose(shapes.data[0], boxes.data[0])
