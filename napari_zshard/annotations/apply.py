@@ -152,7 +152,10 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
             result.identities[key] = {"before": theirs_id, "after": new_id}
         cps = meta.chunks_per_object
         for flat, o in outcomes.items():
-            if o.written.any():
+            # every chunk now holding some of our values, not only those written by this
+            # pass: a replay finds the shards already written by the process it finishes,
+            # whose coarse levels may still be missing
+            if (edits[flat].mask & ~o.conflict).any():
                 local = np.unravel_index(flat, cps)
                 result.changed_chunks.add(tuple(int(s * n + i) for s, n, i in
                                                 zip(shard, cps, local, strict=True)))
