@@ -17,6 +17,7 @@ from ..survey import (
     run_fsck,
     survey,
 )
+from ..survey.fsck import annotation_state
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
 _METHODS = {
@@ -121,6 +122,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
               f"{len(report.problems)} problem(s) found so far", file=sys.stderr)
         return EXIT_INTERRUPTED
     report.partial_files = (remove_partial_files if args.remove_partial else partial_files)(found)
+    report.annotations = annotation_state(found)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -129,6 +131,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             what = f"{count:,} partial file(s) ({size / 2**20:,.1f} MiB) of interrupted writes"
             print(f"removed {what}" if args.remove_partial else
                   f"note: {what}; readers ignore them, --remove-partial deletes them")
+        for state in report.annotations:
+            if state["interrupted"]:
+                print(f"note: labels/{state['label_image']}: {len(state['interrupted'])} "
+                      "interrupted annotation commit(s); readers see whole shards only; "
+                      f"`zshard annotations repair {found.url}` finishes them")
         totals = (f"{report.objects_found:,} {noun} and {report.chunks_checked:,} inner chunks "
                   "checked" if sharded else f"{report.objects_found:,} {noun} checked")
         if report.clean and not report.objects_checked and report.skipped:
