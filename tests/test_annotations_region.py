@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -124,6 +125,14 @@ def test_checkout_create_aligns_with_the_image(tmp_path):
     ImageLabel.from_zarr(labels)
     Labels.from_zarr(group["labels"])
     Image.from_zarr(group)
+    edit.data[0, 0, 0] = 3
+    edit.commit()  # our own objects (labels/cells/zshard/...) next to the levels
+    import yaozarrs
+
+    for where in ("", "/labels", "/labels/cells"):
+        yaozarrs.validate_zarr_store(url + where)
+    ImageLabel.from_zarr(zarr.open_group(url, mode="r")["labels/cells"])
+    assert zarr.open_group(url, mode="r")["labels/cells/0"][4, 10, 30] == 3
 
 
 def test_region_outside_the_volume_or_too_big(tmp_path):
@@ -149,6 +158,59 @@ def test_http_and_gcs_stores_are_refused_before_painting(http_server, tmp_path):
         ann.checkout(http_server.url + "/img.zarr", labels="cells", annotator="a")
     with pytest.raises(ReadOnlyStoreError, match="GCS"):
         ann.checkout("gs://bucket/img.zarr", labels="cells", annotator="a")
+
+
+def _checkout_as_nobody(url: str, conn) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        ann.checkout(url, labels="cells", annotator="a", region=(slice(0, 1),) * 3)
+        conn.send("no error")
+    except Exception as e:
+        conn.send(f"{type(e).__name__}: {e}")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0,
+                    reason="needs root to become another user (a read-only folder for root "
+                           "is not read-only)")
+def test_read_only_folder_is_refused_before_painting(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
+    public = tempfile.mkdtemp(prefix="zshard-ro-")  # pytest's folders are root-only
+    try:
+        _read_only_check(tmp_path, public, monkeypatch)
+    finally:
+        shutil.rmtree(public)
+
+
+def _read_only_check(tmp_path, public, monkeypatch) -> None:
+    import multiprocessing
+    from pathlib import Path
+
+    url = make_image(Path(public))
+    ann.checkout(url, labels="cells", create=True, annotator="a", region=(slice(0, 1),) * 3)
+    os.chmod(public, 0o755)
+    monkeypatch.setenv("NAPARI_ZSHARD_CONFIG", os.path.join(public, "none.toml"))
+    ours, theirs = multiprocessing.get_context("fork").Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_checkout_as_nobody,
+                                                      args=(url, theirs))
+    proc.start()
+    proc.join(60)
+    message = ours.recv()
+    assert message.startswith("ReadOnlyStoreError") and "not writable" in message
+
+
+def test_zarr_v2_image_is_refused_naming_convert(tmp_path):
+    import zarr
+
+    url = str(tmp_path / "v2.zarr")
+    root = zarr.open_group(url, mode="w", zarr_format=2)
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": ["z", "y", "x"], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]}]}]
+    root.create_array("0", shape=(8, 8, 8), dtype="uint8", chunks=(4, 4, 4))
+    with pytest.raises(UnsupportedLabelImageError, match="zshard convert"):
+        ann.checkout(url, labels="cells", create=True, annotator="a")
 
 
 def test_unsharded_label_image_is_refused_naming_convert(tmp_path):

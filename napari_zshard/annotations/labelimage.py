@@ -4,6 +4,7 @@ OME-Zarr 0.5 image, one sharded Zarr v3 array per pyramid level."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,12 @@ def writable_store(url: str, storage_options: dict[str, Any] | None) -> Store:
             f"{url}: committing annotations to GCS is refused until its conditional writes are "
             "implemented and tested; use a local folder or s3://")
     store = open_store(url, storage_options)
+    from ..store.local import LocalStore
+
+    if isinstance(store, LocalStore) and store.root.is_dir() and not os.access(
+            store.root, os.W_OK):
+        raise ReadOnlyStoreError(f"{store.root} is not writable by this user; annotations "
+                                 "cannot be committed to it")
     if store.read_only:
         raise ReadOnlyStoreError(f"{store.url} is opened read-only; annotations cannot be "
                                  "committed to it")

@@ -72,13 +72,17 @@ class EditableRegion:
         return self._values.shape[0]
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        # A copy: whoever asked for an ndarray may write into it, and that would bypass the
-        # dirty tracking (numpy asks for copy=False only when it must not copy).
-        if copy is False:
-            out = self._values.view()
-            out.flags.writeable = False
-            return out if dtype is None else out.astype(dtype, copy=False)
-        return np.array(self._values, dtype=dtype, copy=True)
+        # np.asarray(region) must not copy a 1 GiB region; the view is read-only, so a write
+        # into it cannot bypass the dirty tracking. copy=True gives a writable copy.
+        if copy:
+            return np.array(self._values, dtype=dtype, copy=True)
+        out = self._values.view()
+        out.flags.writeable = False
+        if dtype is not None and np.dtype(dtype) != out.dtype:
+            if copy is False:
+                raise ValueError(f"cannot give {out.dtype} values as {dtype} without a copy")
+            return out.astype(dtype)
+        return out
 
     def __repr__(self) -> str:
         return (f"EditableRegion(shape={self.shape}, dtype={self.dtype}, origin={self.origin}, "
