@@ -45,6 +45,12 @@ def test_napari_facing_attributes_and_read_only_plane_view():
     assert plane[1, 2] == 7  # a view, not a copy: napari reads data[0] on every stroke
     assert np.asarray(r)[0, 1, 2] == 7
     assert r.dirty_chunks() == {(0, 0, 1)}
+    # napari 0.9 paints into what it reads with any other key, then writes it back
+    part = r[0:2, 0:4, 0:4]
+    part[1, 1, 1] = 5
+    assert r[1, 1, 1] == 0 and r.dirty_chunks() == {(0, 0, 1)}
+    r[0:2, 0:4, 0:4] = part
+    assert r[1, 1, 1] == 5
 
 
 @pytest.mark.parametrize(("key", "expected"), [

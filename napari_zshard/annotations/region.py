@@ -3,7 +3,8 @@ changed, whatever changed them (paint, fill, undo, the console, a script).
 
 napari's Labels layer needs ``ndim`` (else it guesses a pyramid from the first axis), ``shape``,
 ``dtype``, ``size``, ``nbytes``, ``__len__`` and ``__array__``; it reads a whole plane through
-``data[int]`` on every paint call, so that is a read-only *view*, never a copy. Every write goes
+``data[int]`` on every paint call, so that is a read-only *view*, never a copy (every other
+key gives a copy: napari paints into what it read, then writes it back). Every write goes
 through :meth:`EditableRegion.__setitem__`, which marks the inner chunks (global chunk
 coordinates of level 0) the key can touch; what really changed is decided at commit time by
 comparing with the base, so marking a few chunks too many costs time, never correctness.
@@ -90,10 +91,17 @@ class EditableRegion:
 
     # -- reading ----------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
+        """``data[int]`` (napari's dtype probe on every paint call): a read-only view. Any
+        other key: a writable copy — napari 0.9 paints and fills into what it read
+        (``np.asarray(data[slices])``, ``data[(z, :, :)]``) and writes it back through
+        :meth:`__setitem__`, so a view there would either fail or bypass the tracking."""
         out = self._values[key]
-        if isinstance(out, np.ndarray) and np.shares_memory(out, self._values):
+        if isinstance(key, int | np.integer):
             out = out.view()
-            out.flags.writeable = False  # writes must come through __setitem__
+            out.flags.writeable = False
+            return out
+        if isinstance(out, np.ndarray) and np.shares_memory(out, self._values):
+            return out.copy()
         return out
 
     # -- writing ----------------------------------------------------------------------------
