@@ -189,6 +189,12 @@ def test_label_ids_are_reserved_in_disjoint_blocks(tmp_path):
     ids_b = [b.new_label_id() for _ in range(10)]
     assert min(ids_a + ids_b) > 4000  # the bounded scan found the stored id
     assert len(set(ids_a) | set(ids_b)) == 1510
+    # an id typed in by hand above every block: reported, and no later block contains it
+    typed = max(ids_a + ids_b) + 5000
+    a.data[1, 1, 1] = typed
+    assert a.commit().unreserved_ids == [typed]
+    c = ann.checkout(url, labels="cells", annotator="carol", region=REGION)
+    assert c.new_label_id() > typed
 
 
 def test_log_and_object_table(url):

@@ -21,6 +21,7 @@ from ..engine.cache import default_cache
 from ..engine.shard_update import decode_chunk, split_shard
 from . import provenance as prov
 from .apply import ApplyResult, Diff, ShardResult, apply_level0, identity, update_pyramid
+from .ids import claim_unreserved
 from .labelimage import LabelImage
 
 if TYPE_CHECKING:
@@ -208,6 +209,11 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
               "label_image": li.name, "region": [[s.start, s.stop] for s in edit.region],
               "base_shards": {k: edit.base_identities.get(k, "unknown") for k in sorted(shards)},
               "overrides": list(edit._overrides), "voxels": diff.voxels}
+    unreserved = claim_unreserved(li, np.concatenate([o for _, _, o in diff.chunks.values()]))
+    if unreserved:
+        log.warning("%s: ids %s were not taken from a reserved block; the reservation mark "
+                    "now lies above them", li.name, unreserved[:10])
+        intent["unreserved_ids"] = unreserved[:1000]
     prov.write_intent(li, commit_id, diff.to_npz(), **intent)
     edit._overrides.clear()
     done = [0]
@@ -240,6 +246,7 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
         lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
         changed = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     return CommitReport(commit_id=commit_id, voxels_written=result.voxels_written,
+                        unreserved_ids=unreserved,
                         shards_written=result.shards_written,
                         bytes_written=result.bytes_written, conflicts=applied.conflicts,
                         changed_region=changed)

@@ -55,6 +55,9 @@ class CommitReport:
     bytes_written: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
     changed_region: tuple[slice, ...] | None = None
+    #: ids this commit wrote that no reserved block held (typed in by hand): the reservation
+    #: mark was moved above them, so later blocks cannot collide with them
+    unreserved_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,27 @@ def reserved_blocks(li: LabelImage) -> list[tuple[str, int, int]]:
         return []
     return [(b["owner"], int(b["start"]), int(b["stop"]))
             for b in json.loads(raw)["zshard"].get("blocks", [])]
+
+
+def claim_unreserved(li: LabelImage, values: np.ndarray) -> list[int]:
+    """The ids among ``values`` at or above the reservation mark (typed in, not taken from
+    a block): the mark is moved past them by compare-and-swap, so no block handed out later
+    contains them. Returns them (sorted); nothing when the label image has no ids object."""
+    key = li.zshard_key(IDS_KEY)
+    raw = li.store.read(key)
+    if raw is None or values.size == 0:
+        return []
+    mark = int(json.loads(raw)["zshard"]["next"])
+    high = sorted(int(v) for v in np.unique(values) if int(v) >= mark)
+    if not high:
+        return []
+
+    def bump(current: bytes | None) -> bytes | None:
+        if current is None:
+            return None
+        doc = json.loads(current)
+        doc["zshard"]["next"] = max(int(doc["zshard"]["next"]), high[-1] + 1)
+        return json.dumps(doc, indent=1).encode()
+
+    li.store.update(key, bump, tries=50)
+    return high
