@@ -76,8 +76,7 @@ class Diff:
         out, pos = cls(), 0
         for k, n in zip(keys, counts, strict=True):
             sl = slice(pos, pos + int(n))
-            out.chunks[tuple(int(c) for c in k)] = (index[sl].astype(np.int64), base[sl],
-                                                    ours[sl])
+            out.chunks[tuple(int(c) for c in k)] = (index[sl], base[sl], ours[sl])
             pos += int(n)
         return out
 
@@ -118,18 +117,23 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
     meta = li.metas[0]
     store = li.store
     cs = meta.chunk_shape
-    by_shard: dict[Coords, dict[int, ChunkEdit]] = {}
-    for chunk, (index, base, ours) in sorted(diff.chunks.items()):
+    by_shard: dict[Coords, list[tuple[int, Coords]]] = {}
+    for chunk in diff.chunks:
         shard, flat = shard_of(meta, chunk)
-        mask = np.zeros(cs, dtype=bool)
-        b = np.zeros(cs, dtype=meta.dtype)
-        o = np.zeros(cs, dtype=meta.dtype)
-        mask.flat[index] = True
-        b.flat[index] = base
-        o.flat[index] = ours
-        by_shard.setdefault(shard, {})[flat] = ChunkEdit(base=b, ours=o, mask=mask)
+        by_shard.setdefault(shard, []).append((flat, chunk))
     result = ApplyResult()
-    for shard, edits in sorted(by_shard.items()):
+    for shard, members in sorted(by_shard.items()):
+        # full-chunk arrays for one shard at a time: memory stays a shard's worth
+        edits: dict[int, ChunkEdit] = {}
+        for flat, chunk in members:
+            index, base, ours = diff.chunks[chunk]
+            mask = np.zeros(cs, dtype=bool)
+            b = np.zeros(cs, dtype=meta.dtype)
+            o = np.zeros(cs, dtype=meta.dtype)
+            mask.flat[index] = True
+            b.flat[index] = base
+            o.flat[index] = ours
+            edits[flat] = ChunkEdit(base=b, ours=o, mask=mask)
         key = li.key(0, meta.object_key(shard))
         outcomes: dict[int, ChunkOutcome] = {}
         seen: list[str] = []

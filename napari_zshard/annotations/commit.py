@@ -46,7 +46,7 @@ def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
         mask[inner] = changed
         ours = base.copy()
         ours[inner] = ours_part
-        idx = np.flatnonzero(mask)
+        idx = np.flatnonzero(mask).astype(np.uint32)  # an inner chunk holds < 2**31 bytes
         diff.chunks[c] = (idx, base.flat[idx], ours.flat[idx])
     return diff
 
