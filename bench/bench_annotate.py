@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--brush", type=int, default=10, help="brush size (napari's default: 10)")
     p.add_argument("--parts", default="paint,memory")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--memory-cap", type=float, default=None,
+                   help="MiB; the memory child is killed above (default 4x the region + 1 GiB)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -117,10 +119,40 @@ def memory_child(path: str) -> dict:
             "bytes_written": report.bytes_written}
 
 
-def run_memory(path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(path)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_memory(path: Path, *, cap_mib: float) -> dict:
+    """The child's figures; it is killed (and says so) when its RSS passes ``cap_mib``, so a
+    commit that needs far too much memory cannot take a shared machine down with it."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(dir=path.parent)) / path.name
+    shutil.copytree(path, work)  # the template's label image stays empty for the next run
+    try:
+        return _watch_memory_child(work, cap_mib=cap_mib)
+    finally:
+        shutil.rmtree(work.parent)
+
+
+def _watch_memory_child(path: Path, *, cap_mib: float) -> dict:
+    child = subprocess.Popen([sys.executable, __file__, "--memory-child", str(path)],
+                             stdout=subprocess.PIPE, text=True)
+    status = Path(f"/proc/{child.pid}/status")
+    seen = 0.0
+    while child.poll() is None:
+        try:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+            seen = max(seen, int(line.split()[1]) / 1024)
+        except (OSError, StopIteration):
+            pass
+        if seen > cap_mib:
+            child.kill()
+            child.wait()
+            return {"aborted": f"RSS passed {cap_mib:.0f} MiB", "peak_rss_mib": seen}
+        time.sleep(0.2)
+    out = child.stdout.read() if child.stdout else ""
+    if child.returncode:
+        raise RuntimeError(f"the memory child failed ({child.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 # -- painting in napari ------------------------------------------------------------------------
@@ -201,6 +233,17 @@ def run_paint(path: Path, *, events: int, brush: int) -> dict:
     return out
 
 
+def memory_text(m: dict, raw_mib: float) -> str:
+    if "aborted" in m:
+        return f"memory: aborted, {m['aborted']} (region {raw_mib:.0f} MiB raw)"
+    return (f"memory: region {m['region']} = {m['raw_mib']:.0f} MiB raw; RSS after imports "
+            f"{m['rss_after_imports_mib']:.0f}, after checkout {m['rss_after_checkout_mib']:.0f}, "
+            f"after repaint {m['rss_after_paint_mib']:.0f}, peak {m['peak_rss_mib']:.0f} MiB "
+            f"(target <= {m['target_mib']:.0f}); checkout {m['checkout_s']:.1f} s, commit "
+            f"{m['commit_s']:.1f} s, {m['voxels_written']} voxels, {m['shards_written']} shards, "
+            f"{m['bytes_written'] / MiB:.1f} MiB written")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_child:
@@ -220,14 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  median {kind:10s}: edit {k['edit_ms']:.2f} ms, numpy {k['numpy_ms']:.2f} ms, "
                   f"ratio {k['ratio']:.2f} (target <= 1.2)")
     if "memory" in parts:
-        result["memory"] = m = run_memory(path)
-        print(f"memory: region {m['region']} = {m['raw_mib']:.0f} MiB raw; RSS after imports "
-              f"{m['rss_after_imports_mib']:.0f}, after checkout "
-              f"{m['rss_after_checkout_mib']:.0f}, after repaint {m['rss_after_paint_mib']:.0f}, "
-              f"peak {m['peak_rss_mib']:.0f} MiB "
-              f"(target <= {m['target_mib']:.0f}); checkout {m['checkout_s']:.1f} s, commit "
-              f"{m['commit_s']:.1f} s, {m['voxels_written']} voxels, {m['shards_written']} shards, "
-              f"{m['bytes_written'] / MiB:.0f} MiB written")
+        raw_mib = int(np.prod(shape)) * 4 / MiB
+        result["memory"] = m = run_memory(path, cap_mib=args.memory_cap or 4 * raw_mib + 1024)
+        print(memory_text(m, raw_mib))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
