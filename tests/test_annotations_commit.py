@@ -225,6 +225,14 @@ def test_log_and_object_table(url):
     table = pd.read_csv(os.path.join(url, "labels/cells/zshard/objects/table.csv"),
                         comment="#")
     assert list(table["id"]) == [11, 12]
+    # the compaction lists the objects in image-label.properties, our fields namespaced
+    from ome_zarr_models.v05 import ImageLabel
+
+    labels = zarr.open_group(url, mode="r")["labels/cells"]
+    props = labels.attrs["ome"]["image-label"]["properties"]
+    assert [(p["label-value"], p["zshard"]["author"]) for p in props] == [(11, "alice"),
+                                                                          (12, "bob")]
+    ImageLabel.from_zarr(labels)
 
 
 def test_commit_and_conflict_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):

@@ -272,7 +272,38 @@ def compact_objects(li: LabelImage) -> int:
     for r in rows:
         w.writerow(r)
     li.store.write(li.zshard_key("objects/table.csv"), buf.getvalue().encode())
+    _write_properties(li, rows)
     return len(rows)
+
+
+#: objects listed in ``image-label.properties`` (the rest are in the table only: the label
+#: image's zarr.json stays small)
+MAX_PROPERTIES = 2000
+
+
+def _write_properties(li: LabelImage, rows: list[dict[str, Any]]) -> None:
+    """``image-label.properties`` of the label image: one entry per object (the first
+    :data:`MAX_PROPERTIES` by id), our fields under ``zshard``; updated by compare-and-swap
+    so that nothing else in the label image's ``zarr.json`` is lost."""
+    props = [{"label-value": int(r["id"]), "zshard": {
+        "author": r.get("author"), "created": r.get("created"),
+        "modified_by": r.get("modified_by"), "modified": r.get("modified"),
+        "voxels": int(r["voxels"])}} for r in rows if int(r["voxels"]) > 0][:MAX_PROPERTIES]
+    key = f"{li.prefix}/zarr.json"
+
+    def put(current: bytes | None) -> bytes | None:
+        if current is None:
+            return None
+        doc = json.loads(current)
+        ome = doc.setdefault("attributes", {}).setdefault("ome", {})
+        label = ome.setdefault("image-label", {"version": "0.5"})
+        kept = [p for p in label.get("properties") or [] if isinstance(p, dict)
+                and "zshard" not in p]  # someone else's entries stay
+        ours = {p["label-value"] for p in props}
+        label["properties"] = [p for p in kept if p.get("label-value") not in ours] + props
+        return json.dumps(doc, indent=2).encode()
+
+    li.store.update(key, put, tries=50)
 
 
 def store_of(li: LabelImage) -> Store:
