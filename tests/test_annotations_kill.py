@@ -76,5 +76,10 @@ def test_kill_at_random_points_then_repair_or_next_commit(tmp_path, monkeypatch)
         np.testing.assert_array_equal(levels(url)[0], expected)
         assert_pyramid_true(url)
     print(outcomes)
+    # the object table counts what the store holds, killed commits included
+    final = levels(url)[0]
+    rows = {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells")}
+    for value in range(1, TRIALS + 1):
+        assert rows.get(value, 0) == np.count_nonzero(final == value), value
     # the random kill times did hit a commit before, during and after its shards
     assert outcomes["nothing"] and outcomes["interrupted"], outcomes
