@@ -129,6 +129,12 @@ def _check(url: str, results: list[list[dict]], options: dict | None) -> None:
         assert int(l0[c]) in {v for _, v in ws}
     assert n_conflicts > 0  # the workload does produce true conflicts
     assert_pyramid_true(url, storage_options=options)
+    # the object table's counts (deltas computed against each merged shard) match the store
+    values, counts = np.unique(l0, return_counts=True)
+    stored = {int(v): int(n) for v, n in zip(values, counts, strict=True) if v}
+    table = {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells",
+                                                             storage_options=options)}
+    assert {v: n for v, n in table.items() if n} == stored
     records = ann.log(url, storage_options=options)
     assert sum(r.status == "committed" for r in records) == sum(
         r["commit"] is not None for proc in results for r in proc)
