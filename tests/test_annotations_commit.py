@@ -90,6 +90,9 @@ def test_conflict_is_reported_not_overwritten_and_resolved(url):
     b = ann.checkout(url, labels="cells", annotator="Bob Smith", region=REGION)
     b.data[3, 10:12, 10:20] = 9
     rb = b.commit("bob's")
+    carol = ann.checkout(url, labels="cells", annotator="carol", region=REGION)
+    carol.data[20, 20, 20] = 2  # same shard, later: the conflict is still bob's
+    carol.commit()
     a.data[3, 10, 10:20] = 7  # conflicts with bob
     a.data[4, 10, 10:20] = 7  # does not
     ra = a.commit("alice's")

@@ -81,12 +81,14 @@ def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict
                 groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
                                   []).append(coords[hit])
     out_list = []
-    who: dict[tuple[str, str], tuple[str | None, str | None]] = {}
     for (key, theirs_id, ours, theirs), parts in sorted(groups.items()):
         pts = np.concatenate(parts)
-        if (key, theirs_id) not in who:
-            who[(key, theirs_id)] = prov.their_commit(li, key, theirs_id)
-        commit, annotator = who[(key, theirs_id)]
+        first = pts[0]
+        chunk = tuple(int(v) // n for v, n in zip(first, meta.chunk_shape, strict=True))
+        index = int(np.ravel_multi_index(tuple(int(v) % n for v, n in zip(
+            first, meta.chunk_shape, strict=True)), meta.chunk_shape))
+        commit, annotator = prov.their_commit(li, key, theirs_id, chunk=chunk, index=index,
+                                              value=theirs)
         lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
         out_list.append(Conflict(
             voxels=len(pts), bbox=tuple(slice(int(a), int(b)) for a, b in zip(lo, hi,

@@ -159,19 +159,34 @@ def read_intent(li: LabelImage, commit_id: str) -> tuple[dict[str, Any], bytes] 
     return intent, diff
 
 
-def their_commit(li: LabelImage, key: str, identity: str, *, limit: int = 25
-                 ) -> tuple[str | None, str | None]:
-    """The commit that left shard ``key`` as ``identity`` (best effort: the newest record
-    saying so, among the last ``limit``); (commit id, annotator) or (None, None)."""
+def their_commit(li: LabelImage, key: str, identity: str, *, chunk: tuple[int, ...],
+                 index: int, value: int, limit: int = 25) -> tuple[str | None, str | None]:
+    """Who wrote ``value`` into voxel ``index`` of inner chunk ``chunk`` (level 0), found
+    among the newest ``limit`` commits whose record names shard ``key``: the newest whose diff
+    set the voxel to that value; else the one that left the shard as ``identity``; else
+    (None, None). Best effort: older history is not searched."""
     from ..store import FullRequest
+    from .apply import Diff
 
     ids = [cid for cid, names in sorted(commit_ids(li).items(), reverse=True)
            if "record.json" in names][:limit]
     raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
                                for cid in ids])
-    for cid, raw in zip(ids, raws, strict=True):
-        rec = _load(raw.data) or {}
-        if (rec.get("shards") or {}).get(key, {}).get("after") == identity:
+    records = [(cid, _load(raw.data) or {}) for cid, raw in zip(ids, raws, strict=True)]
+    touching = [(cid, rec) for cid, rec in records if key in (rec.get("shards") or {})]
+    diffs = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/diff.npz"))
+                                for cid, _ in touching])
+    for (cid, rec), raw in zip(touching, diffs, strict=True):
+        if raw.data is None:
+            continue
+        found = Diff.from_npz(raw.data).chunks.get(chunk)
+        if found is None:
+            continue
+        hit = np.flatnonzero(found[0] == index)
+        if hit.size and int(found[2][hit[0]]) == value:
+            return cid, rec.get("annotator")
+    for cid, rec in touching:
+        if rec["shards"][key].get("after") == identity:
             return cid, rec.get("annotator")
     return None, None
 
