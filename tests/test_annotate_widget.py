@@ -249,6 +249,11 @@ def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
     after = stored_labels(sample)
     np.testing.assert_array_equal(after[0], expected)
     assert (after[2] == new).any()  # the pyramid follows
+    # closing the edit unmasks the stored labels, which show what was exported
+    widget.close_button.native.click()
+    assert layer not in viewer.layers and widget.edit is None
+    np.testing.assert_array_equal(np.asarray(stored.data[0][8:24, 64:192, 64:192]),
+                                  expected[8:24, 64:192, 64:192])
 
     # another viewer opens the store: the blob's colour is on screen, zoomed in and out
     other = make_napari_viewer(show=True)
