@@ -205,7 +205,7 @@ def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
     layer = check_out(widget, qtbot)
     edit = widget.edit
     # exactly over the region: the edit's own transform, the store's colours
-    assert layer.data.region is edit.data and layer.data.shape == (16, 128, 128)
+    assert layer.data is edit.data and layer.data.shape == (16, 128, 128)
     np.testing.assert_array_equal(layer.translate, (8, 64, 64))
     np.testing.assert_array_equal(layer.scale, (1, 1, 1))
     np.testing.assert_array_equal(np.asarray(layer.data[8]), before[0][16, 64:192, 64:192])
