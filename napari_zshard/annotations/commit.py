@@ -81,13 +81,15 @@ def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict
                 groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
                                   []).append(coords[hit])
     out_list = []
+    history = prov.RecentHistory(li) if groups else None
     for (key, theirs_id, ours, theirs), parts in sorted(groups.items()):
         pts = np.concatenate(parts)
         first = pts[0]
         chunk = tuple(int(v) // n for v, n in zip(first, meta.chunk_shape, strict=True))
         index = int(np.ravel_multi_index(tuple(int(v) % n for v, n in zip(
             first, meta.chunk_shape, strict=True)), meta.chunk_shape))
-        commit, annotator = prov.their_commit(li, key, theirs_id, chunk=chunk, index=index,
+        assert history is not None
+        commit, annotator = history.who_wrote(key, theirs_id, chunk=chunk, index=index,
                                               value=theirs)
         lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
         out_list.append(Conflict(

@@ -159,36 +159,49 @@ def read_intent(li: LabelImage, commit_id: str) -> tuple[dict[str, Any], bytes] 
     return intent, diff
 
 
-def their_commit(li: LabelImage, key: str, identity: str, *, chunk: tuple[int, ...],
-                 index: int, value: int, limit: int = 25) -> tuple[str | None, str | None]:
-    """Who wrote ``value`` into voxel ``index`` of inner chunk ``chunk`` (level 0), found
-    among the newest ``limit`` commits whose record names shard ``key``: the newest whose diff
-    set the voxel to that value; else the one that left the shard as ``identity``; else
-    (None, None). Best effort: older history is not searched."""
-    from ..store import FullRequest
-    from .apply import Diff
+class RecentHistory:
+    """The newest ``limit`` committed records and, on demand, their diffs (read once per
+    commit's conflict report, however many conflicts it has)."""
 
-    ids = [cid for cid, names in sorted(commit_ids(li).items(), reverse=True)
-           if "record.json" in names][:limit]
-    raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
-                               for cid in ids])
-    records = [(cid, _load(raw.data) or {}) for cid, raw in zip(ids, raws, strict=True)]
-    touching = [(cid, rec) for cid, rec in records if key in (rec.get("shards") or {})]
-    diffs = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/diff.npz"))
-                                for cid, _ in touching])
-    for (cid, rec), raw in zip(touching, diffs, strict=True):
-        if raw.data is None:
-            continue
-        found = Diff.from_npz(raw.data).chunks.get(chunk)
-        if found is None:
-            continue
-        hit = np.flatnonzero(found[0] == index)
-        if hit.size and int(found[2][hit[0]]) == value:
-            return cid, rec.get("annotator")
-    for cid, rec in touching:
-        if rec["shards"][key].get("after") == identity:
-            return cid, rec.get("annotator")
-    return None, None
+    def __init__(self, li: LabelImage, *, limit: int = 25):
+        from ..store import FullRequest
+
+        self.li = li
+        ids = [cid for cid, names in sorted(commit_ids(li).items(), reverse=True)
+               if "record.json" in names][:limit]
+        raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
+                                   for cid in ids])
+        self.records = [(cid, _load(raw.data) or {}) for cid, raw in zip(ids, raws,
+                                                                         strict=True)]
+        self._diffs: dict[str, Any] = {}
+
+    def _diff(self, cid: str):
+        from .apply import Diff
+
+        if cid not in self._diffs:
+            raw = self.li.store.read(self.li.zshard_key(f"commits/{cid}/diff.npz"))
+            self._diffs[cid] = Diff.from_npz(raw) if raw is not None else None
+        return self._diffs[cid]
+
+    def who_wrote(self, key: str, identity: str, *, chunk: tuple[int, ...], index: int,
+                  value: int) -> tuple[str | None, str | None]:
+        """Who wrote ``value`` into voxel ``index`` of level-0 inner chunk ``chunk`` of shard
+        ``key``: the newest commit whose diff set it so; else the one that left the shard as
+        ``identity``; else (None, None). Older history is not searched."""
+        touching = [(cid, rec) for cid, rec in self.records
+                    if key in (rec.get("shards") or {})]
+        for cid, rec in touching:
+            diff = self._diff(cid)
+            found = diff.chunks.get(chunk) if diff is not None else None
+            if found is None:
+                continue
+            hit = np.flatnonzero(found[0] == index)
+            if hit.size and int(found[2][hit[0]]) == value:
+                return cid, rec.get("annotator")
+        for cid, rec in touching:
+            if rec["shards"][key].get("after") == identity:
+                return cid, rec.get("annotator")
+        return None, None
 
 
 # -- the object table -------------------------------------------------------------------------
