@@ -205,24 +205,26 @@ def test_log_and_object_table(url):
     a.data[0, 0:2, 0:3] = 11
     r1 = a.commit("one")
     b = ann.checkout(url, labels="cells", annotator="bob", region=REGION)
-    b.data[0, 0, 0] = 12
+    b.data[0, 0, 0:3] = 12
     r2 = b.commit("two")
     records = ann.log(url)
     assert [r.commit_id for r in records] == [r1.commit_id, r2.commit_id]
     assert [(r.annotator, r.message, r.status) for r in records] == [
         ("alice", "one", "committed"), ("bob", "two", "committed")]
     rows = {r["id"]: r for r in ann.object_table(url, labels="cells")}
-    assert rows[11]["author"] == "alice" and rows[11]["voxels"] == 5
+    assert rows[11]["author"] == "alice" and rows[11]["voxels"] == 3
     assert rows[11]["modified_by"] == "bob"
-    assert rows[12]["voxels"] == 1 and rows[12]["bbox"] == "0:1;0:1;40:41"
+    assert rows[11]["bbox"] == "0:1;0:2;40:43"  # what it gained; it lost its first row since
+    assert rows[12]["voxels"] == 3 and rows[12]["bbox"] == "0:1;0:1;40:43"
     from napari_zshard.annotations.labelimage import open_label_image
     from napari_zshard.annotations.provenance import compact_objects
     from napari_zshard.store import open_store
 
     li = open_label_image(open_store(url), "cells")
     assert compact_objects(li) == 2
-    assert {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells")} == {11: 5,
-                                                                                     12: 1}
+    compacted = {r["id"]: r for r in ann.object_table(url, labels="cells")}
+    assert {v: r["voxels"] for v, r in compacted.items()} == {11: 3, 12: 3}
+    assert compacted[11]["bbox"] == "0:1;1:2;40:43"  # recomputed: the box shrank
     import pandas as pd
 
     table = pd.read_csv(os.path.join(url, "labels/cells/zshard/objects/table.csv"),

@@ -247,6 +247,14 @@ def write_object_delta(li: LabelImage, commit_id: str, author: str, when: str,
 
 def object_table(li: LabelImage) -> list[dict[str, Any]]:
     """One row per object: the compacted table plus every delta not yet compacted into it."""
+    return _merged_rows(li)[0]
+
+
+def _merged_rows(li: LabelImage) -> tuple[list[dict[str, Any]], list[str], set[int]]:
+    """(rows, the commit ids of every delta folded in, ids that lost voxels since the last
+    compaction: their boxes may have shrunk)."""
+    from ..store import FullRequest
+
     rows: dict[int, dict[str, Any]] = {}
     table = li.store.read(li.zshard_key("objects/table.csv"))
     done: set[str] = set()
@@ -260,20 +268,43 @@ def object_table(li: LabelImage) -> list[dict[str, Any]]:
             rows[int(r["id"])] = {**r, "id": int(r["id"]), "voxels": int(r["voxels"])}
     prefix = li.zshard_key("objects/deltas")
     deltas = sorted(k for k, _ in li.store.list_prefix(prefix) if k.endswith(".csv"))
-    for key in deltas:
-        cid = key.rsplit("/", 1)[1][:-4]
-        if cid in done:
-            continue
-        for r in csv.DictReader(io.StringIO((li.store.read(key) or b"").decode())):
-            v = int(r["id"])
+    folded = [k.rsplit("/", 1)[1][:-4] for k in deltas]
+    todo = [k for k, cid in zip(deltas, folded, strict=True) if cid not in done]
+    shrunk: set[int] = set()
+    for result in li.store.read_many([FullRequest(k) for k in todo]):
+        for r in csv.DictReader(io.StringIO((result.data or b"").decode())):
+            v, n = int(r["id"]), int(r["voxels"])
+            if n < 0:
+                shrunk.add(v)
             old = rows.get(v)
             if old is None:
-                rows[v] = {**r, "id": v, "voxels": int(r["voxels"])}
+                rows[v] = {**r, "id": v, "voxels": n}
                 continue
-            old["voxels"] += int(r["voxels"])
+            old["voxels"] += n
             old["modified_by"], old["modified"] = r["modified_by"], r["modified"]
             old["bbox"] = _union(old.get("bbox", ""), r.get("bbox", ""))
-    return [rows[v] for v in sorted(rows)]
+    return [rows[v] for v in sorted(rows)], sorted(set(folded) | done), shrunk
+
+
+#: a shrunk object's box is recomputed at compaction when its old box holds at most this
+#: many voxels (else the union of what it gained is kept: a box that may be too large)
+RECOMPUTE_BOX_VOXELS = 1 << 26
+
+
+def _recompute_box(li: LabelImage, row: dict[str, Any]) -> str:
+    from .apply import read_box
+
+    if row["voxels"] <= 0 or not row.get("bbox"):
+        return ""
+    box = tuple(slice(*map(int, p.split(":"))) for p in row["bbox"].split(";"))
+    if int(np.prod([s.stop - s.start for s in box])) > RECOMPUTE_BOX_VOXELS:
+        return row["bbox"]
+    hit = np.argwhere(read_box(li.store, li, 0, box) == row["id"])
+    if not hit.size:
+        return ""
+    lo = hit.min(axis=0) + [s.start for s in box]
+    hi = hit.max(axis=0) + 1 + [s.start for s in box]
+    return _bbox_text(lo, hi)
 
 
 def _union(a: str, b: str) -> str:
@@ -287,12 +318,12 @@ def _union(a: str, b: str) -> str:
 
 
 def compact_objects(li: LabelImage) -> int:
-    """Fold every delta into ``objects/table.csv`` (deltas stay: they are the history).
-    Returns the number of objects."""
-    rows = object_table(li)
-    prefix = li.zshard_key("objects/deltas")
-    done = sorted(k.rsplit("/", 1)[1][:-4] for k, _ in li.store.list_prefix(prefix)
-                  if k.endswith(".csv"))
+    """Fold every delta into ``objects/table.csv`` (deltas stay: they are the history),
+    recomputing the boxes of objects that lost voxels. Returns the number of objects."""
+    rows, done, shrunk = _merged_rows(li)
+    for row in rows:
+        if row["id"] in shrunk:
+            row["bbox"] = _recompute_box(li, row)
     buf = io.StringIO()
     buf.write("#compacted=" + ",".join(done) + "\n")
     w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
