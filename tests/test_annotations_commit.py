@@ -260,3 +260,26 @@ def test_commit_and_conflict_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):
     assert (l0[3, 10, 50:55] == 7).all() and (l0[3, 10, 55:65] == 9).all()
     assert_pyramid_true(s3_url, storage_options=s3_options)
     assert len(ann.log(s3_url, storage_options=s3_options)) == 2
+
+
+def test_anisotropic_pyramid_uses_the_metadata_factors(tmp_path):
+    url = str(tmp_path / "aniso.zarr")
+    img = np.zeros((16, 128, 128), np.uint8)
+    from napari_zshard.multiscale.write import ImageSpec, WriteOptions, write_image
+
+    for _ in write_image(url, img, ImageSpec(name="img", scale=(4.0, 1.0, 1.0)),
+                         options=WriteOptions(chunks=(8, 16, 16), shards=(16, 64, 64),
+                                              levels=3)):
+        pass
+    edit = ann.checkout(url, labels="cells", create=True, annotator="a")
+    edit.data[0:6, 10:40, 20:60] = 3
+    edit.data[9, 100:120, 0:30] = 4
+    assert edit.commit().voxels_written == 6 * 30 * 40 + 20 * 30
+    group = zarr.open_group(url, mode="r")
+    lv = [group[f"labels/cells/{p}"][:] for p in ("0", "1", "2")]
+    assert [a.shape for a in lv] == [group[p].shape for p in ("0", "1", "2")]
+    for fine, coarse in itertools.pairwise(lv):
+        factors = tuple(f // c for f, c in zip(fine.shape, coarse.shape, strict=True))
+        assert factors[1:] == (2, 2)
+        np.testing.assert_array_equal(downsample(fine, factors, "mode"), coarse)
+    assert (lv[2] == 3).any()
