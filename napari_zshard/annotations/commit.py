@@ -32,7 +32,8 @@ Coords = tuple[int, ...]
 
 
 def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
-    diff = Diff()
+    meta = edit._meta
+    diff = Diff(meta.dtype, int(np.prod(meta.chunk_shape)))
     for c, ours_part in snap.items():
         base = edit._base_values(c)
         _, inner = edit.data.chunk_box(c)
@@ -47,7 +48,7 @@ def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
         ours = base.copy()
         ours[inner] = ours_part
         idx = np.flatnonzero(mask).astype(np.uint32)  # an inner chunk holds < 2**31 bytes
-        diff.chunks[c] = (idx, base.flat[idx], ours.flat[idx])
+        diff.put(c, idx, base.flat[idx], ours.flat[idx])
     return diff
 
 
@@ -230,7 +231,8 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
               "label_image": li.name, "region": [[s.start, s.stop] for s in edit.region],
               "base_shards": {k: edit.base_identities.get(k, "unknown") for k in sorted(shards)},
               "overrides": list(edit._overrides), "voxels": diff.voxels}
-    unreserved = claim_unreserved(li, np.concatenate([o for _, _, o in diff.chunks.values()]))
+    unreserved = claim_unreserved(li, np.unique(np.concatenate(
+        [np.unique(o) for _, _, o in diff.chunks.values()])))
     if unreserved:
         log.warning("%s: ids %s were not taken from a reserved block; the reservation mark "
                     "now lies above them", li.name, unreserved[:10])

@@ -3,7 +3,7 @@ and the per-object table (write-once CSV deltas plus compaction).
 
 Layout inside a label image (``labels/<name>/zshard/``)::
 
-    commits/<commit-id>/diff.npz.zst what changed: per inner chunk, voxel indexes, base, ours
+    commits/<commit-id>/diff.npz     what changed: per inner chunk, voxel indexes, base, ours
     commits/<commit-id>/intent.json  written before the first shard (who, when, why, where)
     commits/<commit-id>/record.json  written after the last shard: the commit point
     objects/deltas/<commit-id>.csv   per-object changes of one commit
@@ -29,8 +29,8 @@ import numpy as np
 from ..store import Store
 from .labelimage import LabelImage
 
-#: the diff of a commit: an uncompressed .npz in a zstd frame (zlib took 2/3 of a big commit)
-DIFF_NAME = "diff.npz.zst"
+#: the diff of a commit: an .npz of per-chunk zstd frames (zlib took 2/3 of a big commit)
+DIFF_NAME = "diff.npz"
 #: An intent without a record older than this is finished by the next commit (seconds).
 STALE_INTENT_SECONDS = 60.0
 TABLE_COLUMNS = ("id", "author", "created", "modified_by", "modified", "voxels", "bbox")
