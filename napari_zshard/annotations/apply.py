@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -134,6 +135,7 @@ class Diff:
 class ShardResult:
     """One level-0 shard after the merge: what it holds now and what happened per chunk."""
 
+    shard: Coords
     key: str
     base_identity: str | None
     theirs_identity: str  # what the committed attempt merged into
@@ -176,6 +178,10 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
         edits: dict[int, ChunkEdit] = {}
         for flat, chunk in members:
             index, base, ours = diff.chunks[chunk]
+            if len(index) == math.prod(cs):  # changed whole: no scatter
+                edits[flat] = ChunkEdit(base=base.reshape(cs), ours=ours.reshape(cs),
+                                        mask=np.ones(cs, dtype=bool))
+                continue
             mask = np.zeros(cs, dtype=bool)
             b = np.zeros(cs, dtype=meta.dtype)
             o = np.zeros(cs, dtype=meta.dtype)
@@ -195,7 +201,7 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
         new = store.update(key, merge, tries=50)
         written = sum(int(o.written.sum()) for o in outcomes.values())
         theirs_id, new_id = seen[-1], identity(new)
-        res = ShardResult(key=key, base_identity=(base_identities or {}).get(key),
+        res = ShardResult(shard=shard, key=key, base_identity=(base_identities or {}).get(key),
                           theirs_identity=theirs_id, new=new, outcomes=dict(outcomes))
         result.shards[shard] = res
         if new_id != theirs_id:

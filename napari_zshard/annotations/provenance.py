@@ -247,6 +247,16 @@ def object_delta(written: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return out
 
 
+def merge_delta(into: dict[int, dict[str, Any]], part: dict[int, dict[str, Any]]) -> None:
+    """Add the per-object changes ``part`` to ``into``."""
+    for v, r in part.items():
+        row = into.setdefault(v, {"voxels": 0, "lo": None, "hi": None})
+        row["voxels"] += r["voxels"]
+        if r["lo"] is not None:
+            row["lo"] = r["lo"] if row["lo"] is None else np.minimum(row["lo"], r["lo"])
+            row["hi"] = r["hi"] if row["hi"] is None else np.maximum(row["hi"], r["hi"])
+
+
 def _bbox_text(lo, hi) -> str:
     if lo is None:
         return ""
