@@ -1,4 +1,5 @@
-"""The ``zshard`` command: ``info``, ``fsck``, ``convert``, ``reshard``, ``view``, ``demo``.
+"""The ``zshard`` command: ``info``, ``fsck``, ``convert``, ``reshard``, ``view``, ``demo``,
+``annotations``.
 
 This module parses the command line and runs the command (:mod:`napari_zshard.commands` holds
 them: thin shells over the library that print and return exit codes). Exit codes: 0 clean,
@@ -17,6 +18,7 @@ import threading
 from typing import Any
 
 from . import __version__
+from .commands.annotations import add_parsers as add_annotation_parsers
 from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line, redact_for
 from .commands.survey import cmd_fsck, cmd_info
 from .commands.write import cmd_convert, cmd_reshard
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the sample sharded volume (once) and print what the engine reads.")
     demo.add_argument("path", nargs="?", help="where to write the sample (default: cache)")
     demo.set_defaults(run=cmd_demo)
+    add_annotation_parsers(commands, common)
     return parser
 
 

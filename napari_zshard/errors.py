@@ -85,3 +85,19 @@ class ChunkSizeMismatchError(CorruptDataError):
     Not a :class:`DecompressionBombError`: the frame's header says so before anything is
     allocated, and the usual cause is a ``zarr.json`` edited or written for other data.
     """
+
+
+class AnnotationError(ZShardError):
+    """An annotation checkout or commit cannot go ahead (the message says why and what to do)."""
+
+
+class ReadOnlyStoreError(AnnotationError, StoreError):
+    """The store cannot take annotations: read-only (HTTP) or without safe concurrent writes."""
+
+
+class UnsupportedLabelImageError(AnnotationError):
+    """The label image is unsharded or Zarr v2: annotations write sharded Zarr v3 only."""
+
+
+class LabelValueError(AnnotationError, ValueError):
+    """A label value does not fit the label image's data type."""

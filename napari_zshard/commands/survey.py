@@ -19,7 +19,7 @@ from ..survey import (
     run_fsck,
     survey,
 )
-from ..survey.fsck import survey_interrupted
+from ..survey.fsck import annotation_state, survey_interrupted
 from .common import EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
 _METHODS = {
@@ -138,6 +138,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
               f"{len(report.problems)} problem(s) found so far", file=sys.stderr)
         return EXIT_INTERRUPTED
     report.partial_files = (remove_partial_files if args.remove_partial else partial_files)(found)
+    report.annotations = annotation_state(found)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -146,6 +147,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             what = f"{count:,} partial file(s) ({size / 2**20:,.1f} MiB) of interrupted writes"
             print(f"removed {what}" if args.remove_partial else
                   f"note: {what}; readers ignore them, --remove-partial deletes them")
+        for state in report.annotations:
+            if state["interrupted"]:
+                print(f"note: labels/{state['label_image']}: {len(state['interrupted'])} "
+                      "interrupted annotation commit(s); readers see whole shards only; "
+                      f"`zshard annotations repair {found.url}` finishes them")
         totals = (f"{report.objects_found:,} {noun} and {report.chunks_checked:,} inner chunks "
                   "checked" if sharded else f"{report.objects_found:,} {noun} checked")
         if report.damaged:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -119,6 +120,95 @@ def merge_into_shard(current: bytes | None, *, meta: ArrayMeta, key: str, where:
             chunk[inner] = src
         chunks[flat] = None if is_fill(chunk, meta.fill_value) else spec.codecs.encode(chunk)
     return assemble_shard(spec, meta.grid_shape, chunks)
+
+
+@dataclass
+class ChunkEdit:
+    """One inner chunk's part of a three-way merge (arrays of the full inner chunk shape):
+    ``base`` what the editor started from, ``ours`` what it holds now, ``mask`` the voxels to
+    merge (those it changed: ours != base, inside its region, not pending a conflict)."""
+
+    base: np.ndarray
+    ours: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class ChunkOutcome:
+    """What a three-way merge did to one inner chunk: the stored values it met (``theirs``),
+    the voxels it wrote, and the voxels it left because someone else changed them too."""
+
+    theirs: np.ndarray
+    written: np.ndarray
+    conflict: np.ndarray
+
+
+def merge_edits_into_shard(current: bytes | None, *, meta: ArrayMeta, key: str, where: str,
+                           edits: dict[int, ChunkEdit], outcomes: dict[int, ChunkOutcome]
+                           ) -> bytes | None:
+    """The shard ``current`` with ``edits`` (by flat inner-chunk index) merged voxel by voxel.
+
+    Per voxel of a mask: the stored value (theirs) equal to the base or to ours → ours is
+    written (writing ours again changes nothing, so replaying a merge is idempotent); anything
+    else is a conflict: someone else changed the voxel since the base, to another value, and it
+    is left as they wrote it. Voxels outside the masks are never written, so other writers'
+    work in the same chunks survives. Only the edited inner chunks are decoded and re-encoded.
+    ``outcomes`` is cleared and filled on every call (the last call is the one committed).
+    Returns ``current`` itself when nothing changes, so that the store writes nothing.
+    """
+    spec = meta.sharding
+    assert spec is not None
+    outcomes.clear()
+    chunks = split_shard(current, meta, key=key, where=where)
+    cps = spec.chunks_per_shard(meta.grid_shape)
+    changed = False
+    for flat, edit in sorted(edits.items()):
+        local = tuple(int(i) for i in np.unravel_index(flat, cps))
+        theirs = _decode(chunks[flat], meta, key=key, where=where, local=local, flat=flat)
+        conflict = edit.mask & (theirs != edit.base) & (theirs != edit.ours)
+        write = edit.mask & ~conflict & (theirs != edit.ours)
+        outcomes[flat] = ChunkOutcome(theirs=theirs.copy(), written=write, conflict=conflict)
+        if not write.any():
+            continue
+        theirs[write] = edit.ours[write]
+        chunks[flat] = None if is_fill(theirs, meta.fill_value) else spec.codecs.encode(theirs)
+        changed = True
+    return assemble_shard(spec, meta.grid_shape, chunks) if changed else current
+
+
+def replace_chunks_in_shard(current: bytes | None, *, meta: ArrayMeta, key: str, where: str,
+                            flats: Sequence[int],
+                            compute: Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]
+                            ) -> bytes | None:
+    """The shard ``current`` with its inner chunks ``flats`` (flat indexes) replaced by what
+    ``compute({flat: stored values})`` returns for each (full inner chunk shape): e.g. coarse
+    blocks recomputed from the level below, read inside the update so that they include
+    every commit before it. Chunks whose values do not change keep their stored bytes;
+    ``current`` itself comes back when none changes (the store then writes nothing).
+    """
+    spec = meta.sharding
+    assert spec is not None
+    chunks = split_shard(current, meta, key=key, where=where)
+    cps = spec.chunks_per_shard(meta.grid_shape)
+    changed = False
+    olds = {flat: _decode(chunks[flat], meta, key=key, where=where,
+                          local=tuple(int(i) for i in np.unravel_index(flat, cps)), flat=flat)
+            for flat in sorted(flats)}
+    news = compute({flat: old.copy() for flat, old in olds.items()})
+    for flat, old in olds.items():
+        new = news[flat]
+        if np.array_equal(old, new):
+            continue
+        chunks[flat] = None if is_fill(new, meta.fill_value) else spec.codecs.encode(
+            np.ascontiguousarray(new, dtype=meta.dtype))
+        changed = True
+    return assemble_shard(spec, meta.grid_shape, chunks) if changed else current
+
+
+def decode_chunk(raw: RawChunk, meta: ArrayMeta, *, key: str, where: str, flat: int = -1
+                 ) -> np.ndarray:
+    """A writable decoded inner chunk (the fill value when ``raw`` is None)."""
+    return _decode(raw, meta, key=key, where=where, local=(), flat=flat)
 
 
 def split_shard(current: bytes | None, meta: ArrayMeta, *, key: str, where: str

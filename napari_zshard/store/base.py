@@ -182,6 +182,23 @@ class Store(ABC):
             f"{self.url}: {type(self).__name__} has no concurrency-safe read-modify-write; "
             "write whole objects instead")
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` unless it exists (write-once objects: commit records).
+
+        True when this call created it; False when it already existed (left unchanged). Of
+        concurrent creators exactly one gets True: it goes through :meth:`update`, which is a
+        put with ``If-None-Match: *`` on S3 and a locked create locally.
+        """
+        created = False
+
+        def create(current: bytes | None) -> bytes | None:
+            nonlocal created
+            created = current is None
+            return data if current is None else current
+
+        self.update(key, create)
+        return created
+
     def overwrite(self, key: str, data: bytes | None) -> None:
         """Replace (``data`` None: delete) ``key`` whole without reading it, ordered with
         concurrent :meth:`update` calls so that neither loses the other's write.

@@ -293,6 +293,35 @@ class LocalStore(Store):
                 self.write(key, new)
         return new
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` unless it exists: the bytes go to a fsynced temporary file, which
+        ``os.link`` puts at ``key`` only if no file is there (atomic, like ``O_EXCL``, and a
+        reader never sees the object partly written). No lock file is involved."""
+        if self.read_only:
+            raise StoreError(f"{self.url} is opened read-only")
+        path = self._path(key)
+        self._check_folder(str(path.parent), key)
+        try:
+            fd, tmp = new_temp(path)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as e:
+                raise StoreError(f"cannot create {path}: {e.strerror or e}") from e
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        fsync_dir(path.parent)
+        return True
+
     def overwrite(self, key: str, data: bytes | None) -> None:
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")

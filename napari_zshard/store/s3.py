@@ -222,6 +222,21 @@ class S3Store(RemoteStore):
             self.stats.record(0)
         return True
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """One PutObject with ``If-None-Match: *``: of concurrent creators exactly one
+        succeeds. When the answer is lost, the object is read back: holding our bytes, it is
+        taken as ours (write-once objects of this package carry unique content)."""
+        if len(data) > MAX_PUT_BYTES:
+            raise StoreError(f"{self.url}/{key}: {len(data)} bytes exceed one PutObject")
+        for _ in range(5):
+            if self.run(self._conditional("put_object", key, Body=data, IfNoneMatch="*")):
+                return True
+            current = self.read(key)
+            if current is not None:
+                # equal bytes: ours whose answer was lost (or identical content: the same)
+                return current == data
+        raise StoreError(f"{self.url}/{key}: could not create the object (no answer)")
+
     def overwrite(self, key: str, data: bytes | None) -> None:
         # A blind write is ordered with updates: an update in flight has read the old ETag,
         # so its conditional commit fails and it starts again from these bytes.

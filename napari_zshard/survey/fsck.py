@@ -103,6 +103,12 @@ class FsckReport:
     #: written so far are checked against the planned metadata; the store is not complete.
     interrupted: str | None = None
 
+
+    #: annotation commits per label image (:func:`annotation_state`). Their objects (below
+    #: ``labels/<name>/zshard/``) are not arrays and never damage; an interrupted commit is
+    #: a note: ``zshard annotations repair`` finishes it.
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
     def add(self, check: ObjectCheck) -> None:
         self.objects_checked += 1
         self.objects_found += check.found
@@ -139,6 +145,7 @@ class FsckReport:
             "problems": [vars(p) for p in self.problems],
             "skipped": [{"array": a, "reason": r} for a, r in self.skipped],
             "partial_files": {"count": self.partial_files[0], "bytes": self.partial_files[1]},
+            "annotations": self.annotations,
         }
 
 
@@ -202,6 +209,7 @@ def fsck(found: Survey, *, full: bool = False) -> FsckReport:
         report.add(check)
     report.complete = True
     report.partial_files = partial_files(found)
+    report.annotations = annotation_state(found)
     return report
 
 
@@ -234,6 +242,37 @@ def survey_interrupted(store: Store) -> Survey | None:
                                                 if k.startswith(prefix)))
         nodes.append(node)
     return Survey(store.url, store, "group", nodes, error)
+
+
+def annotation_state(found: Survey) -> list[dict[str, Any]]:
+    """Per label image with annotation commits: how many, and which are interrupted (an
+    intent without a record). Reads ``labels/zarr.json`` and lists each label image's
+    ``zshard/commits/``; nothing for an array, or a store that cannot be listed."""
+    from ..annotations.labelimage import ZSHARD_DIR
+    from ..engine.metadata import parse_json
+    from ..ome import parse_label_names
+
+    if found.node_type != "group" or not found.listable:
+        return []
+    try:
+        raw = found.store.read("labels/zarr.json")
+        names = parse_label_names(
+            parse_json(raw, "labels/zarr.json").get("attributes") or {}) if raw else []
+    except ZShardError:
+        return []
+    out = []
+    for name in names:
+        prefix = f"labels/{name}/{ZSHARD_DIR}/commits/"
+        commits: dict[str, set[str]] = {}
+        for key, _ in found.store.list_prefix(prefix):
+            parts = key[len(prefix):].split("/")
+            if len(parts) == 2:
+                commits.setdefault(parts[0], set()).add(parts[1])
+        if commits:
+            out.append({"label_image": name, "commits": sum(
+                "record.json" in v for v in commits.values()), "interrupted": sorted(
+                c for c, v in commits.items() if "intent.json" in v and "record.json" not in v)})
+    return out
 
 
 def partial_files(found: Survey) -> tuple[int, int]:

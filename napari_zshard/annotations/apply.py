@@ -1,0 +1,322 @@
+"""Applying a diff to a label image: a three-way merge per voxel per level-0 shard, then the
+coarser levels recomputed for exactly the parent blocks of what changed.
+
+A diff is, per inner chunk (global level-0 chunk coordinates), the flat indexes of the voxels
+an annotator changed with their base and new values. Applying one is idempotent (a voxel
+already holding our value is left alone), so an interrupted commit is finished by applying
+its diff again, even while the original is still at it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine.metadata import ArrayMeta
+from ..engine.shard_update import (
+    ChunkEdit,
+    ChunkOutcome,
+    decode_chunk,
+    merge_edits_into_shard,
+    replace_chunks_in_shard,
+    split_shard,
+)
+from ..multiscale.downsample import downsample
+from ..store import FullRequest, Store
+from .labelimage import LabelImage
+
+Coords = tuple[int, ...]
+
+
+def identity(data: bytes | memoryview | None) -> str:
+    """A shard's identity: a hash of its bytes ("absent" when it does not exist). The same on
+    every store, so records made locally and on S3 compare."""
+    if data is None:
+        return "absent"
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+class _Chunks(Mapping):
+    """``Diff.chunks``: chunk -> (flat indexes, base, ours), decompressed on access."""
+
+    def __init__(self, diff: Diff):
+        self._diff = diff
+
+    def __getitem__(self, chunk: Coords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._diff.get(chunk)
+
+    def __iter__(self):
+        return iter(self._diff._blobs)
+
+    def __len__(self) -> int:
+        return len(self._diff._blobs)
+
+
+class Diff:
+    """Changed voxels per global level-0 inner chunk: (flat indexes in the chunk, base, ours),
+    each chunk's kept as one zstd frame (a fully repainted region costs its compressed size,
+    not 12 bytes per voxel). A chunk changed whole stores no indexes."""
+
+    def __init__(self, dtype: np.dtype | str = np.uint32, chunk_size: int = 0):
+        self.dtype = np.dtype(dtype)
+        self.chunk_size = int(chunk_size)
+        self._blobs: dict[Coords, bytes] = {}
+        self._counts: dict[Coords, int] = {}
+        self.chunks = _Chunks(self)
+
+    @property
+    def voxels(self) -> int:
+        return sum(self._counts.values())
+
+    def put(self, chunk: Coords, index: np.ndarray, base: np.ndarray, ours: np.ndarray) -> None:
+        import zstandard
+
+        whole = len(index) == self.chunk_size
+        parts = [] if whole else [np.asarray(index, dtype=np.uint32).tobytes()]
+        parts += [np.asarray(base, dtype=self.dtype).tobytes(),
+                  np.asarray(ours, dtype=self.dtype).tobytes()]
+        self._blobs[chunk] = zstandard.ZstdCompressor(level=1).compress(b"".join(parts))
+        self._counts[chunk] = len(index)
+
+    def get(self, chunk: Coords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import zstandard
+
+        n = self._counts[chunk]
+        whole = n == self.chunk_size
+        size = (0 if whole else 4 * n) + 2 * n * self.dtype.itemsize
+        raw = zstandard.ZstdDecompressor().decompress(self._blobs[chunk], max_output_size=size)
+        if len(raw) != size:
+            raise ValueError(f"diff of chunk {chunk} is damaged")
+        if whole:
+            index = np.arange(n, dtype=np.uint32)
+            rest = raw
+        else:
+            index = np.frombuffer(raw, dtype=np.uint32, count=n)
+            rest = memoryview(raw)[4 * n:]
+        values = np.frombuffer(rest, dtype=self.dtype, count=2 * n)
+        return index, values[:n], values[n:]
+
+    def to_npz(self) -> bytes:
+        import io
+
+        keys = sorted(self._blobs)
+        nd = len(keys[0]) if keys else 0
+        buf = io.BytesIO()
+        np.savez(buf, chunks=np.array(keys, dtype=np.int64).reshape(len(keys), nd),
+                 counts=np.array([self._counts[k] for k in keys], dtype=np.int64),
+                 sizes=np.array([len(self._blobs[k]) for k in keys], dtype=np.int64),
+                 blob=np.frombuffer(b"".join(self._blobs[k] for k in keys), dtype=np.uint8),
+                 dtype=np.array(self.dtype.str), chunk_size=np.array(self.chunk_size))
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, raw: bytes) -> Diff:
+        import io
+
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            out = cls(str(z["dtype"]), int(z["chunk_size"]))
+            blob = z["blob"].tobytes()
+            pos = 0
+            for k, n, size in zip(z["chunks"], z["counts"], z["sizes"], strict=True):
+                chunk = tuple(int(c) for c in k)
+                out._blobs[chunk] = blob[pos:pos + int(size)]
+                out._counts[chunk] = int(n)
+                pos += int(size)
+        return out
+
+
+@dataclass
+class ShardResult:
+    """One level-0 shard after the merge: what it holds now and what happened per chunk."""
+
+    shard: Coords
+    key: str
+    base_identity: str | None
+    theirs_identity: str  # what the committed attempt merged into
+    new: bytes | None
+    outcomes: dict[int, ChunkOutcome]
+
+
+@dataclass
+class ApplyResult:
+    shards: dict[Coords, ShardResult] = field(default_factory=dict)
+    identities: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> before/after
+    voxels_written: int = 0
+    shards_written: int = 0
+    bytes_written: int = 0
+    changed_chunks: set[Coords] = field(default_factory=set)
+
+
+def shard_of(meta: ArrayMeta, chunk: Coords) -> tuple[Coords, int]:
+    """(shard coords, flat index inside the shard) of a global inner chunk."""
+    cps = meta.chunks_per_object
+    shard = tuple(c // n for c, n in zip(chunk, cps, strict=True))
+    local = tuple(c % n for c, n in zip(chunk, cps, strict=True))
+    return shard, int(np.ravel_multi_index(local, cps))
+
+
+def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] | None = None
+                 ) -> Iterator[ApplyResult | ShardResult]:
+    """Merge ``diff`` into level 0, one shard at a time (yielding each :class:`ShardResult`),
+    and finally yield the :class:`ApplyResult`."""
+    meta = li.metas[0]
+    store = li.store
+    cs = meta.chunk_shape
+    by_shard: dict[Coords, list[tuple[int, Coords]]] = {}
+    for chunk in diff.chunks:
+        shard, flat = shard_of(meta, chunk)
+        by_shard.setdefault(shard, []).append((flat, chunk))
+    result = ApplyResult()
+    for shard, members in sorted(by_shard.items()):
+        # full-chunk arrays for one shard at a time: memory stays a shard's worth
+        edits: dict[int, ChunkEdit] = {}
+        for flat, chunk in members:
+            index, base, ours = diff.chunks[chunk]
+            if len(index) == math.prod(cs):  # changed whole: no scatter
+                edits[flat] = ChunkEdit(base=base.reshape(cs), ours=ours.reshape(cs),
+                                        mask=np.ones(cs, dtype=bool))
+                continue
+            mask = np.zeros(cs, dtype=bool)
+            b = np.zeros(cs, dtype=meta.dtype)
+            o = np.zeros(cs, dtype=meta.dtype)
+            mask.flat[index] = True
+            b.flat[index] = base
+            o.flat[index] = ours
+            edits[flat] = ChunkEdit(base=b, ours=o, mask=mask)
+        key = li.key(0, meta.object_key(shard))
+        outcomes: dict[int, ChunkOutcome] = {}
+        seen: list[str] = []
+
+        def merge(current, edits=edits, outcomes=outcomes, seen=seen, key=key):
+            seen.append(identity(current))
+            return merge_edits_into_shard(current, meta=meta, key=key, where=store.url,
+                                          edits=edits, outcomes=outcomes)
+
+        new = store.update(key, merge, tries=50)
+        written = sum(int(o.written.sum()) for o in outcomes.values())
+        theirs_id, new_id = seen[-1], identity(new)
+        res = ShardResult(shard=shard, key=key, base_identity=(base_identities or {}).get(key),
+                          theirs_identity=theirs_id, new=new, outcomes=dict(outcomes))
+        result.shards[shard] = res
+        if new_id != theirs_id:
+            result.shards_written += 1
+            result.bytes_written += len(new or b"")
+            result.voxels_written += written
+            result.identities[key] = {"before": theirs_id, "after": new_id}
+        cps = meta.chunks_per_object
+        for flat, o in outcomes.items():
+            # every chunk now holding some of our values, not only those written by this
+            # pass: a replay finds the shards already written by the process it finishes,
+            # whose coarse levels may still be missing
+            if (edits[flat].mask & ~o.conflict).any():
+                local = np.unravel_index(flat, cps)
+                result.changed_chunks.add(tuple(int(s * n + i) for s, n, i in
+                                                zip(shard, cps, local, strict=True)))
+        yield res
+    yield result
+
+
+def read_box(store: Store, li: LabelImage, level: int, box: tuple[slice, ...]) -> np.ndarray:
+    """Voxels ``box`` of a level, read fresh from the store (no cache: a coarse block must be
+    computed from what is stored now)."""
+    meta = li.metas[level]
+    cs = meta.chunk_shape
+    out = np.full(tuple(s.stop - s.start for s in box), meta.fill_value, dtype=meta.dtype)
+    chunk_ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, cs,
+                                                                               strict=True)]
+    chunks = list(itertools.product(*chunk_ranges))
+    shards = sorted({shard_of(meta, c)[0] for c in chunks})
+    keys = [li.key(level, meta.object_key(s)) for s in shards]
+    raws = dict(zip(shards, (r.data for r in store.read_many([FullRequest(k) for k in keys])),
+                    strict=True))
+    split = {s: split_shard(raws[s], meta, key=k, where=store.url)
+             for s, k in zip(shards, keys, strict=True)}
+    for c in chunks:
+        shard, flat = shard_of(meta, c)
+        values = decode_chunk(split[shard][flat], meta, key=li.key(level, ""), where=store.url)
+        lo = [max(i * n, s.start) for i, n, s in zip(c, cs, box, strict=True)]
+        hi = [min((i + 1) * n, s.stop) for i, n, s in zip(c, cs, box, strict=True)]
+        out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, box,
+                                                                     strict=True))] = \
+            values[tuple(slice(a - i * n, b - i * n) for a, b, i, n in zip(lo, hi, c, cs,
+                                                                          strict=True))]
+    return out
+
+
+def update_pyramid(li: LabelImage, changed: set[Coords], result: ApplyResult) -> None:
+    """Recompute, level by level, the coarse inner chunks whose parent blocks hold a changed
+    chunk of the level below (mode), each coarse shard under its own compare-and-swap with
+    the finer data read inside the attempt."""
+    store = li.store
+    for level in range(1, len(li.metas)):
+        fine, coarse = li.metas[level - 1], li.metas[level]
+        f = li.factors[level - 1]
+        targets: set[Coords] = set()
+        for c in changed:
+            lo = [i * n // k for i, n, k in zip(c, fine.chunk_shape, f, strict=True)]
+            hi = [-(-min((i + 1) * n, s) // k) for i, n, s, k in
+                  zip(c, fine.chunk_shape, fine.shape, f, strict=True)]
+            targets.update(itertools.product(*(
+                range(a // n, (b - 1) // n + 1) for a, b, n in
+                zip(lo, hi, coarse.chunk_shape, strict=True))))
+        by_shard: dict[Coords, list[int]] = {}
+        for t in targets:
+            shard, flat = shard_of(coarse, t)
+            by_shard.setdefault(shard, []).append(flat)
+        changed = set()
+        for shard, flats in sorted(by_shard.items()):
+            key = li.key(level, coarse.object_key(shard))
+            compute = functools.partial(_recompute, li=li, level=level, shard=shard)
+            seen: list[str] = []
+
+            def modify(current, key=key, flats=flats, compute=compute, seen=seen, coarse=coarse):
+                seen.append(identity(current))
+                return replace_chunks_in_shard(current, meta=coarse, key=key, where=store.url,
+                                               flats=flats, compute=compute)
+
+            new = store.update(key, modify, tries=50)
+            new_id = identity(new)
+            if new_id != seen[-1]:
+                result.shards_written += 1
+                result.bytes_written += len(new or b"")
+                result.identities[key] = {"before": seen[-1], "after": new_id}
+            cps = coarse.chunks_per_object
+            for flat in flats:
+                local = np.unravel_index(flat, cps)
+                changed.add(tuple(int(s * n + i) for s, n, i in zip(shard, cps, local,
+                                                                    strict=True)))
+
+
+def _recompute(olds: dict[int, np.ndarray], *, li: LabelImage, level: int, shard: Coords
+               ) -> dict[int, np.ndarray]:
+    """New values of coarse chunks ``olds`` (by flat index in ``shard``): the mode of their
+    parent blocks, read now."""
+    coarse, fine = li.metas[level], li.metas[level - 1]
+    f = li.factors[level - 1]
+    cs, cps = coarse.chunk_shape, coarse.chunks_per_object
+    boxes = {}
+    for flat in olds:
+        local = np.unravel_index(flat, cps)
+        g = [s * n + i for s, n, i in zip(shard, cps, local, strict=True)]
+        boxes[flat] = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in
+                            zip(g, cs, coarse.shape, strict=True))
+    lo = [min(b[a].start for b in boxes.values()) for a in range(coarse.ndim)]
+    hi = [max(b[a].stop for b in boxes.values()) for a in range(coarse.ndim)]
+    fbox = tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, f, fine.shape,
+                                                                  strict=True))
+    fine_values = read_box(li.store, li, level - 1, fbox)
+    out = {}
+    for flat, box in boxes.items():
+        sub = fine_values[tuple(slice((b.start - a) * k, min((b.stop - a) * k, n - a * k))
+                                for b, a, k, n in zip(box, lo, f, fine.shape, strict=True))]
+        values = downsample(sub, f, "mode")
+        new = olds[flat]
+        new[tuple(slice(0, s) for s in values.shape)] = values
+        out[flat] = new
+    return out
