@@ -8,6 +8,7 @@ machine hits them alike), per chunk/shard layout and transport (see bench/README
 
 * ``one``: an ellipsoid painted with a new id inside one level-0 shard;
 * ``two``: the same ellipsoid across a shard boundary (2 level-0 shards);
+* ``stroke``: a small ellipsoid (a brush stroke) inside one inner chunk of that shard;
 * ``noop``: the checked-out values written back unchanged (no data may be written);
 * ``race``: two checkouts of the same base paint overlapping ellipsoids with different ids and
   commit at the same moment (two threads): one wins, the other reports conflicts.
@@ -46,7 +47,7 @@ KiB, MiB = 1024, 1024 * 1024
 #: ``chunks="auto", shards="auto"`` for this shape and dtype
 LAYOUTS = {"64in256": ((64, 64, 64), (256, 256, 256)),
            "zarr-auto": ((16, 64, 128), (32, 128, 128))}
-CASES = ("one", "two", "noop", "race")
+CASES = ("one", "two", "stroke", "noop", "race")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -134,16 +135,21 @@ def ensure_store(data_dir: Path, shape: tuple[int, ...], layout: str) -> Path:
 
 
 # -- geometry -----------------------------------------------------------------------------------
-def edit_geometry(shape, shards) -> dict:
-    """Ellipsoid centres (in one shard; on a shard boundary in x), a region holding both."""
+def edit_geometry(shape, shards, chunks) -> dict:
+    """Ellipsoid centres (in one shard; on a shard boundary in x; a brush stroke inside one
+    inner chunk of that shard) and a checkout region holding all three."""
     shard = [int(n * f) // s for n, f, s in zip(shape, (0.4, 0.3, 0.4), shards, strict=True)]
     centre = [i * s + s // 2 for i, s in zip(shard, shards, strict=True)]
     radii = [min(r, s // 2 - 2) for r, s in zip((12, 50, 50), shards, strict=True)]
     across = [*centre[:2], (shard[2] + 1) * shards[2]]
-    lo = [max(0, min(a, b) - r - 8) for a, b, r in zip(centre, across, radii, strict=True)]
-    hi = [min(n, max(a, b) + r + 8) for a, b, r, n in zip(centre, across, radii, shape,
-                                                          strict=True)]
-    return {"one": centre, "two": across, "radii": radii,
+    stroke = [i * s + (c if s >= 2 * c else 0) + c // 2
+              for i, s, c in zip(shard, shards, chunks, strict=True)]
+    stroke_radii = [min(r, c // 2 - 1) for r, c in zip((4, 12, 12), chunks, strict=True)]
+    pts = [(centre, radii), (across, radii), (stroke, stroke_radii)]
+    lo = [max(0, min(p[a] - r[a] - 8 for p, r in pts)) for a in range(3)]
+    hi = [min(n, max(p[a] + r[a] + 8 for p, r in pts)) for a, n in enumerate(shape)]
+    return {"one": centre, "two": across, "stroke": stroke, "radii": radii,
+            "stroke_radii": stroke_radii,
             "region": tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))}
 
 
@@ -160,6 +166,7 @@ class Probe:
 
     def __init__(self):
         self.local = threading.local()
+        self.current = "other"
         self.lock = threading.Lock()
         self.reset()
 
@@ -181,6 +188,7 @@ class Probe:
     def timed(self, name: str):
         outer = self.phase
         self.local.phase = name if outer == "other" else outer
+        self.current = self.local.phase  # for the HTTP hook, which runs on the I/O thread
         w0, t0 = (io_counters()["wchar"] if outer == "other" else 0), time.perf_counter()
         try:
             yield
@@ -190,7 +198,7 @@ class Probe:
                 with self.lock:
                     self.times[name] += dt
                     self.wchar[name] += dw
-            self.local.phase = outer
+            self.local.phase = self.current = outer
 
     def wrap(self, module, name: str, phase: str, gen: bool = False) -> None:
         fn = getattr(module, name, None)
@@ -260,12 +268,11 @@ class Probe:
         method = request.method
         if method == "GET" and ("list-type" in request.url or "?prefix" in request.url):
             method = "LIST"
-        body = request.body
-        size = len(body) if isinstance(body, (bytes, bytearray, memoryview)) else 0
+        size = int(request.headers.get("Content-Length") or 0)
         with self.lock:
             self.http[method] += 1
             if method == "PUT":
-                self.put_bytes[self.phase] += size
+                self.put_bytes[self.current] += size
 
 
 PROBE = Probe()
@@ -309,7 +316,8 @@ class Transport:
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
             # moto in its own process: its CPU does not share this process's GIL
             self.moto = subprocess.Popen([sys.executable, __file__, "--moto-child"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
             endpoint = self.moto.stdout.readline().strip()
             self.options = {"endpoint_url": endpoint}
             from napari_zshard.testing.s3_server import s3_filesystem
@@ -390,7 +398,7 @@ def run_case(case: str, transport: Transport, url: str, geo: dict) -> dict:
         box = tuple(slice(0, n // 2) for n in edit.data.shape)
         edit.data[box] = np.array(edit.data[box])  # every chunk of the box dirty, no change
     else:
-        mask = ellipsoid(edit.region, geo[case], geo["radii"])
+        mask = ellipsoid(edit.region, geo[case], geo.get(f"{case}_radii", geo["radii"]))
         edit.data[mask] = edit.new_label_id()
         out["voxels_painted"] = int(mask.sum())
     PROBE.watch_store(edit.li.store, f"labels/{LABELS}/")
@@ -562,7 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for layout in args.layouts.split(","):
         path = ensure_store(args.data_dir, shape, layout)
         chunks, shards = LAYOUTS[layout]
-        geo = edit_geometry(shape, [min(s, n) for s, n in zip(shards, shape, strict=True)])
+        geo = edit_geometry(shape, [min(s, n) for s, n in zip(shards, shape, strict=True)],
+                            chunks)
         for kind in args.transports.split(","):
             transport = Transport(kind, args.data_dir)
             try:
