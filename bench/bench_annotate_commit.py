@@ -517,7 +517,7 @@ def summarize(name: str, runs: list[dict], goal_s: float) -> list[str]:
     lines.append(line)
     key = "put_bytes_by_phase" if runs[0]["http"] else "wchar_by_phase"
     phases = list(dict.fromkeys(k for r in runs for k in r[key]))
-    if phases:
+    if phases and "winner_s" not in runs[0]:  # two threads: per-phase bytes would mix
         lines.append("  bytes written by phase, median KiB: " + ", ".join(
             f"{k} {statistics.median(r[key].get(k, 0) for r in runs) / KiB:.1f}"
             for k in phases) + "; shard bytes by level: " + ", ".join(
