@@ -43,6 +43,7 @@ MiB = 1024 * 1024
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help=f"{SMALL_SHAPE} instead of {FULL_SHAPE}")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     p.add_argument("--data-dir", type=Path, default=HERE / "data")
     p.add_argument("--events", type=int, default=300, help="brush events per layer")
     p.add_argument("--brush", type=int, default=10, help="brush size (napari's default: 10)")
@@ -249,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
         return 0
-    shape = SMALL_SHAPE if args.small else FULL_SHAPE
+    shape = tuple(args.shape) if args.shape else SMALL_SHAPE if args.small else FULL_SHAPE
     path = ensure_store(args.data_dir, shape)
     parts = set(args.parts.split(","))
     result: dict = {"store": str(path), "python": sys.version.split()[0], "cpus": os.cpu_count()}

@@ -176,45 +176,6 @@ def camera(viewer):
 
 
 # -- placing and masking ---------------------------------------------------------------------
-class PaintableRegion:
-    """``edit.data`` as napari's Labels layer paints it.
-
-    napari 0.9 paints *into what it read*: paint reads ``data[slices]`` and fill reads the plane
-    ``data[z, :, :]``, write the new label into that array in place, then assign it back with
-    ``data[key] = ...``. A read-only view (what the region gives, so that no write can bypass
-    its change tracking) makes them raise; so every read gives a writable copy except a bare
-    ``data[int]``, which napari's ``get_dtype`` does on every paint call and which stays a
-    view (a plane copy there would cost about 10x per brush event). Writes go to the region.
-    """
-
-    def __init__(self, region: Any):
-        self.region = region
-
-    ndim = property(lambda self: self.region.ndim)
-    shape = property(lambda self: self.region.shape)
-    dtype = property(lambda self: self.region.dtype)
-    size = property(lambda self: self.region.size)
-    nbytes = property(lambda self: self.region.nbytes)
-
-    def __len__(self) -> int:
-        return len(self.region)
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        return self.region.__array__(dtype, copy)
-
-    def __getitem__(self, key: Any) -> Any:
-        out = self.region[key]
-        if isinstance(key, int | np.integer) or not isinstance(out, np.ndarray):
-            return out
-        return np.array(out, copy=True)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.region[key] = value
-
-    def __repr__(self) -> str:
-        return f"PaintableRegion({self.region!r})"
-
-
 def world_of(voxel: Sequence[float], *, region: Region, scale: Sequence[float],
              translate: Sequence[float]) -> tuple[float, ...]:
     """World coordinates of a level-0 voxel, for an edit placed at ``scale``/``translate``

@@ -36,7 +36,6 @@ from ._annotate_geometry import GeometryPanel
 from ._annotate_view import (
     MAX_EDIT_3D_BYTES,
     MAX_EDIT_VOXELS,
-    PaintableRegion,
     RegionError,
     check_region_size,
     fits_3d,
@@ -265,7 +264,7 @@ class AnnotateWidget(Container):
             kwargs["colormap"] = self.stored_layer.colormap
         name = f"{edit.labels_name} (editing {region_text(edit.region)})"
         self.layer = self.viewer.add_labels(
-            PaintableRegion(edit.data), name=name, scale=edit.scale, translate=edit.translate,
+            edit.data, name=name, scale=edit.scale, translate=edit.translate,
             multiscale=False, **kwargs)
         self.layer.bind_key("m", self.new_label, overwrite=True)  # napari's needs numpy data
         self.layer.mode = "paint"

@@ -205,7 +205,7 @@ def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
     layer = check_out(widget, qtbot)
     edit = widget.edit
     # exactly over the region: the edit's own transform, the store's colours
-    assert layer.data.region is edit.data and layer.data.shape == (16, 128, 128)
+    assert layer.data is edit.data and layer.data.shape == (16, 128, 128)
     np.testing.assert_array_equal(layer.translate, (8, 64, 64))
     np.testing.assert_array_equal(layer.scale, (1, 1, 1))
     np.testing.assert_array_equal(np.asarray(layer.data[8]), before[0][16, 64:192, 64:192])
@@ -236,8 +236,9 @@ def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
     layer.paint((8, 20, 20), new, refresh=True)
     assert np.asarray(layer.data[8, 20, 20]) == new
     layer.undo()
-    np.testing.assert_array_equal(np.asarray(layer.data[8]), np.where(
-        np.asarray(layer.data[8]) == new, new, np.where(plane == cell, new + 1, plane)))
+    np.testing.assert_array_equal(np.asarray(layer.data[8, 4:37, 4:37]), plane[4:37, 4:37])
+    painted = np.asarray(layer.data[8])
+    assert (painted[plane == cell] == new + 1).all() and painted[BLOB[0] - 64, BLOB[1] - 64] == new
     expected = before[0].copy()
     expected[8:24, 64:192, 64:192] = np.asarray(layer.data)
 
@@ -248,6 +249,11 @@ def test_paint_fill_undo_export_then_a_new_viewer_shows_it_at_every_zoom(
     after = stored_labels(sample)
     np.testing.assert_array_equal(after[0], expected)
     assert (after[2] == new).any()  # the pyramid follows
+    # closing the edit unmasks the stored labels, which show what was exported
+    widget.close_button.native.click()
+    assert layer not in viewer.layers and widget.edit is None
+    np.testing.assert_array_equal(np.asarray(stored.data[0][8:24, 64:192, 64:192]),
+                                  expected[8:24, 64:192, 64:192])
 
     # another viewer opens the store: the blob's colour is on screen, zoomed in and out
     other = make_napari_viewer(show=True)

@@ -90,6 +90,9 @@ def test_conflict_is_reported_not_overwritten_and_resolved(url):
     b = ann.checkout(url, labels="cells", annotator="Bob Smith", region=REGION)
     b.data[3, 10:12, 10:20] = 9
     rb = b.commit("bob's")
+    carol = ann.checkout(url, labels="cells", annotator="carol", region=REGION)
+    carol.data[20, 20, 20] = 2  # same shard, later: the conflict is still bob's
+    carol.commit()
     a.data[3, 10, 10:20] = 7  # conflicts with bob
     a.data[4, 10, 10:20] = 7  # does not
     ra = a.commit("alice's")
@@ -202,29 +205,39 @@ def test_log_and_object_table(url):
     a.data[0, 0:2, 0:3] = 11
     r1 = a.commit("one")
     b = ann.checkout(url, labels="cells", annotator="bob", region=REGION)
-    b.data[0, 0, 0] = 12
+    b.data[0, 0, 0:3] = 12
     r2 = b.commit("two")
     records = ann.log(url)
     assert [r.commit_id for r in records] == [r1.commit_id, r2.commit_id]
     assert [(r.annotator, r.message, r.status) for r in records] == [
         ("alice", "one", "committed"), ("bob", "two", "committed")]
     rows = {r["id"]: r for r in ann.object_table(url, labels="cells")}
-    assert rows[11]["author"] == "alice" and rows[11]["voxels"] == 5
+    assert rows[11]["author"] == "alice" and rows[11]["voxels"] == 3
     assert rows[11]["modified_by"] == "bob"
-    assert rows[12]["voxels"] == 1 and rows[12]["bbox"] == "0:1;0:1;40:41"
+    assert rows[11]["bbox"] == "0:1;0:2;40:43"  # what it gained; it lost its first row since
+    assert rows[12]["voxels"] == 3 and rows[12]["bbox"] == "0:1;0:1;40:43"
     from napari_zshard.annotations.labelimage import open_label_image
     from napari_zshard.annotations.provenance import compact_objects
     from napari_zshard.store import open_store
 
     li = open_label_image(open_store(url), "cells")
     assert compact_objects(li) == 2
-    assert {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells")} == {11: 5,
-                                                                                     12: 1}
+    compacted = {r["id"]: r for r in ann.object_table(url, labels="cells")}
+    assert {v: r["voxels"] for v, r in compacted.items()} == {11: 3, 12: 3}
+    assert compacted[11]["bbox"] == "0:1;1:2;40:43"  # recomputed: the box shrank
     import pandas as pd
 
     table = pd.read_csv(os.path.join(url, "labels/cells/zshard/objects/table.csv"),
                         comment="#")
     assert list(table["id"]) == [11, 12]
+    # the compaction lists the objects in image-label.properties, our fields namespaced
+    from ome_zarr_models.v05 import ImageLabel
+
+    labels = zarr.open_group(url, mode="r")["labels/cells"]
+    props = labels.attrs["ome"]["image-label"]["properties"]
+    assert [(p["label-value"], p["zshard"]["author"]) for p in props] == [(11, "alice"),
+                                                                          (12, "bob")]
+    ImageLabel.from_zarr(labels)
 
 
 def test_commit_and_conflict_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):
@@ -247,3 +260,26 @@ def test_commit_and_conflict_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):
     assert (l0[3, 10, 50:55] == 7).all() and (l0[3, 10, 55:65] == 9).all()
     assert_pyramid_true(s3_url, storage_options=s3_options)
     assert len(ann.log(s3_url, storage_options=s3_options)) == 2
+
+
+def test_anisotropic_pyramid_uses_the_metadata_factors(tmp_path):
+    url = str(tmp_path / "aniso.zarr")
+    img = np.zeros((16, 128, 128), np.uint8)
+    from napari_zshard.multiscale.write import ImageSpec, WriteOptions, write_image
+
+    for _ in write_image(url, img, ImageSpec(name="img", scale=(4.0, 1.0, 1.0)),
+                         options=WriteOptions(chunks=(8, 16, 16), shards=(16, 64, 64),
+                                              levels=3)):
+        pass
+    edit = ann.checkout(url, labels="cells", create=True, annotator="a")
+    edit.data[0:6, 10:40, 20:60] = 3
+    edit.data[9, 100:120, 0:30] = 4
+    assert edit.commit().voxels_written == 6 * 30 * 40 + 20 * 30
+    group = zarr.open_group(url, mode="r")
+    lv = [group[f"labels/cells/{p}"][:] for p in ("0", "1", "2")]
+    assert [a.shape for a in lv] == [group[p].shape for p in ("0", "1", "2")]
+    for fine, coarse in itertools.pairwise(lv):
+        factors = tuple(f // c for f, c in zip(fine.shape, coarse.shape, strict=True))
+        assert factors[1:] == (2, 2)
+        np.testing.assert_array_equal(downsample(fine, factors, "mode"), coarse)
+    assert (lv[2] == 3).any()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from tests.test_annotations_region import SHAPE, make_image
 
 N_PROC = 8
 N_COMMITS = 20
-#: moto serves every request of the 8 processes from one Python thread (~15 ms each under
-#: this load): 8 x 20 commits there take ~80 s, so the S3 run makes fewer commits per process
-N_COMMITS_S3 = 6
+#: moto serves every request of the 8 processes from one Python thread: 8 x 20 commits there
+#: take ~90 s (passing), so the default run makes 6 per process; ZSHARD_ANN_S3_COMMITS=20
+#: runs the full count
+N_COMMITS_S3 = int(os.environ.get("ZSHARD_ANN_S3_COMMITS", "6"))
 CONTESTED_BASE = 50_000
 # voxels every process writes when its region covers them (x % 9 == 8: never private)
 CONTESTED = [(z, y, x) for z in range(1, 32, 6) for y in range(5, 128, 21)
@@ -127,6 +129,12 @@ def _check(url: str, results: list[list[dict]], options: dict | None) -> None:
         assert int(l0[c]) in {v for _, v in ws}
     assert n_conflicts > 0  # the workload does produce true conflicts
     assert_pyramid_true(url, storage_options=options)
+    # the object table's counts (deltas computed against each merged shard) match the store
+    values, counts = np.unique(l0, return_counts=True)
+    stored = {int(v): int(n) for v, n in zip(values, counts, strict=True) if v}
+    table = {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells",
+                                                             storage_options=options)}
+    assert {v: n for v, n in table.items() if n} == stored
     records = ann.log(url, storage_options=options)
     assert sum(r.status == "committed" for r in records) == sum(
         r["commit"] is not None for proc in results for r in proc)
@@ -140,7 +148,7 @@ def test_eight_processes_twenty_commits_locally(tmp_path):
     _check(url, results, None)
 
 
-def test_eight_processes_six_commits_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):
+def test_eight_processes_committing_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):
     local = make_image(tmp_path)
     url = f"{s3_bucket}/img.zarr"
     put_on_s3(local, url, s3_options["endpoint_url"])

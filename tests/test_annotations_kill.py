@@ -76,5 +76,46 @@ def test_kill_at_random_points_then_repair_or_next_commit(tmp_path, monkeypatch)
         np.testing.assert_array_equal(levels(url)[0], expected)
         assert_pyramid_true(url)
     print(outcomes)
+    # the object table counts what the store holds, killed commits included
+    final = levels(url)[0]
+    rows = {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells")}
+    for value in range(1, TRIALS + 1):
+        assert rows.get(value, 0) == np.count_nonzero(final == value), value
     # the random kill times did hit a commit before, during and after its shards
     assert outcomes["nothing"] and outcomes["interrupted"], outcomes
+
+
+def test_repair_while_the_slow_original_still_runs(tmp_path, monkeypatch):
+    """Object stores cannot tell a dead committer from a slow one: a repair that finishes a
+    commit whose author is still writing must leave exactly what the commit alone leaves."""
+    url = make_image(tmp_path)
+    edit = ann.checkout(url, labels="cells", create=True, annotator="slow")
+    edit.data[0:20, 10:100, 10:120] = 5  # all four level-0 shards
+    colleague = ann.checkout(url, labels="cells", annotator="colleague",
+                             region=(slice(0, 32), slice(0, 128), slice(0, 128)))
+    steps = edit.commit_steps("slow")
+    while True:
+        progress = next(steps)
+        if not progress.cancellable and progress.done == 1:
+            break  # one shard written, three to go
+    repaired = ann.repair(url)
+    assert len(repaired.finished) == 1
+    colleague.data[25, 0, 0] = 3  # a later, unrelated commit
+    colleague.commit()
+    try:
+        while True:
+            next(steps)
+    except StopIteration as stop:
+        report = stop.value
+    assert not report.conflicts
+    expected = np.zeros((32, 128, 128), np.uint32)
+    expected[0:20, 10:100, 10:120] = 5
+    expected[25, 0, 0] = 3
+    np.testing.assert_array_equal(levels(url)[0], expected)
+    assert_pyramid_true(url)
+    records = ann.log(url)
+    assert [(r.annotator, r.status, r.repaired) for r in records] == [
+        ("slow", "committed", True), ("colleague", "committed", False)]
+    assert ann.repair(url).finished == []
+    rows = {r["id"]: r["voxels"] for r in ann.object_table(url, labels="cells")}
+    assert rows[5] == 20 * 90 * 110 and rows[3] == 1

@@ -81,12 +81,16 @@ def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict
                 groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
                                   []).append(coords[hit])
     out_list = []
-    who: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    history = prov.RecentHistory(li) if groups else None
     for (key, theirs_id, ours, theirs), parts in sorted(groups.items()):
         pts = np.concatenate(parts)
-        if (key, theirs_id) not in who:
-            who[(key, theirs_id)] = prov.their_commit(li, key, theirs_id)
-        commit, annotator = who[(key, theirs_id)]
+        first = pts[0]
+        chunk = tuple(int(v) // n for v, n in zip(first, meta.chunk_shape, strict=True))
+        index = int(np.ravel_multi_index(tuple(int(v) % n for v, n in zip(
+            first, meta.chunk_shape, strict=True)), meta.chunk_shape))
+        assert history is not None
+        commit, annotator = history.who_wrote(key, theirs_id, chunk=chunk, index=index,
+                                              value=theirs)
         lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
         out_list.append(Conflict(
             voxels=len(pts), bbox=tuple(slice(int(a), int(b)) for a, b in zip(lo, hi,
@@ -96,21 +100,32 @@ def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict
     return out_list
 
 
-def _written(li: LabelImage, diff: Diff, result: ApplyResult
+def _written(li: LabelImage, diff: Diff, result: ApplyResult, *, replay: bool = False
              ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(global coords, value before, value after) of the voxels this commit changed, for the
+    object table. A replay also counts the voxels the interrupted original had written
+    already (they hold ours, and were the diff's base before it)."""
     meta = li.metas[0]
+    cps = meta.chunks_per_object
     out = []
     for shard, res in result.shards.items():
         for flat, o in res.outcomes.items():
-            if not o.written.any():
-                continue
-            coords = _global_coords(li, shard, flat, o.written)
-            chunk = tuple(int(c) // n for c, n in zip(coords[0], meta.chunk_shape,
-                                                      strict=True))
+            local = np.unravel_index(flat, cps)
+            chunk = tuple(int(s * n + i) for s, n, i in zip(shard, cps, local, strict=True))
+            idx, base_vals, vals = diff.chunks[chunk]
             ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-            idx, _, vals = diff.chunks[chunk]
             ours.flat[idx] = vals
-            out.append((coords, o.theirs[o.written], ours[o.written]))
+            sel = o.written
+            before = o.theirs
+            if replay:
+                mask = np.zeros(meta.chunk_shape, dtype=bool)
+                mask.flat[idx] = True
+                sel = mask & ~o.conflict
+                base = np.zeros(meta.chunk_shape, dtype=meta.dtype)
+                base.flat[idx] = base_vals
+                before = np.where(o.written, o.theirs, base)
+            if sel.any():
+                out.append((_global_coords(li, shard, flat, sel), before[sel], ours[sel]))
     return out
 
 
@@ -122,7 +137,7 @@ class Applied:
 
 
 def apply_all(li: LabelImage, diff: Diff, base_identities: dict[str, str] | None,
-              on_shard=None) -> Applied:
+              on_shard=None, *, replay: bool = False) -> Applied:
     result = None
     for item in apply_level0(li, diff, base_identities=base_identities):
         if isinstance(item, ShardResult):
@@ -133,7 +148,8 @@ def apply_all(li: LabelImage, diff: Diff, base_identities: dict[str, str] | None
     assert result is not None
     update_pyramid(li, result.changed_chunks, result)
     default_cache().forget(f"{li.store.url.rstrip('/')}/{li.prefix}")
-    return Applied(result, _conflicts(li, diff, result), _written(li, diff, result))
+    return Applied(result, _conflicts(li, diff, result),
+                   _written(li, diff, result, replay=replay))
 
 
 def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
@@ -142,6 +158,10 @@ def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
     had already written the record."""
     result = applied.result
     when = prov.now().isoformat()
+    # the object delta before the record: a commit killed between the two is replayed, and
+    # the replay's delta (or the original's, whichever came first) is the one kept
+    prov.write_object_delta(li, commit_id, intent.get("annotator") or "", when,
+                            prov.object_delta(applied.written))
     created = prov.write_record(
         li, commit_id, annotator=intent.get("annotator"), created=intent.get("created"),
         finished=when, message=intent.get("message", ""), region=intent.get("region"),
@@ -150,8 +170,6 @@ def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
         base_shards=intent.get("base_shards", {}),
         conflicts=[c.to_json() for c in applied.conflicts], repaired=repaired,
         overrides=intent.get("overrides", []))
-    delta = prov.object_delta(applied.written)
-    prov.write_object_delta(li, commit_id, intent.get("annotator") or "", when, delta)
     return created
 
 
@@ -162,7 +180,7 @@ def replay(li: LabelImage, commit_id: str) -> bool:
     if found is None:
         return False
     intent, raw = found
-    applied = apply_all(li, Diff.from_npz(raw), intent.get("base_shards"))
+    applied = apply_all(li, Diff.from_npz(raw), intent.get("base_shards"), replay=True)
     return finish(li, commit_id, intent, applied, repaired=True)
 
 

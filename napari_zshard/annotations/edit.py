@@ -10,6 +10,7 @@ coarser levels, then writes the record (the commit point) and the object-table d
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..engine.shard_update import decode_chunk, split_shard
-from ..errors import LabelValueError
+from ..errors import AnnotationError, LabelValueError
 from ..store import FullRequest
 from .apply import identity, shard_of
 from .ids import reserve_block
@@ -125,6 +126,7 @@ class Edit:
         self._pending_conflicts: list[Conflict] = []
         self._overrides: list[dict[str, Any]] = []
         self._ids: tuple[int, int] | None = None
+        self._committing = threading.Lock()
         values = np.empty(tuple(s.stop - s.start for s in region), dtype=meta.dtype)
         self.data = EditableRegion(values, origin=[s.start for s in region],
                                    chunk_shape=meta.chunk_shape)
@@ -212,7 +214,15 @@ class Edit:
             return stop.value
 
     def commit_steps(self, message: str = "") -> Generator[CommitProgress, None, CommitReport]:
+        """:meth:`commit` step by step: yields :class:`CommitProgress` and returns the
+        :class:`CommitReport`. Closing it while ``cancellable`` aborts with nothing written;
+        later, the intent is left for ``repair`` (or the next commit) to finish."""
         from .commit import run_commit
 
-        report = yield from run_commit(self, message)
+        if not self._committing.acquire(blocking=False):
+            raise AnnotationError("a commit of this edit is already running; wait for it")
+        try:
+            report = yield from run_commit(self, message)
+        finally:
+            self._committing.release()
         return report

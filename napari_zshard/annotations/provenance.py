@@ -159,21 +159,49 @@ def read_intent(li: LabelImage, commit_id: str) -> tuple[dict[str, Any], bytes] 
     return intent, diff
 
 
-def their_commit(li: LabelImage, key: str, identity: str, *, limit: int = 25
-                 ) -> tuple[str | None, str | None]:
-    """The commit that left shard ``key`` as ``identity`` (best effort: the newest record
-    saying so, among the last ``limit``); (commit id, annotator) or (None, None)."""
-    from ..store import FullRequest
+class RecentHistory:
+    """The newest ``limit`` committed records and, on demand, their diffs (read once per
+    commit's conflict report, however many conflicts it has)."""
 
-    ids = [cid for cid, names in sorted(commit_ids(li).items(), reverse=True)
-           if "record.json" in names][:limit]
-    raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
-                               for cid in ids])
-    for cid, raw in zip(ids, raws, strict=True):
-        rec = _load(raw.data) or {}
-        if (rec.get("shards") or {}).get(key, {}).get("after") == identity:
-            return cid, rec.get("annotator")
-    return None, None
+    def __init__(self, li: LabelImage, *, limit: int = 25):
+        from ..store import FullRequest
+
+        self.li = li
+        ids = [cid for cid, names in sorted(commit_ids(li).items(), reverse=True)
+               if "record.json" in names][:limit]
+        raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
+                                   for cid in ids])
+        self.records = [(cid, _load(raw.data) or {}) for cid, raw in zip(ids, raws,
+                                                                         strict=True)]
+        self._diffs: dict[str, Any] = {}
+
+    def _diff(self, cid: str):
+        from .apply import Diff
+
+        if cid not in self._diffs:
+            raw = self.li.store.read(self.li.zshard_key(f"commits/{cid}/diff.npz"))
+            self._diffs[cid] = Diff.from_npz(raw) if raw is not None else None
+        return self._diffs[cid]
+
+    def who_wrote(self, key: str, identity: str, *, chunk: tuple[int, ...], index: int,
+                  value: int) -> tuple[str | None, str | None]:
+        """Who wrote ``value`` into voxel ``index`` of level-0 inner chunk ``chunk`` of shard
+        ``key``: the newest commit whose diff set it so; else the one that left the shard as
+        ``identity``; else (None, None). Older history is not searched."""
+        touching = [(cid, rec) for cid, rec in self.records
+                    if key in (rec.get("shards") or {})]
+        for cid, rec in touching:
+            diff = self._diff(cid)
+            found = diff.chunks.get(chunk) if diff is not None else None
+            if found is None:
+                continue
+            hit = np.flatnonzero(found[0] == index)
+            if hit.size and int(found[2][hit[0]]) == value:
+                return cid, rec.get("annotator")
+        for cid, rec in touching:
+            if rec["shards"][key].get("after") == identity:
+                return cid, rec.get("annotator")
+        return None, None
 
 
 # -- the object table -------------------------------------------------------------------------
@@ -219,6 +247,14 @@ def write_object_delta(li: LabelImage, commit_id: str, author: str, when: str,
 
 def object_table(li: LabelImage) -> list[dict[str, Any]]:
     """One row per object: the compacted table plus every delta not yet compacted into it."""
+    return _merged_rows(li)[0]
+
+
+def _merged_rows(li: LabelImage) -> tuple[list[dict[str, Any]], list[str], set[int]]:
+    """(rows, the commit ids of every delta folded in, ids that lost voxels since the last
+    compaction: their boxes may have shrunk)."""
+    from ..store import FullRequest
+
     rows: dict[int, dict[str, Any]] = {}
     table = li.store.read(li.zshard_key("objects/table.csv"))
     done: set[str] = set()
@@ -232,20 +268,43 @@ def object_table(li: LabelImage) -> list[dict[str, Any]]:
             rows[int(r["id"])] = {**r, "id": int(r["id"]), "voxels": int(r["voxels"])}
     prefix = li.zshard_key("objects/deltas")
     deltas = sorted(k for k, _ in li.store.list_prefix(prefix) if k.endswith(".csv"))
-    for key in deltas:
-        cid = key.rsplit("/", 1)[1][:-4]
-        if cid in done:
-            continue
-        for r in csv.DictReader(io.StringIO((li.store.read(key) or b"").decode())):
-            v = int(r["id"])
+    folded = [k.rsplit("/", 1)[1][:-4] for k in deltas]
+    todo = [k for k, cid in zip(deltas, folded, strict=True) if cid not in done]
+    shrunk: set[int] = set()
+    for result in li.store.read_many([FullRequest(k) for k in todo]):
+        for r in csv.DictReader(io.StringIO((result.data or b"").decode())):
+            v, n = int(r["id"]), int(r["voxels"])
+            if n < 0:
+                shrunk.add(v)
             old = rows.get(v)
             if old is None:
-                rows[v] = {**r, "id": v, "voxels": int(r["voxels"])}
+                rows[v] = {**r, "id": v, "voxels": n}
                 continue
-            old["voxels"] += int(r["voxels"])
+            old["voxels"] += n
             old["modified_by"], old["modified"] = r["modified_by"], r["modified"]
             old["bbox"] = _union(old.get("bbox", ""), r.get("bbox", ""))
-    return [rows[v] for v in sorted(rows)]
+    return [rows[v] for v in sorted(rows)], sorted(set(folded) | done), shrunk
+
+
+#: a shrunk object's box is recomputed at compaction when its old box holds at most this
+#: many voxels (else the union of what it gained is kept: a box that may be too large)
+RECOMPUTE_BOX_VOXELS = 1 << 26
+
+
+def _recompute_box(li: LabelImage, row: dict[str, Any]) -> str:
+    from .apply import read_box
+
+    if row["voxels"] <= 0 or not row.get("bbox"):
+        return ""
+    box = tuple(slice(*map(int, p.split(":"))) for p in row["bbox"].split(";"))
+    if int(np.prod([s.stop - s.start for s in box])) > RECOMPUTE_BOX_VOXELS:
+        return row["bbox"]
+    hit = np.argwhere(read_box(li.store, li, 0, box) == row["id"])
+    if not hit.size:
+        return ""
+    lo = hit.min(axis=0) + [s.start for s in box]
+    hi = hit.max(axis=0) + 1 + [s.start for s in box]
+    return _bbox_text(lo, hi)
 
 
 def _union(a: str, b: str) -> str:
@@ -259,12 +318,12 @@ def _union(a: str, b: str) -> str:
 
 
 def compact_objects(li: LabelImage) -> int:
-    """Fold every delta into ``objects/table.csv`` (deltas stay: they are the history).
-    Returns the number of objects."""
-    rows = object_table(li)
-    prefix = li.zshard_key("objects/deltas")
-    done = sorted(k.rsplit("/", 1)[1][:-4] for k, _ in li.store.list_prefix(prefix)
-                  if k.endswith(".csv"))
+    """Fold every delta into ``objects/table.csv`` (deltas stay: they are the history),
+    recomputing the boxes of objects that lost voxels. Returns the number of objects."""
+    rows, done, shrunk = _merged_rows(li)
+    for row in rows:
+        if row["id"] in shrunk:
+            row["bbox"] = _recompute_box(li, row)
     buf = io.StringIO()
     buf.write("#compacted=" + ",".join(done) + "\n")
     w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
@@ -272,7 +331,38 @@ def compact_objects(li: LabelImage) -> int:
     for r in rows:
         w.writerow(r)
     li.store.write(li.zshard_key("objects/table.csv"), buf.getvalue().encode())
+    _write_properties(li, rows)
     return len(rows)
+
+
+#: objects listed in ``image-label.properties`` (the rest are in the table only: the label
+#: image's zarr.json stays small)
+MAX_PROPERTIES = 2000
+
+
+def _write_properties(li: LabelImage, rows: list[dict[str, Any]]) -> None:
+    """``image-label.properties`` of the label image: one entry per object (the first
+    :data:`MAX_PROPERTIES` by id), our fields under ``zshard``; updated by compare-and-swap
+    so that nothing else in the label image's ``zarr.json`` is lost."""
+    props = [{"label-value": int(r["id"]), "zshard": {
+        "author": r.get("author"), "created": r.get("created"),
+        "modified_by": r.get("modified_by"), "modified": r.get("modified"),
+        "voxels": int(r["voxels"])}} for r in rows if int(r["voxels"]) > 0][:MAX_PROPERTIES]
+    key = f"{li.prefix}/zarr.json"
+
+    def put(current: bytes | None) -> bytes | None:
+        if current is None:
+            return None
+        doc = json.loads(current)
+        ome = doc.setdefault("attributes", {}).setdefault("ome", {})
+        label = ome.setdefault("image-label", {"version": "0.5"})
+        kept = [p for p in label.get("properties") or [] if isinstance(p, dict)
+                and "zshard" not in p]  # someone else's entries stay
+        ours = {p["label-value"] for p in props}
+        label["properties"] = [p for p in kept if p.get("label-value") not in ours] + props
+        return json.dumps(doc, indent=2).encode()
+
+    li.store.update(key, put, tries=50)
 
 
 def store_of(li: LabelImage) -> Store:
