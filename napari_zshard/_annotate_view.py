@@ -149,6 +149,8 @@ def _box_region(layer, viewer, world_points: Sequence[np.ndarray], *, depth: int
     nd = len(shape)
     displayed = {ax - (viewer.dims.ndim - nd) for ax in viewer.dims.displayed}
     free = [ax for ax in range(nd) if ax not in displayed]
+    if any(hi[ax] <= 0 or lo[ax] >= shape[ax] for ax in displayed):
+        raise RegionError("the rectangle lies outside the image")
     region = []
     for ax in range(nd):
         if ax in displayed:
@@ -157,8 +159,6 @@ def _box_region(layer, viewer, world_points: Sequence[np.ndarray], *, depth: int
             planes = depth if ax == free[-1] else 1
             sl = _planes((lo[ax] + hi[ax]) / 2, planes, shape[ax])
         region.append(sl)
-    if any(s.stop <= 0 or s.start >= n for s, n in zip(region, shape, strict=True)):
-        raise RegionError("the rectangle lies outside the image")
     return tuple(region)
 
 

@@ -102,6 +102,10 @@ def test_a_rectangle_drawn_in_a_shapes_layer_is_the_region(viewer, widget):
     widget.shapes.value = shapes3
     widget.depth.value = 1
     assert widget.chosen_region() == (slice(5, 6), slice(20, 40), slice(20, 60))
+    shapes3.add_rectangles([[[5, 150, 150], [5, 150, 200], [5, 200, 200], [5, 200, 150]]])
+    shapes3.selected_data = {1}  # the selected one counts: beyond the image (x2 scale)
+    with pytest.raises(ValueError, match="outside the image"):
+        widget.chosen_region()
 
 
 def test_typed_numbers_are_the_region_and_mistakes_are_explained(widget):

@@ -57,20 +57,26 @@ class Diff:
         keys = sorted(self.chunks)
         nd = len(keys[0]) if keys else 0
         counts = [len(self.chunks[k][0]) for k in keys]
+        import zstandard
+
         buf = io.BytesIO()
-        np.savez_compressed(
+        np.savez(
             buf, chunks=np.array(keys, dtype=np.int64).reshape(len(keys), nd),
             counts=np.array(counts, dtype=np.int64),
             index=np.concatenate([self.chunks[k][0] for k in keys]) if keys else np.zeros(0),
             base=np.concatenate([self.chunks[k][1] for k in keys]) if keys else np.zeros(0),
             ours=np.concatenate([self.chunks[k][2] for k in keys]) if keys else np.zeros(0))
-        return buf.getvalue()
+        return zstandard.ZstdCompressor(level=1, threads=-1).compress(buf.getbuffer())
 
     @classmethod
     def from_npz(cls, raw: bytes) -> Diff:
         import io
 
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        import zstandard
+
+        # a frame from another writer is bounded like any stored chunk (no decompression bomb)
+        data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 34)
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             keys, counts = z["chunks"], z["counts"]
             index, base, ours = z["index"], z["base"], z["ours"]
         out, pos = cls(), 0

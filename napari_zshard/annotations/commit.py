@@ -101,10 +101,11 @@ def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict
 
 
 def _written(li: LabelImage, diff: Diff, result: ApplyResult, *, replay: bool = False
-             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(global coords, value before, value after) of the voxels this commit changed, for the
-    object table. A replay also counts the voxels the interrupted original had written
-    already (they hold ours, and were the diff's base before it)."""
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per inner chunk: (global origin, mask of the voxels this commit changed, values
+    before, values after; full chunk arrays), for the object table and the changed region.
+    A replay also counts the voxels the interrupted original had written already (they hold
+    ours, and were the diff's base before it)."""
     meta = li.metas[0]
     cps = meta.chunks_per_object
     out = []
@@ -125,7 +126,9 @@ def _written(li: LabelImage, diff: Diff, result: ApplyResult, *, replay: bool = 
                 base.flat[idx] = base_vals
                 before = np.where(o.written, o.theirs, base)
             if sel.any():
-                out.append((_global_coords(li, shard, flat, sel), before[sel], ours[sel]))
+                origin = np.array([i * c for i, c in zip(chunk, meta.chunk_shape,
+                                                         strict=True)])
+                out.append((origin, sel, before, ours))
     return out
 
 
@@ -260,8 +263,9 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
     yield CommitProgress(total, total, False)
     changed = None
     if applied.written:
-        pts = np.concatenate([c for c, _, _ in applied.written])
-        lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
+        boxes = [prov.mask_box(origin, sel) for origin, sel, _, _ in applied.written]
+        lo = np.min([b[0] for b in boxes], axis=0)
+        hi = np.max([b[1] for b in boxes], axis=0)
         changed = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     return CommitReport(commit_id=commit_id, voxels_written=result.voxels_written,
                         unreserved_ids=unreserved,
