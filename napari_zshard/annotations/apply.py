@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,49 +42,92 @@ def identity(data: bytes | memoryview | None) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-@dataclass
-class Diff:
-    """Changed voxels per global level-0 inner chunk: (flat indexes in the chunk, base, ours)."""
+class _Chunks(Mapping):
+    """``Diff.chunks``: chunk -> (flat indexes, base, ours), decompressed on access."""
 
-    chunks: dict[Coords, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    def __init__(self, diff: Diff):
+        self._diff = diff
+
+    def __getitem__(self, chunk: Coords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._diff.get(chunk)
+
+    def __iter__(self):
+        return iter(self._diff._blobs)
+
+    def __len__(self) -> int:
+        return len(self._diff._blobs)
+
+
+class Diff:
+    """Changed voxels per global level-0 inner chunk: (flat indexes in the chunk, base, ours),
+    each chunk's kept as one zstd frame (a fully repainted region costs its compressed size,
+    not 12 bytes per voxel). A chunk changed whole stores no indexes."""
+
+    def __init__(self, dtype: np.dtype | str = np.uint32, chunk_size: int = 0):
+        self.dtype = np.dtype(dtype)
+        self.chunk_size = int(chunk_size)
+        self._blobs: dict[Coords, bytes] = {}
+        self._counts: dict[Coords, int] = {}
+        self.chunks = _Chunks(self)
 
     @property
     def voxels(self) -> int:
-        return sum(len(i) for i, _, _ in self.chunks.values())
+        return sum(self._counts.values())
+
+    def put(self, chunk: Coords, index: np.ndarray, base: np.ndarray, ours: np.ndarray) -> None:
+        import zstandard
+
+        whole = len(index) == self.chunk_size
+        parts = [] if whole else [np.asarray(index, dtype=np.uint32).tobytes()]
+        parts += [np.asarray(base, dtype=self.dtype).tobytes(),
+                  np.asarray(ours, dtype=self.dtype).tobytes()]
+        self._blobs[chunk] = zstandard.ZstdCompressor(level=1).compress(b"".join(parts))
+        self._counts[chunk] = len(index)
+
+    def get(self, chunk: Coords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import zstandard
+
+        n = self._counts[chunk]
+        whole = n == self.chunk_size
+        size = (0 if whole else 4 * n) + 2 * n * self.dtype.itemsize
+        raw = zstandard.ZstdDecompressor().decompress(self._blobs[chunk], max_output_size=size)
+        if len(raw) != size:
+            raise ValueError(f"diff of chunk {chunk} is damaged")
+        if whole:
+            index = np.arange(n, dtype=np.uint32)
+            rest = raw
+        else:
+            index = np.frombuffer(raw, dtype=np.uint32, count=n)
+            rest = memoryview(raw)[4 * n:]
+        values = np.frombuffer(rest, dtype=self.dtype, count=2 * n)
+        return index, values[:n], values[n:]
 
     def to_npz(self) -> bytes:
         import io
 
-        keys = sorted(self.chunks)
+        keys = sorted(self._blobs)
         nd = len(keys[0]) if keys else 0
-        counts = [len(self.chunks[k][0]) for k in keys]
-        import zstandard
-
         buf = io.BytesIO()
-        np.savez(
-            buf, chunks=np.array(keys, dtype=np.int64).reshape(len(keys), nd),
-            counts=np.array(counts, dtype=np.int64),
-            index=np.concatenate([self.chunks[k][0] for k in keys]) if keys else np.zeros(0),
-            base=np.concatenate([self.chunks[k][1] for k in keys]) if keys else np.zeros(0),
-            ours=np.concatenate([self.chunks[k][2] for k in keys]) if keys else np.zeros(0))
-        return zstandard.ZstdCompressor(level=1, threads=-1).compress(buf.getbuffer())
+        np.savez(buf, chunks=np.array(keys, dtype=np.int64).reshape(len(keys), nd),
+                 counts=np.array([self._counts[k] for k in keys], dtype=np.int64),
+                 sizes=np.array([len(self._blobs[k]) for k in keys], dtype=np.int64),
+                 blob=np.frombuffer(b"".join(self._blobs[k] for k in keys), dtype=np.uint8),
+                 dtype=np.array(self.dtype.str), chunk_size=np.array(self.chunk_size))
+        return buf.getvalue()
 
     @classmethod
     def from_npz(cls, raw: bytes) -> Diff:
         import io
 
-        import zstandard
-
-        # a frame from another writer is bounded like any stored chunk (no decompression bomb)
-        data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 34)
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            keys, counts = z["chunks"], z["counts"]
-            index, base, ours = z["index"], z["base"], z["ours"]
-        out, pos = cls(), 0
-        for k, n in zip(keys, counts, strict=True):
-            sl = slice(pos, pos + int(n))
-            out.chunks[tuple(int(c) for c in k)] = (index[sl], base[sl], ours[sl])
-            pos += int(n)
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            out = cls(str(z["dtype"]), int(z["chunk_size"]))
+            blob = z["blob"].tobytes()
+            pos = 0
+            for k, n, size in zip(z["chunks"], z["counts"], z["sizes"], strict=True):
+                chunk = tuple(int(c) for c in k)
+                out._blobs[chunk] = blob[pos:pos + int(size)]
+                out._counts[chunk] = int(n)
+                pos += int(size)
         return out
 
 
@@ -91,6 +135,7 @@ class Diff:
 class ShardResult:
     """One level-0 shard after the merge: what it holds now and what happened per chunk."""
 
+    shard: Coords
     key: str
     base_identity: str | None
     theirs_identity: str  # what the committed attempt merged into
@@ -133,6 +178,10 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
         edits: dict[int, ChunkEdit] = {}
         for flat, chunk in members:
             index, base, ours = diff.chunks[chunk]
+            if len(index) == math.prod(cs):  # changed whole: no scatter
+                edits[flat] = ChunkEdit(base=base.reshape(cs), ours=ours.reshape(cs),
+                                        mask=np.ones(cs, dtype=bool))
+                continue
             mask = np.zeros(cs, dtype=bool)
             b = np.zeros(cs, dtype=meta.dtype)
             o = np.zeros(cs, dtype=meta.dtype)
@@ -152,7 +201,7 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
         new = store.update(key, merge, tries=50)
         written = sum(int(o.written.sum()) for o in outcomes.values())
         theirs_id, new_id = seen[-1], identity(new)
-        res = ShardResult(key=key, base_identity=(base_identities or {}).get(key),
+        res = ShardResult(shard=shard, key=key, base_identity=(base_identities or {}).get(key),
                           theirs_identity=theirs_id, new=new, outcomes=dict(outcomes))
         result.shards[shard] = res
         if new_id != theirs_id:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +31,8 @@ Coords = tuple[int, ...]
 
 
 def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
-    diff = Diff()
+    meta = edit._meta
+    diff = Diff(meta.dtype, int(np.prod(meta.chunk_shape)))
     for c, ours_part in snap.items():
         base = edit._base_values(c)
         _, inner = edit.data.chunk_box(c)
@@ -47,7 +47,7 @@ def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
         ours = base.copy()
         ours[inner] = ours_part
         idx = np.flatnonzero(mask).astype(np.uint32)  # an inner chunk holds < 2**31 bytes
-        diff.chunks[c] = (idx, base.flat[idx], ours.flat[idx])
+        diff.put(c, idx, base.flat[idx], ours.flat[idx])
     return diff
 
 
@@ -60,26 +60,30 @@ def _global_coords(li: LabelImage, shard: Coords, flat: int, mask: np.ndarray) -
     return np.argwhere(mask) + origin
 
 
-def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict]:
+def _conflict_groups(li: LabelImage, diff: Diff, shard: Coords, res: ShardResult,
+                     groups: dict[tuple[str, str, int, int], list[np.ndarray]]) -> None:
+    """Add the conflicting voxels of one merged shard to ``groups`` (by shard, ours, theirs)."""
+    meta = li.metas[0]
+    for flat, out in res.outcomes.items():
+        if not out.conflict.any():
+            continue
+        coords = _global_coords(li, shard, flat, out.conflict)
+        ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
+        chunk = tuple(int(c) // n for c, n in zip(coords[0], meta.chunk_shape, strict=True))
+        idx, _, o = diff.chunks[chunk]
+        ours.flat[idx] = o
+        pairs = np.stack([ours[out.conflict], out.theirs[out.conflict]], axis=1)
+        for pair in np.unique(pairs, axis=0):
+            hit = (pairs == pair).all(axis=1)
+            groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
+                              []).append(coords[hit])
+
+
+def _conflicts(li: LabelImage, groups: dict[tuple[str, str, int, int], list[np.ndarray]]
+               ) -> list[Conflict]:
     from .edit import Conflict
 
     meta = li.metas[0]
-    groups: dict[tuple[str, str, int, int], list[np.ndarray]] = {}
-    for shard, res in result.shards.items():
-        for flat, out in res.outcomes.items():
-            if not out.conflict.any():
-                continue
-            coords = _global_coords(li, shard, flat, out.conflict)
-            ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-            chunk = tuple(int(c) // n for c, n in zip(coords[0], meta.chunk_shape,
-                                                      strict=True))
-            idx, _, o = diff.chunks[chunk]
-            ours.flat[idx] = o
-            pairs = np.stack([ours[out.conflict], out.theirs[out.conflict]], axis=1)
-            for pair in np.unique(pairs, axis=0):
-                hit = (pairs == pair).all(axis=1)
-                groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
-                                  []).append(coords[hit])
     out_list = []
     history = prov.RecentHistory(li) if groups else None
     for (key, theirs_id, ours, theirs), parts in sorted(groups.items()):
@@ -100,59 +104,83 @@ def _conflicts(li: LabelImage, diff: Diff, result: ApplyResult) -> list[Conflict
     return out_list
 
 
-def _written(li: LabelImage, diff: Diff, result: ApplyResult, *, replay: bool = False
-             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per inner chunk: (global origin, mask of the voxels this commit changed, values
-    before, values after; full chunk arrays), for the object table and the changed region.
-    A replay also counts the voxels the interrupted original had written already (they hold
-    ours, and were the diff's base before it)."""
+def _written(li: LabelImage, diff: Diff, shard: Coords, res: ShardResult, *,
+             replay: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per inner chunk of one merged shard: (global origin, mask of the voxels this commit
+    changed, values before, values after; full chunk arrays), for the object table and the
+    changed region. A replay also counts the voxels the interrupted original had written
+    already (they hold ours, and were the diff's base before it)."""
     meta = li.metas[0]
     cps = meta.chunks_per_object
     out = []
-    for shard, res in result.shards.items():
-        for flat, o in res.outcomes.items():
-            local = np.unravel_index(flat, cps)
-            chunk = tuple(int(s * n + i) for s, n, i in zip(shard, cps, local, strict=True))
-            idx, base_vals, vals = diff.chunks[chunk]
-            ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-            ours.flat[idx] = vals
-            sel = o.written
-            before = o.theirs
-            if replay:
-                mask = np.zeros(meta.chunk_shape, dtype=bool)
-                mask.flat[idx] = True
-                sel = mask & ~o.conflict
-                base = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-                base.flat[idx] = base_vals
-                before = np.where(o.written, o.theirs, base)
-            if sel.any():
-                origin = np.array([i * c for i, c in zip(chunk, meta.chunk_shape,
-                                                         strict=True)])
-                out.append((origin, sel, before, ours))
+    for flat, o in res.outcomes.items():
+        local = np.unravel_index(flat, cps)
+        chunk = tuple(int(s * n + i) for s, n, i in zip(shard, cps, local, strict=True))
+        idx, base_vals, vals = diff.chunks[chunk]
+        ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
+        ours.flat[idx] = vals
+        sel = o.written
+        before = o.theirs
+        if replay:
+            mask = np.zeros(meta.chunk_shape, dtype=bool)
+            mask.flat[idx] = True
+            sel = mask & ~o.conflict
+            base = np.zeros(meta.chunk_shape, dtype=meta.dtype)
+            base.flat[idx] = base_vals
+            before = np.where(o.written, o.theirs, base)
+        if sel.any():
+            origin = np.array([i * c for i, c in zip(chunk, meta.chunk_shape, strict=True)])
+            out.append((origin, sel, before, ours))
     return out
 
 
-@dataclass
 class Applied:
-    result: ApplyResult
-    conflicts: list = field(default_factory=list)
-    written: list = field(default_factory=list)
+    """What a commit (or replay) did, gathered shard by shard so that the values a merge met
+    are dropped as soon as the shard is accounted for (memory stays a shard's worth)."""
+
+    def __init__(self, li: LabelImage, diff: Diff, *, replay: bool):
+        self.li, self.diff, self.replay = li, diff, replay
+        self.result: ApplyResult | None = None
+        self.groups: dict[tuple[str, str, int, int], list[np.ndarray]] = {}
+        self.delta: dict[int, dict] = {}
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.conflicts: list[Conflict] = []
+
+    def add(self, shard: Coords, res: ShardResult) -> None:
+        _conflict_groups(self.li, self.diff, shard, res, self.groups)
+        written = _written(self.li, self.diff, shard, res, replay=self.replay)
+        prov.merge_delta(self.delta, prov.object_delta(written))
+        for origin, sel, _, _ in written:
+            lo, hi = prov.mask_box(origin, sel)
+            self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+            self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+        for o in res.outcomes.values():
+            o.theirs = None  # type: ignore[assignment]
+
+    def done(self, result: ApplyResult) -> Applied:
+        self.result = result
+        update_pyramid(self.li, result.changed_chunks, result)
+        default_cache().forget(f"{self.li.store.url.rstrip('/')}/{self.li.prefix}")
+        self.conflicts = _conflicts(self.li, self.groups)
+        return self
+
+    @property
+    def changed_region(self) -> tuple[slice, ...] | None:
+        if self.lo is None or self.hi is None:
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
 
 
 def apply_all(li: LabelImage, diff: Diff, base_identities: dict[str, str] | None,
-              on_shard=None, *, replay: bool = False) -> Applied:
-    result = None
+              *, replay: bool = False) -> Applied:
+    applied = Applied(li, diff, replay=replay)
     for item in apply_level0(li, diff, base_identities=base_identities):
         if isinstance(item, ShardResult):
-            if on_shard is not None:
-                on_shard(item)
+            applied.add(item.shard, item)
         else:
-            result = item
-    assert result is not None
-    update_pyramid(li, result.changed_chunks, result)
-    default_cache().forget(f"{li.store.url.rstrip('/')}/{li.prefix}")
-    return Applied(result, _conflicts(li, diff, result),
-                   _written(li, diff, result, replay=replay))
+            return applied.done(item)
+    raise AssertionError("apply_level0 ends with its ApplyResult")
 
 
 def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
@@ -160,11 +188,12 @@ def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
     """Write the record (the commit point) and the object delta; False when another process
     had already written the record."""
     result = applied.result
+    assert result is not None
     when = prov.now().isoformat()
     # the object delta before the record: a commit killed between the two is replayed, and
     # the replay's delta (or the original's, whichever came first) is the one kept
     prov.write_object_delta(li, commit_id, intent.get("annotator") or "", when,
-                            prov.object_delta(applied.written))
+                            applied.delta)
     created = prov.write_record(
         li, commit_id, annotator=intent.get("annotator"), created=intent.get("created"),
         finished=when, message=intent.get("message", ""), region=intent.get("region"),
@@ -230,43 +259,32 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
               "label_image": li.name, "region": [[s.start, s.stop] for s in edit.region],
               "base_shards": {k: edit.base_identities.get(k, "unknown") for k in sorted(shards)},
               "overrides": list(edit._overrides), "voxels": diff.voxels}
-    unreserved = claim_unreserved(li, np.concatenate([o for _, _, o in diff.chunks.values()]))
+    unreserved = claim_unreserved(li, np.unique(np.concatenate(
+        [np.unique(o) for _, _, o in diff.chunks.values()])))
     if unreserved:
         log.warning("%s: ids %s were not taken from a reserved block; the reservation mark "
                     "now lies above them", li.name, unreserved[:10])
         intent["unreserved_ids"] = unreserved[:1000]
     prov.write_intent(li, commit_id, diff.to_npz(), **intent)
     edit._overrides.clear()
-    done = [0]
-    progress: list[CommitProgress] = []
-
-    def on_shard(_res: ShardResult) -> None:
-        done[0] += 1
-        progress.append(CommitProgress(done[0], total, False))
-
     yield CommitProgress(0, total, False)
     # apply shard by shard, reporting progress between shards
-    result = None
+    applied = Applied(li, diff, replay=False)
+    done = 0
     for item in apply_level0(li, diff, base_identities=edit.base_identities):
         if isinstance(item, ShardResult):
-            on_shard(item)
-            yield progress[-1]
+            applied.add(item.shard, item)
+            done += 1
+            yield CommitProgress(done, total, False)
         else:
-            result = item
+            applied.done(item)
+    result = applied.result
     assert result is not None
-    update_pyramid(li, result.changed_chunks, result)
-    default_cache().forget(f"{li.store.url.rstrip('/')}/{li.prefix}")
-    applied = Applied(result, _conflicts(li, diff, result), _written(li, diff, result))
     finish(li, commit_id, intent, applied, repaired=False)
     _settle(edit, snap, result.shards)
     edit._pending_conflicts.extend(applied.conflicts)
     yield CommitProgress(total, total, False)
-    changed = None
-    if applied.written:
-        boxes = [prov.mask_box(origin, sel) for origin, sel, _, _ in applied.written]
-        lo = np.min([b[0] for b in boxes], axis=0)
-        hi = np.max([b[1] for b in boxes], axis=0)
-        changed = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    changed = applied.changed_region
     return CommitReport(commit_id=commit_id, voxels_written=result.voxels_written,
                         unreserved_ids=unreserved,
                         shards_written=result.shards_written,
@@ -284,8 +302,9 @@ def current_shards(edit: Edit) -> dict[Coords, ShardResult]:
                      for c in edit.data.all_chunks()})
     keys = [li.key(0, meta.object_key(s)) for s in shards]
     raws = [r.data for r in li.store.read_many([FullRequest(k) for k in keys])]
-    return {s: ShardResult(key=k, base_identity=None, theirs_identity=identity(raw), new=raw,
-                           outcomes={}) for s, k, raw in zip(shards, keys, raws, strict=True)}
+    return {s: ShardResult(shard=s, key=k, base_identity=None,
+                           theirs_identity=identity(raw), new=raw, outcomes={})
+            for s, k, raw in zip(shards, keys, raws, strict=True)}
 
 
 def _settle(edit: Edit, snap: dict[Coords, np.ndarray], shards: dict[Coords, ShardResult]

@@ -3,7 +3,7 @@ and the per-object table (write-once CSV deltas plus compaction).
 
 Layout inside a label image (``labels/<name>/zshard/``)::
 
-    commits/<commit-id>/diff.npz.zst what changed: per inner chunk, voxel indexes, base, ours
+    commits/<commit-id>/diff.npz     what changed: per inner chunk, voxel indexes, base, ours
     commits/<commit-id>/intent.json  written before the first shard (who, when, why, where)
     commits/<commit-id>/record.json  written after the last shard: the commit point
     objects/deltas/<commit-id>.csv   per-object changes of one commit
@@ -29,8 +29,8 @@ import numpy as np
 from ..store import Store
 from .labelimage import LabelImage
 
-#: the diff of a commit: an uncompressed .npz in a zstd frame (zlib took 2/3 of a big commit)
-DIFF_NAME = "diff.npz.zst"
+#: the diff of a commit: an .npz of per-chunk zstd frames (zlib took 2/3 of a big commit)
+DIFF_NAME = "diff.npz"
 #: An intent without a record older than this is finished by the next commit (seconds).
 STALE_INTENT_SECONDS = 60.0
 TABLE_COLUMNS = ("id", "author", "created", "modified_by", "modified", "voxels", "bbox")
@@ -245,6 +245,16 @@ def object_delta(written: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
             r["lo"] = lo if r["lo"] is None else np.minimum(r["lo"], lo)
             r["hi"] = hi if r["hi"] is None else np.maximum(r["hi"], hi)
     return out
+
+
+def merge_delta(into: dict[int, dict[str, Any]], part: dict[int, dict[str, Any]]) -> None:
+    """Add the per-object changes ``part`` to ``into``."""
+    for v, r in part.items():
+        row = into.setdefault(v, {"voxels": 0, "lo": None, "hi": None})
+        row["voxels"] += r["voxels"]
+        if r["lo"] is not None:
+            row["lo"] = r["lo"] if row["lo"] is None else np.minimum(row["lo"], r["lo"])
+            row["hi"] = r["hi"] if row["hi"] is None else np.maximum(row["hi"], r["hi"])
 
 
 def _bbox_text(lo, hi) -> str:
