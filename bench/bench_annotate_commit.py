@@ -18,7 +18,8 @@ Measured: checkout and commit wall time, the commit split by phase (the function
 this process, ``/proc/self/io`` wchar; on S3 the PUT bodies), requests (the store's own counters,
 the store operations made, and on S3 every HTTP request the client sends to moto), and the
 size of the shards the commit replaced (its record), for the target
-bytes written <= 1.15 x touched shards + 64 KiB.
+bytes written <= 1.15 x touched shards + 64 KiB. After each commit the painted voxels are read
+back with zarr-python (not timed).
 """
 
 from __future__ import annotations
@@ -378,6 +379,20 @@ def touched_shards(url: str, options: dict | None, commit_id: str | None) -> dic
         PROBE.counting = True
 
 
+def check_painted(url: str, options: dict | None, region, mask: np.ndarray, value: int) -> None:
+    """Read the committed voxels back with zarr-python (not timed, not counted)."""
+    import zarr
+
+    PROBE.counting = False
+    try:
+        kw = {"storage_options": options} if options else {}
+        got = zarr.open_array(f"{url}/labels/{LABELS}/0", mode="r", **kw)[region]
+        if not (got[mask] == value).all():
+            raise RuntimeError(f"{url}: zarr-python does not read back the committed voxels")
+    finally:
+        PROBE.counting = True
+
+
 def _checkout(url, options, geo, who):
     from napari_zshard import annotations as ann
 
@@ -399,7 +414,8 @@ def run_case(case: str, transport: Transport, url: str, geo: dict) -> dict:
         edit.data[box] = np.array(edit.data[box])  # every chunk of the box dirty, no change
     else:
         mask = ellipsoid(edit.region, geo[case], geo.get(f"{case}_radii", geo["radii"]))
-        edit.data[mask] = edit.new_label_id()
+        value = edit.new_label_id()
+        edit.data[mask] = value
         out["voxels_painted"] = int(mask.sum())
     PROBE.watch_store(edit.li.store, f"labels/{LABELS}/")
     stats0 = edit.li.store.stats.snapshot()
@@ -413,6 +429,8 @@ def run_case(case: str, transport: Transport, url: str, geo: dict) -> dict:
     out.update(voxels_written=report.voxels_written, shards_written=report.shards_written,
                report_bytes=report.bytes_written, conflicts=len(report.conflicts))
     out["touched"] = touched_shards(url, options, report.commit_id)
+    if case != "noop":
+        check_painted(url, options, edit.region, mask, value)
     return out
 
 
