@@ -18,6 +18,7 @@ import numpy as np
 
 from ..engine.cache import default_cache
 from ..engine.shard_update import decode_chunk, split_shard
+from ..errors import ZShardError
 from . import provenance as prov
 from .apply import ApplyResult, Diff, ShardResult, apply_level0, identity, update_pyramid
 from .ids import claim_unreserved
@@ -233,8 +234,12 @@ def finish_stale(li: LabelImage) -> list[str]:
     done = []
     for cid in prov.interrupted(li, older_than=prov.STALE_INTENT_SECONDS):
         log.info("finishing the interrupted commit %s", cid)
-        if replay(li, cid):
-            done.append(cid)
+        try:
+            if replay(li, cid):
+                done.append(cid)
+        except (ZShardError, ValueError, OSError) as e:
+            # someone else's unfinishable commit must not block this one; repair reports it
+            log.warning("cannot finish the interrupted commit %s: %s", cid, e)
     return done
 
 
