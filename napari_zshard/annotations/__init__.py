@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from .commit import replay
 from .edit import CommitProgress, CommitReport, Conflict, Edit, checkout
+from .geometry import (
+    Geometry,
+    GeometryConflict,
+    GeometryReport,
+    export_geometry,
+    geometry_layers,
+    load_geometry,
+)
 from .labelimage import label_images as _label_images
 from .maintenance import RepairReport, log, object_table, repair
 from .provenance import CommitRecord
@@ -25,6 +33,7 @@ def label_images(url: str, *, storage_options: dict | None = None) -> list[str]:
 
 __all__ = [
     "CommitProgress", "CommitRecord", "CommitReport", "Conflict", "Edit", "EditableRegion",
-    "RepairReport", "annotator_slug", "checkout", "label_images", "log", "object_table",
-    "repair", "replay",
+    "Geometry", "GeometryConflict", "GeometryReport", "RepairReport", "annotator_slug",
+    "checkout", "export_geometry", "geometry_layers", "label_images", "load_geometry", "log",
+    "object_table", "repair", "replay",
 ]
