@@ -241,11 +241,13 @@ class _Instance:
     def consensus_table(self, stats: Stats, li) -> bytes:
         names, rows = self.src.names, []
         for r, cid in enumerate(stats.ids.tolist()):
-            members = self.plan.clusters[cid - 1]
             lo, hi = stats.lo[r], stats.hi[r] - 1
-            rows.append([cid, self.plan.classes[cid - 1] if self.plan.classes[cid - 1]
-                         is not None else "", int(stats.count[r]),
-                         [f"{names[i]}:{a}" for i, a in members],
+            if cid <= len(self.plan.clusters):
+                cls = self.plan.classes[cid - 1]
+                sources = [f"{names[i]}:{a}" for i, a in self.plan.clusters[cid - 1]]
+            else:  # a value a resolution painted
+                cls, sources = None, ["resolved"]
+            rows.append([cid, "" if cls is None else cls, int(stats.count[r]), sources,
                          _world(li.scale, li.translate, lo), _world(li.scale, li.translate, hi),
                          _world(li.scale, li.translate, stats.sums[r] / stats.count[r])])
         return csv_bytes(["id", "class", "voxels", "sources", "bbox_min", "bbox_max",

@@ -14,7 +14,7 @@ from ...engine.shard_writer import iter_shards, shard_region
 from ...errors import AnnotationError, MetadataError, UnsupportedLabelImageError
 from ...ome import parse_multiscales
 from ...store import Store
-from ..coverage import RESERVED_NAMES, Coverage, coverage_of
+from ..coverage import COVERAGE_OBJECT, RESERVED_NAMES, Coverage, coverage_of
 from ..labelimage import LabelImage, label_images, open_label_image
 
 Coords = tuple[int, ...]
@@ -102,6 +102,9 @@ def open_inputs(store: Store, inputs: Sequence[str] | str, *, output: str) -> In
         except (MetadataError, UnsupportedLabelImageError) as e:
             raise MergeInputError(f"input {n!r} is not a label image that can be merged: {e}"
                                   ) from e
+        if everything and li.store.read(li.zshard_key(COVERAGE_OBJECT)) is None:
+            skipped.append(n)  # never reviewed anything (e.g. a label image of another kind)
+            continue
         li_scale = _level0_scale(li)
         if li.metas[0].shape != shape or not np.allclose(li_scale, scale):
             bad.append(f"{n} (shape {li.metas[0].shape}, scale {li_scale})")
