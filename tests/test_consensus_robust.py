@@ -211,3 +211,17 @@ def test_command(store_url, capsys):
     assert report["mode"] == "semantic" and len(report["inputs"]) == 4
     assert main(["annotations", "merge", url, "--inputs", "ghost"]) == 2
     assert "'ghost' is not a label image" in capsys.readouterr().err
+
+
+def test_dask_distributed_gives_the_same_bytes(tmp_path, store_url):
+    from dask import distributed
+
+    url, _ = store_url
+    merge(url, mode="instance", workers=2)
+    threads = output_hashes(url)
+    shutil.rmtree(Path(url, "labels", "consensus"))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        merge(url, mode="instance", client=client)
+    assert output_hashes(url) == threads

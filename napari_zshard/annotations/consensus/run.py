@@ -17,7 +17,7 @@ from . import instance, semantic
 from .contingency import PairTable, Stats, block_stats, pair_counts, reduce_pairs, reduce_stats
 from .output import begin, csv_bytes, map_shards, publish, write_pyramid
 from .overrides import read_overrides
-from .sources import Inputs, MergeInputError, open_inputs
+from .sources import Inputs, MergeInputError, open_inputs, slabs
 
 MODES = ("semantic", "instance")
 CONSENSUS_TABLE = "objects.csv"
@@ -141,8 +141,14 @@ class _Semantic:
 
     def paint(self, shard, _overlap_ids):
         region, values, covered = self.src.read(shard)
-        cons, kind = semantic.vote(values, covered, quorum=self.quorum)
-        ids = semantic.conflict_ids(kind, region, self.src.meta.chunk_shape, self.grid)
+        cons = np.zeros(values.shape[1:], np.uint32)
+        ids = np.zeros(values.shape[1:], np.uint32)
+        for local, sub in slabs(region):
+            c, kind = semantic.vote(values[(slice(None), *local)],
+                                    covered[(slice(None), *local)], quorum=self.quorum)
+            cons[local] = c
+            ids[local] = semantic.conflict_ids(kind, sub, self.src.meta.chunk_shape,
+                                               self.grid)
         masks = {}
         for cid in np.unique(ids[ids > 0]).tolist():
             sel = ids == cid
@@ -195,10 +201,17 @@ class _Instance:
 
         def count(shard):
             region, values, covered = src.read(shard)
-            objs = [block_stats(values[i], region) for i in range(k)]
-            prs = {(i, j): pair_counts(values[i], values[j], covered[i] & covered[j])
-                   for i in range(k) for j in range(i + 1, k)}
-            return objs, prs
+            objs: list[list[Stats]] = [[] for _ in range(k)]
+            prs: dict = {(i, j): [] for i in range(k) for j in range(i + 1, k)}
+            for local, sub in slabs(region):
+                v, c = values[(slice(None), *local)], covered[(slice(None), *local)]
+                for i in range(k):
+                    objs[i].append(block_stats(v[i], sub))
+                for (i, j), parts in prs.items():
+                    parts.append(pair_counts(v[i], v[j], c[i] & c[j]))
+            ndim = len(region)
+            return ([reduce_stats(o, ndim) for o in objs],
+                    {key: reduce_pairs(parts) for key, parts in prs.items()})
 
         objs: list[list[Stats]] = [[] for _ in range(k)]
         prs: dict = {(i, j): [] for i in range(k) for j in range(i + 1, k)}
@@ -226,7 +239,15 @@ class _Instance:
 
     def paint(self, shard, overlap_ids):
         region, values, covered = self.src.read(shard)
-        cons, codes, pairs = instance.paint(self.plan, values, covered, overlap_ids)
+        cons = np.zeros(values.shape[1:], np.uint32)
+        codes = np.zeros(values.shape[1:], np.uint32)
+        pairs: dict = {}
+        for local, _ in slabs(region):
+            c, x, p = instance.paint(self.plan, values[(slice(None), *local)],
+                                     covered[(slice(None), *local)], overlap_ids)
+            cons[local], codes[local] = c, x
+            for key, n in p.items():
+                pairs[key] = pairs.get(key, 0) + n
         return region, cons, codes, pairs
 
     def after_first_paint(self, extras) -> list:

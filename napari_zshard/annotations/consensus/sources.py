@@ -40,12 +40,14 @@ class Inputs:
         return list(iter_shards(self.meta))
 
     def read(self, shard: Coords) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-        """(region, values (k, ...) uint64 with 0 outside coverage, coverage (k, ...))."""
+        """(region, values (k, ...) with 0 outside coverage, coverage (k, ...)) of a shard
+        (the inputs' own dtype: 4 x 8 MiB for a 128³ uint32 shard; the arithmetic is done
+        in :func:`slabs`)."""
         region = shard_region(self.meta, shard)
         vals, covs = [], []
         for arr, cov in zip(self.arrays, self.coverages, strict=True):
             c = cov.mask(region)
-            v = np.asarray(arr[region]).astype(np.uint64)
+            v = np.array(arr[region])
             v[~c] = 0
             vals.append(v)
             covs.append(c)
@@ -132,3 +134,19 @@ def open_inputs(store: Store, inputs: Sequence[str] | str, *, output: str) -> In
                   arrays=tuple(open_array(li.store.child(f"{li.prefix}/{li.paths[0]}"),
                                           readahead=False, cache=EngineCache(0))
                                for li in images))
+
+
+#: voxels per slab of the per-voxel arithmetic (a few arrays of k x this many int64 each)
+SLAB_VOXELS = 1 << 18
+
+
+def slabs(region: tuple[slice, ...]):
+    """(local, global) slices of ``region`` in slabs along axis 0 of about
+    :data:`SLAB_VOXELS` voxels: the temporaries of a vote stay a few MiB per thread."""
+    plane = int(np.prod([s.stop - s.start for s in region[1:]]))
+    depth = max(1, SLAB_VOXELS // max(1, plane))
+    n = region[0].stop - region[0].start
+    for lo in range(0, n, depth):
+        hi = min(n, lo + depth)
+        local = (slice(lo, hi), *(slice(None) for _ in region[1:]))
+        yield local, (slice(region[0].start + lo, region[0].start + hi), *region[1:])
