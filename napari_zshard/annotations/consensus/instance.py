@@ -59,9 +59,9 @@ class Plan:
     id -> conflict code."""
 
     k: int
-    consensus: list[tuple[np.ndarray, np.ndarray]]  # per annotator (ids, consensus ids)
+    consensus: list[tuple[np.ndarray, ...]]  # per annotator (ids, consensus ids[, dense])
     members: np.ndarray  # bit mask of member annotators per consensus id (index 0 unused)
-    codes: list[tuple[np.ndarray, np.ndarray]]  # per annotator (ids, rank << 32 | conflict)
+    codes: list[tuple[np.ndarray, ...]]  # per annotator (ids, rank << 32 | conflict[, dense])
     clusters: list[tuple[Member, ...]]  # per consensus id - 1
     classes: list[int | None]
     conflicts: list[Conflict] = field(default_factory=list)
@@ -169,21 +169,41 @@ def plan(k: int, stats: list[Stats], pairs: dict[tuple[int, int], PairTable], *,
     per_cons, per_code = [], []
     for i in range(k):
         ids = stats[i].ids
-        per_cons.append((ids, np.array([in_consensus.get((i, int(a)), 0) for a in ids],
-                                        dtype=np.int64)))
-        per_code.append((ids, np.array([code.get((i, int(a)), 0) for a in ids],
-                                       dtype=np.int64)))
+        per_cons.append(with_dense(ids, np.array([in_consensus.get((i, int(a)), 0)
+                                                  for a in ids], dtype=np.int64)))
+        per_code.append(with_dense(ids, np.array([code.get((i, int(a)), 0) for a in ids],
+                                                 dtype=np.int64)))
     members = np.array([0] + [sum(1 << i for i, _ in c) for c in quorate], dtype=np.int64)
     return Plan(k=k, consensus=per_cons, members=members, codes=per_code, clusters=quorate,
                 classes=cons_class, conflicts=ordered)
 
 
-def lookup(table: tuple[np.ndarray, np.ndarray], values: np.ndarray) -> np.ndarray:
-    keys, out = table
+#: ids below this are looked up in a dense table (a gather, ~10x faster than a search);
+#: 4 M ids x 8 bytes = 32 MiB per annotator and table at most
+DENSE_IDS = 1 << 22
+
+
+def lookup(table: tuple[np.ndarray, ...], values: np.ndarray) -> np.ndarray:
+    """``out[id]`` per voxel (0 for 0 and unknown ids) of a (sorted ids, out) table."""
+    keys, out = table[0], table[1]
     if not len(keys):
         return np.zeros(values.shape, np.int64)
+    dense = table[2] if len(table) > 2 else None
+    if dense is not None:
+        return dense[np.minimum(values, len(dense) - 1)]
     pos = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
     return np.where((keys[pos] == values) & (values != 0), out[pos], 0)
+
+
+def with_dense(keys: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The table, plus a dense copy when its ids are small (the last entry stays 0: ids
+    beyond the table are clipped onto it)."""
+    if not len(keys) or int(keys[-1]) + 2 > DENSE_IDS:
+        return keys, out
+    dense = np.zeros(int(keys[-1]) + 2, np.int64)
+    dense[keys.astype(np.int64)] = out
+    dense[0] = 0
+    return keys, out, dense
 
 
 def paint(p: Plan, values: np.ndarray, covered: np.ndarray,
