@@ -141,6 +141,8 @@ def test_bad_inputs_are_named(tmp_path, store_url):
     assert slugs["bob"] not in report.inputs
     with pytest.raises(ValueError, match="mode"):
         merge(url, mode="vote")
+    with pytest.raises(ValueError, match="two label images"):
+        merge(url, output="x", conflicts="x")
 
 
 _SLOW_MERGE = """

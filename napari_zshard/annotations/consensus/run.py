@@ -57,6 +57,10 @@ def merge(url: str, *, inputs: list[str] | str = "all", output: str = "consensus
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if output == conflicts:
+        raise ValueError(f"output and conflicts must be two label images, both are {output!r}")
+    if classes is not None and mode != "instance":
+        raise ValueError("classes are for instance labels; in semantic mode a value is a class")
     if quorum is not None and quorum < 1:
         raise ValueError(f"quorum must be at least 1, not {quorum}")
     t0 = time.perf_counter()
