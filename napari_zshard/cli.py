@@ -170,9 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("path", nargs="?", help="where to write the sample (default: cache)")
     demo.set_defaults(run=cmd_demo)
     add_annotation_parsers(commands, common)
-    from .commands.annotations_merge import add_merge_parser  # issue 15
-
-    add_merge_parser(commands, common)
     return parser
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import put_on_s3
+from test_consensus_merge import NAMES, OPTIONS, read, synthetic, table, write_store
 
 from napari_zshard import annotations as ann
 from napari_zshard.annotations.consensus import MergeInputError, merge, resolve
@@ -29,8 +31,6 @@ from napari_zshard.cli import main
 from napari_zshard.errors import AnnotationError
 from napari_zshard.multiscale.write import ImageSpec, WriteOptions, save_image
 from napari_zshard.store import open_store
-from tests.conftest import put_on_s3
-from tests.test_consensus_merge import NAMES, OPTIONS, read, synthetic, table, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,8 @@ commit only what changed (three-way merge per voxel under compare-and-swap), wit
 from __future__ import annotations
 
 from .commit import replay
+from .consensus import merge, resolve
+from .coverage import mark_reviewed, read_coverage
 from .edit import CommitProgress, CommitReport, Conflict, Edit, checkout
 from .geometry import (
     Geometry,
@@ -35,5 +37,5 @@ __all__ = [
     "CommitProgress", "CommitRecord", "CommitReport", "Conflict", "Edit", "EditableRegion",
     "Geometry", "GeometryConflict", "GeometryReport", "RepairReport", "annotator_slug",
     "checkout", "export_geometry", "geometry_layers", "label_images", "load_geometry", "log",
-    "object_table", "repair", "replay",
+    "mark_reviewed", "merge", "object_table", "read_coverage", "repair", "replay", "resolve",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .annotations_merge import add_merge_parser
 from .common import EXIT_OK
 
 
@@ -49,9 +50,10 @@ def cmd_annotations_repair(args: argparse.Namespace) -> int:
 
 
 def add_parsers(commands, common: argparse.ArgumentParser) -> None:
-    """``zshard annotations {log,repair}``."""
+    """``zshard annotations {log,repair,merge}``."""
     parser = commands.add_parser(
-        "annotations", parents=[common], help="annotation commits: log, repair",
+        "annotations", parents=[common],
+        help="annotation commits: log, repair; merge annotators into a consensus",
         description="The annotation commits of an OME-Zarr image's label images.")
     sub = parser.add_subparsers(dest="annotations_command", required=True, metavar="ACTION")
     for name, run, text in (
@@ -63,3 +65,4 @@ def add_parsers(commands, common: argparse.ArgumentParser) -> None:
         p.add_argument("--labels", help="only this label image (default: all listed)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(run=run)
+    add_merge_parser(sub, common)

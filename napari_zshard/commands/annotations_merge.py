@@ -30,11 +30,8 @@ def cmd_annotations_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_merge_parser(commands, common: argparse.ArgumentParser) -> None:
-    """Add ``merge`` to the ``annotations`` command (made by :mod:`.annotations`)."""
-    annotations = commands.choices["annotations"]
-    # the ACTION sub-command group of ``zshard annotations`` (argparse keeps no public handle)
-    sub = next(a for a in annotations._actions if isinstance(a, argparse._SubParsersAction))
+def add_merge_parser(sub, common: argparse.ArgumentParser) -> None:
+    """Add ``merge`` to the sub-commands ``sub`` of ``zshard annotations``."""
     text = "merge the annotators' label images into labels/consensus and labels/conflicts"
     p = sub.add_parser("merge", parents=[common], help=text, description=text)
     p.add_argument("url", metavar="URL", help="the OME-Zarr image (path or s3:// URL)")

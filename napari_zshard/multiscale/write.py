@@ -104,9 +104,11 @@ def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard,
     return write_shard(store, meta, shard, np.asarray(block, dtype=meta.dtype))
 
 
-def _write_downsampled(store: Store, meta: ArrayMeta, previous: Store, previous_meta: ArrayMeta,
-                       factors, method: str, shard) -> int:
-    """One shard of a coarser level from the level before it, in slabs along axis 0."""
+def write_downsampled_shard(store: Store, meta: ArrayMeta, previous: Store,
+                            previous_meta: ArrayMeta, factors, method: str, shard) -> int:
+    """Write one shard of a coarser level from the level before it (``previous``, described
+    by ``previous_meta``: its zarr.json may not be written yet), in slabs along axis 0;
+    ``method`` is ``"mean"`` or ``"mode"``. Returns the bytes written."""
     # A cache of its own: the level was written moments ago under a name the process-wide
     # cache may know from before (an object store overwritten in place), each of its chunks
     # is read once, and a save should not push out what the viewer has cached. Opened from
@@ -357,7 +359,7 @@ def run_plan(plan: _ImagePlan, runner: _Runner) -> Iterator[str]:
                 args = [(level_store, meta, source, s) for s in shards]
             tasks = runner.run(_write_from_source, args)
         else:
-            tasks = runner.run(_write_downsampled,
+            tasks = runner.run(write_downsampled_shard,
                                [(level_store, meta, plan.stores[i - 1], plan.metas[i - 1],
                                  plan.factors[i - 1], plan.method, s) for s in shards])
         for _ in tasks:

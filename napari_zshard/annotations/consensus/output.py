@@ -23,7 +23,7 @@ import numpy as np
 from ...engine.create import create_array
 from ...engine.metadata import ArrayMeta
 from ...engine.shard_writer import iter_shards, write_shard
-from ...multiscale.write import _write_downsampled, group_json
+from ...multiscale.write import group_json, write_downsampled_shard
 from ...ome import parse_label_names
 from ...store import Store
 from ..labelimage import LabelImage, _list_label_image
@@ -109,10 +109,10 @@ def write_pyramid(out: OutputImage, *, workers: int, client: Any = None) -> None
     """Levels 1.. from the level below, by mode (what the writer does for labels)."""
     for level in range(1, len(out.metas)):
         meta, store, prev = out.metas[level], out.stores[level], out.stores[level - 1]
-        f = out.factors[level - 1]
+        prev_meta, f = out.metas[level - 1], out.factors[level - 1]
 
-        def one(shard, meta=meta, store=store, prev=prev, f=f):
-            return _write_downsampled(store, meta, prev, f, "mode", shard)
+        def one(shard, meta=meta, store=store, prev=prev, prev_meta=prev_meta, f=f):
+            return write_downsampled_shard(store, meta, prev, prev_meta, f, "mode", shard)
 
         for _ in map_shards(one, iter_shards(meta), workers=workers, client=client):
             pass
