@@ -126,7 +126,13 @@ def mark_reviewed(url: str, *, labels: str, region: tuple[slice, ...] | None = N
     None: the whole volume), or with ``reviewed=False`` take it back. Only chunks the region
     covers whole change (see the module docstring)."""
     check_not_reserved(labels)
-    li = open_label_image(writable_store(url, storage_options), labels)
+    return mark_reviewed_in(open_label_image(writable_store(url, storage_options), labels),
+                            region, reviewed=reviewed)
+
+
+def mark_reviewed_in(li: LabelImage, region: tuple[slice, ...] | None, *,
+                     reviewed: bool = True) -> MarkReport:
+    """:func:`mark_reviewed` for a label image already open (a commit of an own edit)."""
     meta = li.metas[0]
     shape, cs = meta.shape, meta.chunk_shape
     region = region or tuple(slice(0, n) for n in shape)

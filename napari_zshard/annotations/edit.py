@@ -92,20 +92,36 @@ def _check_region(region, shape: tuple[int, ...], max_voxels: int) -> tuple[slic
     return tuple(out)
 
 
-def checkout(url: str, *, labels: str, region: tuple[slice, ...] | None = None,
-             annotator: str, create: bool = False, storage_options: dict | None = None,
-             max_voxels: int = 2048 * 2048 * 64) -> Edit:
+def checkout(url: str, *, labels: str | None = None, region: tuple[slice, ...] | None = None,
+             annotator: str, create: bool = False, own: bool = False,
+             storage_options: dict | None = None, max_voxels: int = 2048 * 2048 * 64) -> Edit:
     """Check out ``region`` (level-0 voxels) of the label image ``labels/<labels>`` of the
-    OME-Zarr image at ``url`` for editing (``create``: make the label image if missing)."""
+    OME-Zarr image at ``url`` for editing (``create``: make the label image if missing).
+
+    ``own=True``: the annotator's own label image ``labels/<annotator slug>`` (made on first
+    use), for independent annotations merged later (:func:`~.consensus.merge`); committing an
+    own edit also marks its region reviewed in the annotator's coverage map (chunks it covers
+    whole; :mod:`.coverage`)."""
     slug = annotator_slug(annotator)
+    if own:
+        if labels not in (None, slug):
+            raise ValueError(f"own=True edits the annotator's own label image {slug!r}, not "
+                             f"{labels!r}: pass one or the other")
+        labels, create = slug, True
+    elif labels is None:
+        raise TypeError("checkout needs labels= (the label image to edit) or own=True")
     store = writable_store(url, storage_options)
     li = open_label_image(store, labels, create=create)
     region = _check_region(region, li.metas[0].shape, max_voxels)
-    return Edit(li, region, annotator=annotator, slug=slug)
+    edit = Edit(li, region, annotator=annotator, slug=slug)
+    edit.own = own
+    return edit
 
 
 class Edit:
     """A checked-out region: :attr:`data` to paint into, :meth:`commit` to export."""
+
+    own = False  # the annotator's own label image (checkout(own=True))
 
     def __init__(self, li: LabelImage, region: tuple[slice, ...], *, annotator: str, slug: str):
         self.li = li
@@ -223,6 +239,10 @@ class Edit:
             raise AnnotationError("a commit of this edit is already running; wait for it")
         try:
             report = yield from run_commit(self, message)
+            if self.own:  # an own edit committed: its region was reviewed
+                from .coverage import mark_reviewed_in
+
+                mark_reviewed_in(self.li, self.region)
         finally:
             self._committing.release()
         return report

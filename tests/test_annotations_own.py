@@ -1,0 +1,38 @@
+"""Each annotator labels the same volume in a label image of their own, then one merge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_annotations_region import make_image
+
+from napari_zshard import annotations as ann
+
+
+def test_own_edits_go_to_each_annotators_label_image_and_their_commits_mark_coverage(tmp_path):
+    url = make_image(tmp_path)
+    box = (slice(0, 16), slice(0, 64), slice(0, 64))  # whole inner chunks
+    for name, value in (("alice", 3), ("bob", 3), ("carol", 4)):
+        edit = ann.checkout(url, own=True, annotator=name, region=box)
+        assert edit.labels_name == ann.annotator_slug(name)
+        edit.data[2:10, 8:40, 8:40] = value
+        edit.commit(message=f"{name}'s pass")
+
+    slugs = sorted(ann.annotator_slug(n) for n in ("alice", "bob", "carol"))
+    assert sorted(ann.label_images(url)) == slugs
+    coverage = ann.read_coverage(url, labels=ann.annotator_slug("alice")).reviewed
+    assert coverage[0, :4, :4].all() and not coverage[1:].any() and not coverage[0, 4:].any()
+
+    report = ann.merge(url, mode="semantic")
+    assert sorted(report.inputs) == slugs
+    consensus = ann.checkout(url, labels="consensus", annotator="reader", region=box).data
+    assert (np.asarray(consensus)[2:10, 8:40, 8:40] == 3).all()  # 2 of 3 said 3
+
+
+def test_own_and_a_named_label_image_are_one_or_the_other(tmp_path):
+    url = make_image(tmp_path)
+    with pytest.raises(ValueError, match="own label image"):
+        ann.checkout(url, own=True, labels="cells", annotator="alice",
+                     region=(slice(0, 16), slice(0, 16), slice(0, 16)))
+    with pytest.raises(TypeError, match="labels="):
+        ann.checkout(url, annotator="alice", region=(slice(0, 16), slice(0, 16), slice(0, 16)))
