@@ -137,3 +137,28 @@ def test_bad_input_is_refused_with_a_message(image, http_server, tmp_path):
                         annotator="a", data=[[1, 2, 3]])
     with pytest.raises(KeyError, match="no geometry layer"):
         load_geometry(image, name="missing")
+
+
+def test_points_of_several_annotators_merge_into_consensus_points_with_counts(image):
+    from napari_zshard import annotations as ann
+
+    truth = np.array([[2, 10, 10], [5, 30, 30], [8, 50, 12]], float)
+    rng = np.random.default_rng(1)
+    for who, keep in (("alice", [0, 1, 2]), ("bob", [0, 1]), ("carol", [0, 2])):
+        jitter = rng.uniform(-1, 1, size=(len(keep), 3))
+        export_geometry(image, name="nuclei", kind="points", annotator=who,
+                        data=truth[keep] + jitter, scale=(1, 1, 1))
+    export_geometry(image, name="nuclei", kind="points", annotator="dave",
+                    data=[[14, 60, 60]])  # alone: unmatched
+
+    merged = ann.merge_points(image, name="nuclei", tolerance=4.0)
+
+    assert merged.quorum == 3  # of 4 annotators
+    assert merged.annotators == [3]  # only the first point was placed by 3 of them
+    assert np.abs(merged.data[0] - truth[0]).max() < 1
+    assert len(merged.unmatched) == 8 - 3  # 8 points placed in all
+    again = ann.merge_points(image, name="nuclei", tolerance=4.0, quorum=2)
+    assert sorted(again.annotators) == [2, 2, 3] and len(again.unmatched) == 1
+    assert np.allclose(sorted(again.data[:, 0]), [2, 5, 8], atol=1)
+    with pytest.raises(ValueError, match="tolerance"):
+        ann.merge_points(image, name="nuclei", tolerance=0)

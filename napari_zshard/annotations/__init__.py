@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .commit import replay
 from .consensus import merge, resolve
+from .consensus.points import PointsConsensus, merge_points
 from .coverage import mark_reviewed, read_coverage
 from .edit import CommitProgress, CommitReport, Conflict, Edit, checkout
 from .geometry import (
@@ -35,7 +36,8 @@ def label_images(url: str, *, storage_options: dict | None = None) -> list[str]:
 
 __all__ = [
     "CommitProgress", "CommitRecord", "CommitReport", "Conflict", "Edit", "EditableRegion",
-    "Geometry", "GeometryConflict", "GeometryReport", "RepairReport", "annotator_slug",
-    "checkout", "export_geometry", "geometry_layers", "label_images", "load_geometry", "log",
-    "mark_reviewed", "merge", "object_table", "read_coverage", "repair", "replay", "resolve",
+    "Geometry", "GeometryConflict", "GeometryReport", "PointsConsensus", "RepairReport",
+    "annotator_slug", "checkout", "export_geometry", "geometry_layers", "label_images",
+    "load_geometry", "log", "mark_reviewed", "merge", "merge_points", "object_table",
+    "read_coverage", "repair", "replay", "resolve",
 ]

@@ -80,7 +80,8 @@ class GeometryReport:
     bytes_written: int
 
 
-def _prefix(name: str) -> str:
+def layer_prefix(name: str) -> str:
+    """Where the geometry layer ``name`` lives in its image's store."""
     return f"zshard/geometry/{annotator_slug(name)}"
 
 
@@ -175,7 +176,7 @@ def load_geometry(url: str, *, name: str, storage_options: dict | None = None) -
     from ..store import open_store
 
     store = open_store(url, storage_options)
-    prefix = _prefix(name)
+    prefix = layer_prefix(name)
     raw = store.read(f"{prefix}/layer.json")
     if raw is None:
         raise KeyError(f"{store.url}: no geometry layer named {name!r}")
@@ -234,7 +235,7 @@ def export_geometry(url: str, *, name: str, kind: str, data: Any, annotator: str
     for k in _OURS:
         feats.pop(k, None)
     ndim = objs[0].shape[1] if objs else (len(scale) if scale is not None else 3)
-    prefix = _prefix(name)
+    prefix = layer_prefix(name)
     slug = annotator_slug(annotator)
     store.create_exclusive(f"{prefix}/layer.json", json.dumps({"zshard": {
         "kind": kind, "name": name,
