@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -207,10 +207,11 @@ def with_dense(keys: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def paint(p: Plan, values: np.ndarray, covered: np.ndarray,
-          overlap_ids: Mapping[tuple[int, int], int] | None
+          overlap_id: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
           ) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], int]]:
     """(consensus ids, conflict codes, overlapping consensus pairs with voxel counts) of a
-    block; ``overlap_ids`` (known after the first painting pass) paints the overlaps.
+    block; ``overlap_id(lo, hi)`` (the conflict id of each overlapping pair of consensus ids;
+    None: not known yet, a later pass paints them) paints the overlaps.
 
     A voxel belongs to a consensus object when more than half of the object's members
     *that covered the voxel* marked it: where one member never looked, the others decide."""
@@ -238,9 +239,8 @@ def paint(p: Plan, values: np.ndarray, covered: np.ndarray,
         keys, counts = np.unique(lo * (1 << 32) + hi, return_counts=True)
         pairs = {(int(x >> 32), int(x & 0xFFFFFFFF)): int(n) for x, n in
                  zip(keys, counts, strict=True)}
-        if overlap_ids is not None:
-            oc = np.array([(RANK["overlap"] << 32) | overlap_ids[(int(a), int(b))]
-                           for a, b in zip(lo, hi, strict=True)], dtype=np.int64)
+        if overlap_id is not None:
+            oc = (RANK["overlap"] << 32) | overlap_id(lo, hi).astype(np.int64)
             codes[overlap] = np.minimum(codes[overlap], oc)
     codes[codes == np.iinfo(np.int64).max] = 0
     return cons, codes & 0xFFFFFFFF, pairs
