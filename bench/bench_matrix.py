@@ -225,6 +225,13 @@ def per_chunk_overhead(runs: dict, spec: VolumeSpec) -> dict | None:
     return out
 
 
+def _tile_mib(got: dict, reader: str) -> str:
+    runs = sorted(got[reader], key=lambda r: r.bytes_at_return)
+    r = runs[len(runs) // 2]
+    return (f"{reader} {r.bytes_at_return / 2**20:5.1f} + "
+            f"{(r.bytes - r.bytes_at_return) / 2**20:5.1f} MiB ({r.requests:.0f} req)")
+
+
 def peer_ratios(runs: dict) -> dict[str, Ratio]:
     out = {}
     for pattern in PEER_PATTERNS:
@@ -358,6 +365,14 @@ def report(args, results, stores, transports, repeats, cpu_all0, own0, server_cp
         for label, vals in peers.items():
             print(f"  {label:<34} " + "  ".join(f"{k} {r.value:.2f}x [{r.low:.2f}, {r.high:.2f}]"
                                                  for k, r in vals.items()))
+    tiles = [(k, v["tile 512²"]) for k, v in results.items()
+             if k[1] != "local" and "tile 512²" in v]
+    if tiles:
+        print("\n== cold tile over HTTP: MiB fetched by the time it returned + in the background "
+              "after (median run; requests) ==")
+    for (label, t), got in tiles:
+        print(f"  {label + ' / ' + names.get(t, t):<34} {_tile_mib(got, 'zshard')}   "
+              f"{_tile_mib(got, 'ts')}")
     overheads = {f"{k[0]} / {names.get(k[1], k[1])}": o for k, v in results.items()
                  if (o := per_chunk_overhead(v, STORES[k[0]])) is not None}
     for label, o in overheads.items():
