@@ -41,6 +41,7 @@ class Pattern:
     name: str
     keys: tuple  # numpy-style keys read one after the other
     cold_each: bool  # True: one cold read per run; False: the keys in order from a cold open
+    prime: tuple = ()  # keys read after the open, before the timing starts (a warm read)
 
     def describe(self) -> str:
         k = self.keys[0]
@@ -105,17 +106,24 @@ class Meter:
         if self.server is not None:
             self.server.reset()
         self.io0 = self.proc.io_counters()
-        self.cpu0 = sum(self.proc.cpu_times()[:2])
+        self.cpu0 = time.process_time()  # ns resolution (psutil's cpu_times counts 10 ms ticks)
         self.t0 = time.perf_counter()
 
     def lap(self) -> float:
         return time.perf_counter() - self.t0
 
+    def returned(self) -> float:
+        """Body bytes the server sent by now (HTTP; nan locally): call as the read returns,
+        before background read-ahead is waited for."""
+        if self.server is None:
+            return float("nan")
+        return self.server.summary(settle=False).bytes
+
     def stop(self) -> tuple[float, float, float]:
         """(requests, bytes, cpu seconds) since ``start``."""
         drain_engine_pool()
         gc.enable()
-        cpu = sum(self.proc.cpu_times()[:2]) - self.cpu0
+        cpu = time.process_time() - self.cpu0
         if self.server is not None:
             summary = self.server.summary()
             return summary.requests, summary.bytes, cpu
@@ -150,6 +158,7 @@ class Run:
     total_keys: int
     engine: dict
     mismatch: bool
+    bytes_at_return: float = float("nan")  # body bytes sent by the time the last read returned
 
     @property
     def estimated(self) -> bool:
@@ -166,6 +175,9 @@ def run_once(reader: Reader, pattern: Pattern, meter: Meter, cap: float, referen
     estimated from it.
     """
     reader.open_cold()
+    for key in pattern.prime:
+        reader.read(key)
+    drain_engine_pool()
     meter.start()
     times: list[float] = []
     outputs = []
@@ -177,6 +189,7 @@ def run_once(reader: Reader, pattern: Pattern, meter: Meter, cap: float, referen
         t_prev = t
         if t > cap and (len(times) >= 2 or t > 2 * cap):
             break
+    at_return = meter.returned()
     requests, nbytes, cpu = meter.stop()
     n, total_keys = len(times), len(pattern.keys)
     total = sum(times)
@@ -188,7 +201,7 @@ def run_once(reader: Reader, pattern: Pattern, meter: Meter, cap: float, referen
     for i, out in enumerate(outputs):
         if out is not None:  # the decode floor assembles nothing
             mismatch |= not np.array_equal(out, reference.setdefault((pattern.name, i), out))
-    return Run(total, requests, nbytes, cpu, n, total_keys, _engine(reader), mismatch)
+    return Run(total, requests, nbytes, cpu, n, total_keys, _engine(reader), mismatch, at_return)
 
 
 def summarise(transport: str, pattern: Pattern, reader: Reader, runs: list[Run]) -> Result:

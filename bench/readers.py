@@ -171,10 +171,15 @@ class DaskFromZarr(Reader):
 
 
 class TensorStore(Reader):
-    """tensorstore's zarr3 driver; ``cache_bytes`` is the size of its cache pool (0: none)."""
+    """tensorstore's zarr3 driver; ``cache_bytes`` is the size of its cache pool (0: none).
 
-    def __init__(self, where: Location, cache_bytes: int = 0):
-        self.where, self.cache_bytes = where, cache_bytes
+    ``threads`` (optional) caps its concurrency like the engine's pools: ``{"decode": n, "io": m}``
+    sets ``data_copy_concurrency`` to n and ``file_io_concurrency``/``http_request_concurrency``
+    to m; without it tensorstore uses its defaults.
+    """
+
+    def __init__(self, where: Location, cache_bytes: int = 0, threads: dict | None = None):
+        self.where, self.cache_bytes, self.threads = where, cache_bytes, threads
         self.name = "ts-pool" if cache_bytes else "ts"
         self.label = (f"tensorstore, cache pool {cache_bytes >> 20} MiB" if cache_bytes
                       else "tensorstore, no cache pool")
@@ -193,7 +198,12 @@ class TensorStore(Reader):
     def open_cold(self) -> None:
         import tensorstore as ts
 
-        context = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
+        conf: dict = {"cache_pool": {"total_bytes_limit": self.cache_bytes}}
+        if self.threads:
+            conf["data_copy_concurrency"] = {"limit": self.threads["decode"]}
+            conf["file_io_concurrency"] = {"limit": self.threads["io"]}
+            conf["http_request_concurrency"] = {"limit": self.threads["io"]}
+        context = ts.Context(conf)
         self.arr = ts.open(self._spec(), context=context, read=True).result()
 
     def read(self, key) -> np.ndarray:
@@ -218,9 +228,10 @@ class DecodeFloor(Reader):
     """Decompress exactly the inner chunks a key touches with numcodecs on all cores.
 
     The chunks' bytes are read from the shard files beforehand (bytes in memory, not timed).
-    Each chunk is ``zstd frame + 4-byte crc32c``; the checksum is stripped, not verified, so this
-    is the pure decompression cost. Output buffers are preallocated outside the timing. Only for
-    cold single reads; ``read`` returns None (there is no assembled array to compare).
+    Each chunk is ``zstd frame + 4-byte crc32c`` (or a bare frame when the spec has no crc32c);
+    the checksum is stripped, not verified, so this is the pure decompression cost. Output
+    buffers are preallocated outside the timing. Only for cold single reads; ``read`` returns
+    None (there is no assembled array to compare).
     """
 
     name, label = "floor", "decode floor (numcodecs, all cores)"
@@ -246,8 +257,11 @@ class DecodeFloor(Reader):
             return
         region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in key)
         region += tuple(slice(0, n) for n in self.spec.shape[len(region):])
-        nbytes = self.spec.chunk ** 3 * 2
-        self.work[_hashable(key)] = [(memoryview(c)[:-4], np.empty(nbytes, dtype="B"))
+        if self.spec.codec != "zstd":
+            raise ValueError(f"the decode floor decodes zstd chunks, not {self.spec.codec}")
+        nbytes = self.spec.chunk ** 3 * self.spec.itemsize
+        tail = 4 if self.spec.crc32c else 0
+        self.work[_hashable(key)] = [(memoryview(c)[:len(c) - tail], np.empty(nbytes, dtype="B"))
                           for c in chunk_bytes_for(self.root, self.spec, region)]
 
     def open_cold(self) -> None:

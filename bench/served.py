@@ -47,9 +47,10 @@ def _serve(root: str, latency: float, conn) -> None:
                 server.reset_log()
                 conn.send(None)
             elif command == "summary":
-                # A handler appends its record just after writing the body: let the last ones land.
+                # A handler appends its record just after writing the body: let the last ones land
+                # (arg False: what was answered so far, while background reads may still run).
                 n = -1
-                while n != len(server.log):
+                while arg is not False and n != len(server.log):
                     n = len(server.log)
                     time.sleep(0.01)
                 conn.send(_summarise(list(server.log)))
@@ -91,8 +92,10 @@ class ServedDirectory:
     def reset(self) -> None:
         self._call("reset")
 
-    def summary(self) -> LogSummary:
-        return self._call("summary")
+    def summary(self, *, settle: bool = True) -> LogSummary:
+        """The log since ``reset()``; ``settle=False`` takes it as it is now, without waiting for
+        requests still being answered (bytes fetched by the time a read returned)."""
+        return self._call("summary", settle)
 
     def stop(self) -> None:
         if self._process.is_alive():

@@ -1,4 +1,5 @@
-"""The benchmark volume: a structured uint16 stack written once as sharded Zarr v3 by tensorstore.
+"""The benchmark volume: a structured stack written once as sharded Zarr v3 (by tensorstore unless
+the spec says zarr-python).
 
 The data looks like a fluorescence stack rather than random bytes, so zstd compresses it about
 as much as real data (roughly 2x): a smooth 3D random field, thresholded with soft edges into
@@ -25,6 +26,10 @@ MARKER = "bench-volume.json"
 GENERATOR_VERSION = 1  # bump when the data or the layout written below changes
 
 
+CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "gzip", "none")  # the inner compressor
+WRITERS = ("tensorstore", "zarr")  # zarr-python orders a shard's inner chunks differently
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     shape: tuple[int, int, int]
@@ -32,13 +37,41 @@ class VolumeSpec:
     shard: int = 256  # shard edge (one object)
     zstd_level: int = 3
     seed: int = 20240601
+    # The store matrix's factors (bench_matrix.py); the defaults are the read benchmark's store.
+    dtype: str = "uint16"
+    codec: str = "zstd"  # one of CODECS
+    crc32c: bool = True  # inner crc32c after the compressor
+    writer: str = "tensorstore"  # one of WRITERS
+
+    _DEFAULTS = {"dtype": "uint16", "codec": "zstd", "crc32c": True, "writer": "tensorstore"}
 
     @property
     def name(self) -> str:
-        return "vol-{}.zarr".format("x".join(map(str, self.shape)))
+        parts = ["vol-" + "x".join(map(str, self.shape))]
+        if self.writer != "tensorstore":
+            parts.append(self.writer)
+        if self.codec != "zstd":
+            parts.append(self.codec)
+        elif self.zstd_level != 3:
+            parts.append(f"zstd{self.zstd_level}")
+        if not self.crc32c:
+            parts.append("nocrc")
+        if (self.chunk, self.shard) != (64, 256):
+            parts.append(f"c{self.chunk}s{self.shard}")
+        if self.dtype != "uint16":
+            parts.append(self.dtype)
+        return "-".join(parts) + ".zarr"
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
 
     def marker(self) -> dict:
-        return {**asdict(self), "shape": list(self.shape), "generator": GENERATOR_VERSION}
+        doc = {**asdict(self), "shape": list(self.shape), "generator": GENERATOR_VERSION}
+        for k, v in self._DEFAULTS.items():  # markers written before these factors still match
+            if doc[k] == v:
+                del doc[k]
+        return doc
 
 
 # -- synthetic data ----------------------------------------------------------------------------
@@ -108,17 +141,54 @@ class StructuredField:
         return noisy.astype(np.uint16)
 
 
+def voxels(field: StructuredField, block: tuple[slice, ...], dtype: str) -> np.ndarray:
+    """The field's voxels of ``block`` in ``dtype``: uint8 keeps the cells' contrast (/8),
+    float32 is scaled so its mantissas are as noisy as measured floating-point data. Blocks
+    with an edge over 256 are made in pieces (the noise bank holds 2·256³ values)."""
+    if any(s.stop - s.start > 256 for s in block):
+        out = np.empty([s.stop - s.start for s in block], dtype=dtype)
+        for piece in _pieces(block, 256):
+            inner = tuple(slice(p.start - b.start, p.stop - b.start)
+                          for p, b in zip(piece, block, strict=True))
+            out[inner] = voxels(field, piece, dtype)
+        return out
+    data = field.block(block)
+    if dtype == "uint16":
+        return data
+    if dtype == "uint8":
+        return np.minimum(data >> 3, 255).astype(np.uint8)
+    if dtype == "float32":
+        out = data.astype(np.float32)
+        out *= np.float32(1 / 1000)
+        return out
+    raise ValueError(f"no synthetic data for dtype {dtype!r}")
+
+
 # -- writing -----------------------------------------------------------------------------------
 
+def inner_compressors(spec: VolumeSpec) -> list[dict]:
+    """The zarr v3 JSON of the inner chunks' bytes-to-bytes codecs (compressor, then crc32c)."""
+    blosc = {"clevel": 5, "shuffle": "shuffle", "typesize": spec.itemsize, "blocksize": 0}
+    codec = {
+        "zstd": [{"name": "zstd", "configuration": {"level": spec.zstd_level, "checksum": False}}],
+        "blosc-zstd": [{"name": "blosc", "configuration": {"cname": "zstd", **blosc}}],
+        "blosc-lz4": [{"name": "blosc", "configuration": {"cname": "lz4", **blosc}}],
+        "gzip": [{"name": "gzip", "configuration": {"level": 5}}],
+        "none": [],
+    }[spec.codec]
+    return codec + ([{"name": "crc32c"}] if spec.crc32c else [])
+
+
 def tensorstore_spec(path: Path, spec: VolumeSpec) -> dict:
-    """A zarr3 spec: 256³ shards of 64³ inner chunks, bytes → zstd → crc32c, index + crc32c."""
+    """A zarr3 spec: shards of inner chunks (256³ of 64³ by default), bytes → compressor →
+    crc32c (zstd and crc32c by default), index + crc32c at the end."""
     shard = [spec.shard] * 3  # edge shards are partial, as the spec allows
     return {
         "driver": "zarr3",
         "kvstore": {"driver": "file", "path": str(path)},
         "metadata": {
             "shape": list(spec.shape),
-            "data_type": "uint16",
+            "data_type": spec.dtype,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shard}},
             "chunk_key_encoding": {"name": "default"},
             "fill_value": 0,
@@ -128,9 +198,7 @@ def tensorstore_spec(path: Path, spec: VolumeSpec) -> dict:
                     "chunk_shape": [spec.chunk] * 3,
                     "codecs": [
                         {"name": "bytes", "configuration": {"endian": "little"}},
-                        {"name": "zstd", "configuration": {"level": spec.zstd_level,
-                                                           "checksum": False}},
-                        {"name": "crc32c"},
+                        *inner_compressors(spec),
                     ],
                     "index_codecs": [
                         {"name": "bytes", "configuration": {"endian": "little"}},
@@ -143,13 +211,60 @@ def tensorstore_spec(path: Path, spec: VolumeSpec) -> dict:
     }
 
 
-def _shard_blocks(spec: VolumeSpec) -> Iterator[tuple[slice, ...]]:
-    grid = [range(0, n, spec.shard) for n in spec.shape]
+class _Done:
+    """A finished write, shaped like a tensorstore future."""
+
+    def result(self) -> None:
+        return None
+
+
+def _tensorstore_writer(path: Path, spec: VolumeSpec):
+    import tensorstore as ts
+
+    store = ts.open(tensorstore_spec(path, spec), create=True, delete_existing=True).result()
+    return lambda block, data: store[block].write(data)
+
+
+def _zarr_writer(path: Path, spec: VolumeSpec):
+    """zarr-python 3's own sharded writer with the same codecs (one whole shard per call)."""
+    import zarr
+    from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
+
+    made = []
+    for codec in inner_compressors(spec):
+        conf = codec.get("configuration", {})
+        if codec["name"] == "zstd":
+            made.append(ZstdCodec(level=conf["level"], checksum=False))
+        elif codec["name"] == "blosc":
+            made.append(BloscCodec(cname=conf["cname"], clevel=conf["clevel"], shuffle="shuffle",
+                                   typesize=conf["typesize"]))
+        elif codec["name"] == "gzip":
+            made.append(GzipCodec(level=conf["level"]))
+        else:
+            made.append(Crc32cCodec())
+    arr = zarr.create_array(store=zarr.storage.LocalStore(path), shape=spec.shape,
+                            shards=(spec.shard,) * 3, chunks=(spec.chunk,) * 3, dtype=spec.dtype,
+                            compressors=made, fill_value=0, zarr_format=3, overwrite=True)
+
+    def write(block, data):
+        arr[block] = data
+        return _Done()
+
+    return write
+
+
+def _pieces(region: tuple[slice, ...], edge: int) -> Iterator[tuple[slice, ...]]:
+    """``region`` cut into blocks of at most ``edge`` per axis, in C order."""
+    grid = [range(s.start, s.stop, edge) for s in region]
     for z in grid[0]:
         for y in grid[1]:
             for x in grid[2]:
-                yield tuple(slice(o, min(o + spec.shard, n))
-                            for o, n in zip((z, y, x), spec.shape, strict=True))
+                yield tuple(slice(o, min(o + edge, s.stop))
+                            for o, s in zip((z, y, x), region, strict=True))
+
+
+def _shard_blocks(spec: VolumeSpec) -> Iterator[tuple[slice, ...]]:
+    return _pieces(tuple(slice(0, n) for n in spec.shape), spec.shard)
 
 
 def ensure_volume(data_dir: Path, spec: VolumeSpec, log=print) -> Path:
@@ -162,36 +277,37 @@ def ensure_volume(data_dir: Path, spec: VolumeSpec, log=print) -> Path:
                 return path
         except (OSError, ValueError):
             pass
-    import tensorstore as ts
-
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     t0 = time.perf_counter()
-    log(f"writing {path} {spec.shape} uint16 (once; cached for later runs) ...")
+    log(f"writing {path} {spec.shape} {spec.dtype} with {spec.writer} (once; cached for later "
+        "runs) ...")
     field = StructuredField(spec.shape, spec.seed)
-    store = ts.open(tensorstore_spec(path, spec), create=True, delete_existing=True).result()
+    write = _tensorstore_writer(path, spec) if spec.writer == "tensorstore" else _zarr_writer(
+        path, spec)
     blocks = list(_shard_blocks(spec))
-    # Two numpy workers make blocks (the big ufuncs release the GIL) while tensorstore
-    # compresses and writes the previous ones on its own threads.
+    # Two numpy workers make blocks (the big ufuncs release the GIL) while the writer
+    # compresses and writes the previous ones (tensorstore on its own threads).
     with ThreadPoolExecutor(2) as pool:
-        made = [pool.submit(field.block, b) for b in blocks[:3]]
+        made = [pool.submit(voxels, field, b, spec.dtype) for b in blocks[:3]]
         writes = []
         for i, block in enumerate(blocks):
             data = made[i].result()
             made[i] = None  # bounded memory: a few blocks in flight
             if i + 3 < len(blocks):
-                made.append(pool.submit(field.block, blocks[i + 3]))
-            writes.append(store[block].write(data))
+                made.append(pool.submit(voxels, field, blocks[i + 3], spec.dtype))
+            writes.append(write(block, data))
             if len(writes) > 2:
                 writes.pop(0).result()
         for fut in writes:
             fut.result()
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    raw = math.prod(spec.shape) * 2
+    raw = math.prod(spec.shape) * spec.itemsize
     log(f"  wrote {nbytes / 2**20:.0f} MiB for {raw / 2**20:.0f} MiB of voxels "
         f"(compression {raw / nbytes:.2f}x) in {time.perf_counter() - t0:.1f} s")
-    check_c_order(path, spec)
+    if spec.writer == "tensorstore":
+        check_c_order(path, spec)
     marker.write_text(json.dumps(spec.marker(), indent=1))
     return path
 
