@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .clusters import join_best_first
 from .contingency import PairTable, Stats
 
 #: share of the smaller object two unmatched objects must overlap to count as a split/merge:
@@ -67,13 +68,6 @@ class Plan:
     conflicts: list[Conflict] = field(default_factory=list)
 
 
-def _find(parent: dict, x):
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
 def plan(k: int, stats: list[Stats], pairs: dict[tuple[int, int], PairTable], *,
          quorum: int | None, classes: list[Mapping[int, int] | None] | None = None) -> Plan:
     nodes = [(i, int(a)) for i in range(k) for a in stats[i].ids]
@@ -90,19 +84,9 @@ def plan(k: int, stats: list[Stats], pairs: dict[tuple[int, int], PairTable], *,
             if nn >= SPLIT_SHARE * min(s1, s2):
                 overlaps.append((i, x, j, y, nn / u))
     edges.sort()
-    parent = {n: n for n in nodes}
-    owners = {n: {n[0]} for n in nodes}
-    for _, i, x, j, y in edges:
-        ra, rb = _find(parent, (i, x)), _find(parent, (j, y))
-        if ra == rb or owners[ra] & owners[rb]:
-            continue
-        root, other = min(ra, rb), max(ra, rb)
-        parent[other] = root
-        owners[root] |= owners.pop(other)
-    groups: dict[Member, list[Member]] = {}
-    for n in nodes:
-        groups.setdefault(_find(parent, n), []).append(n)
-    clusters = sorted(tuple(sorted(g)) for g in groups.values())
+    groups = join_best_first(nodes, (((i, x), (j, y)) for _, i, x, j, y in edges),
+                             owner=lambda n: n[0])
+    clusters = sorted(tuple(sorted(g)) for g in groups)
 
     def covers(j: int, rep: Member) -> bool:
         i, a = rep

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..geometry import layer_prefix, load_geometry
 from ..labelimage import writable_store
+from .clusters import join_best_first
 
 
 @dataclass(frozen=True)
@@ -61,27 +62,10 @@ def merge_points(url: str, *, name: str, tolerance: float, quorum: int | None = 
             if authors[i] != authors[j]:
                 pairs.append((float(d[k]), ids[i], ids[j], i, j))
     pairs.sort()
-    group = list(range(len(ids)))  # union-find, keeping each group's set of authors
-    members: dict[int, set[str]] = {i: {a} for i, a in enumerate(authors)}
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            group[i] = group[group[i]]
-            i = group[i]
-        return i
-
-    for _, _, _, i, j in pairs:
-        a, b = root(i), root(j)
-        if a == b or members[a] & members[b]:
-            continue
-        a, b = min(a, b), max(a, b)
-        group[b] = a
-        members[a] |= members.pop(b)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(ids)):
-        groups.setdefault(root(i), []).append(i)
+    groups = join_best_first(list(range(len(ids))), ((i, j) for _, _, _, i, j in pairs),
+                             owner=lambda i: authors[i])
     data, counts, sources, unmatched = [], [], [], []
-    for _, idx in sorted(groups.items()):
+    for idx in groups:
         if len(idx) >= quorum:
             data.append(pts[idx].mean(axis=0))
             counts.append(len(idx))
