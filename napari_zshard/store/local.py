@@ -216,7 +216,9 @@ class LocalStore(Store):
             results[i] = res
         return results  # type: ignore[return-value]
 
-    def write(self, key: str, data: bytes) -> None:
+    def _temp_for(self, key: str) -> tuple[Path, int, str]:
+        """Where ``key`` goes, and a new temporary file beside it (checked to be inside the
+        store, open for writing): the start of every write."""
         if self.read_only:
             raise StoreError(f"{self.url} is opened read-only")
         path = self._path(key)
@@ -225,6 +227,10 @@ class LocalStore(Store):
             fd, tmp = new_temp(path)
         except OSError as e:
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+        return path, fd, tmp
+
+    def write(self, key: str, data: bytes) -> None:
+        path, fd, tmp = self._temp_for(key)
         try:
             try:
                 with open(fd, "wb", closefd=False) as f:
@@ -297,14 +303,7 @@ class LocalStore(Store):
         """Create ``key`` unless it exists: the bytes go to a fsynced temporary file, which
         ``os.link`` puts at ``key`` only if no file is there (atomic, like ``O_EXCL``, and a
         reader never sees the object partly written). No lock file is involved."""
-        if self.read_only:
-            raise StoreError(f"{self.url} is opened read-only")
-        path = self._path(key)
-        self._check_folder(str(path.parent), key)
-        try:
-            fd, tmp = new_temp(path)
-        except OSError as e:
-            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+        path, fd, tmp = self._temp_for(key)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
