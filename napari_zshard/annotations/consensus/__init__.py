@@ -9,9 +9,10 @@ depends on the number of objects, never on the volume:
 1. instance mode only: per-object statistics and pairwise contingency counts
    (:mod:`.contingency`), then matching and clustering in memory (:mod:`.instance`);
 2. painting level 0 of both outputs (semantic: :mod:`.semantic`'s per-voxel vote);
-3. instance mode only: repainting the few shards where two consensus objects overlap, once
-   those conflicts have their ids;
-4. the pyramids (mode), the tables, then the group documents (:mod:`.output`).
+   (an overlap of consensus objects a < b is the conflict ``first + a*(n+1) + b``, known
+   before painting; only when such ids would not fit uint32 are overlaps numbered densely
+   after this pass, and the shards holding them painted again);
+3. the pyramids (mode), the tables, then the group documents (:mod:`.output`).
 
 Re-running after new commits recomputes everything: consensus ids are ranks over the whole
 volume, so one new object anywhere can renumber objects everywhere, and only a full pass
