@@ -113,3 +113,15 @@ def test_merge_then_walk_the_conflicts_and_resolve_one(viewer, walker, qtbot, tm
     edit = blocker.args[0]
     assert edit.labels_name == "consensus" and edit.annotator == "dana"
     assert edit.region == SMALL
+    # painted and exported: a commit into the consensus, logged with who resolved it
+    annotate.layer.data[tuple(slice(0, s.stop - s.start) for s in SMALL)] = 8
+    with qtbot.waitSignal(annotate.signals.exported, timeout=30000) as blocker:
+        annotate.export_button.native.click()
+    assert blocker.args[0] is not None
+    record = ann.log(str(tmp_path / "img.zarr"), labels="consensus")[-1]
+    assert (record.annotator, record.status) == ("dana", "committed")
+    import napari_zshard as nz
+
+    (stored,) = [la for la in nz.open_image(str(tmp_path / "img.zarr")).labels
+                 if la.name == "consensus"]
+    assert (np.asarray(stored.arrays[0][SMALL]) == 8).all()
