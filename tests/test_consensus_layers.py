@@ -81,3 +81,20 @@ def test_a_store_without_a_merge_opens_as_before(tmp_path, viewer_model):
     assert all(layer.visible for layer in viewer_model.layers)
     assert all("consensus_role" not in layer.metadata["napari_zshard"]
                for layer in viewer_model.layers)
+
+
+def test_an_instance_merge_shows_each_consensus_objects_sources_on_hover(tmp_path, viewer_model):
+    url = merged_store(tmp_path, merge=False)
+    report = ann.merge(url, mode="instance", workers=1)
+    viewer_model.open(url, plugin="napari-zshard")
+    consensus = viewer_model.layers["consensus"]
+    table = consensus.features
+    assert len(table) == report.consensus_objects > 0
+    data = np.asarray(consensus.data[0])
+    for cid, voxels, sources in zip(table["index"], table["voxels"], table["sources"],
+                                    strict=True):
+        assert int((data == cid).sum()) == voxels
+        assert all(s.split(":")[0] in [ann.annotator_slug(n) for n in NAMES]
+                   for s in sources.split())
+    assert len(viewer_model.layers["conflicts"].features) == report.conflicts
+    assert viewer_model.layers[-1].name == "conflicts"
