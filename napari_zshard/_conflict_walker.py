@@ -290,7 +290,9 @@ class ConflictWalker(QWidget):
         if self.current < 0:
             self._say("pick a conflict first (Next, or a click in the table)")
             return
-        widget = self.viewer.window.dock_widgets.get("Annotate")
+        # the one docked already, whether from Layers ▸ Annotate or the Plugins menu
+        widget = next((w for w in self.viewer.window.dock_widgets.values()
+                       if isinstance(w, AnnotateWidget)), None)
         if widget is None:
             widget = AnnotateWidget(self.viewer)
             self.viewer.window.add_dock_widget(widget, name="Annotate", area="right")
