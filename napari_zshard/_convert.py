@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._consensus_layers import arrange
 from .multiscale import ImageNode
 from .multiscale.downsample import level_factors
 
@@ -290,10 +291,13 @@ def layer_data(nodes: list[ImageNode]) -> list[tuple[Any, dict[str, Any], str]]:
         out.append(first)
         names = first[1]["name"]
         taken = set(names) if isinstance(names, list) else {names}
+        labels = []
         for lab in node.labels:
             data, kwargs, kind = labels_layer(lab)
             if kwargs["name"] in taken:
                 kwargs["name"] += LABELS_SUFFIX
             taken.add(kwargs["name"])
-            out.append((data, kwargs, kind))
+            labels.append((data, kwargs, kind))
+        # a merged store (consensus and conflicts): conflicts on top, the others hidden
+        out.extend(arrange(labels, node.labels))
     return out
