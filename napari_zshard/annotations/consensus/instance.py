@@ -201,15 +201,22 @@ def paint(p: Plan, values: np.ndarray, covered: np.ndarray,
     *that covered the voxel* marked it: where one member never looked, the others decide."""
     k = p.k
     cid = np.stack([lookup(p.consensus[i], values[i]) for i in range(k)])
-    votes = np.zeros(cid.shape, np.int64)
-    looked = np.zeros(cid.shape, np.int64)
+    # per voxel and annotator i: how many annotators put the same consensus object there
+    # (equality is symmetric: each pair compared once), and how many of that object's members
+    # looked at it; small counts in int16 (k <= 2**15 annotators) move less memory
+    votes = np.ones(cid.shape, np.int16)
+    looked = np.zeros(cid.shape, np.int16)
+    for i in range(k):
+        for j in range(i + 1, k):
+            same = cid[i] == cid[j]
+            votes[i] += same
+            votes[j] += same
     mask = p.members[cid]
     for i in range(k):
         for j in range(k):
-            votes[i] += (cid[j] == cid[i])
             looked[i] += covered[j] & ((mask[i] >> j) & 1).astype(bool)
     claim = (cid > 0) & (2 * votes > looked)
-    score = np.where(claim, votes * (1 << 40) - cid, -1)
+    score = np.where(claim, votes.astype(np.int64) * (1 << 40) - cid, -1)
     best = score.argmax(axis=0)
     cons = np.where(claim.any(axis=0), np.take_along_axis(cid, best[None], 0)[0], 0)
     second = claim & (cid != cons[None])
