@@ -20,10 +20,9 @@ from napari_zshard import annotations as ann
 
 N_PROC = 8
 N_COMMITS = 20
-#: moto serves every request of the 8 processes from one Python thread: 8 x 20 commits there
-#: take ~90 s (passing), so the default run makes 6 per process; ZSHARD_ANN_S3_COMMITS=20
-#: runs the full count
-N_COMMITS_S3 = int(os.environ.get("ZSHARD_ANN_S3_COMMITS", "6"))
+#: the issue's 8 x 20 on S3 too; moto serves every request of the 8 processes from one Python
+#: thread, so that takes ~60-110 s here (ZSHARD_ANN_S3_COMMITS=6 for a quick local run)
+N_COMMITS_S3 = int(os.environ.get("ZSHARD_ANN_S3_COMMITS", "20"))
 CONTESTED_BASE = 50_000
 # voxels every process writes when its region covers them (x % 9 == 8: never private)
 CONTESTED = [(z, y, x) for z in range(1, 32, 6) for y in range(5, 128, 21)
@@ -148,6 +147,7 @@ def test_eight_processes_twenty_commits_locally(tmp_path):
     _check(url, results, None)
 
 
+@pytest.mark.timeout(400)
 def test_eight_processes_committing_on_s3(tmp_path, s3_bucket, s3_options, put_on_s3):
     local = make_image(tmp_path)
     url = f"{s3_bucket}/img.zarr"
