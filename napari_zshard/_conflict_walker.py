@@ -3,8 +3,8 @@
 
 * **Merge** runs :func:`napari_zshard.annotations.merge` in a napari worker, shown in the
   activity dock as a busy bar; the label layers of the store are then replaced by the new
-  ones (conflicts on top, see :mod:`._consensus_layers`). The merge core reports no progress
-  steps and cannot be stopped part-way, so there is no Cancel: a merge killed halfway leaves
+  ones (conflicts on top, see :mod:`._consensus_layers`), with its progress in the activity
+  dock; **Cancel** stops it between two shards: a merge stopped halfway leaves
   nothing that looks complete, and a rerun redoes it.
 * The table lists the conflicts (from the conflicts layer's ``features``, i.e. the merge's
   ``conflicts.csv``); a click on a header sorts it (size, kind, annotators). Next/Previous go
@@ -61,14 +61,15 @@ def _store_of(url: str) -> str:
     return head or url
 
 
-def merge_and_open(url: str, *, mode: str) -> tuple[Any, list]:
-    """The worker: merge, then the layer data of the store's label images (read here, off the
-    Qt thread)."""
+def merge_and_open(url: str, *, mode: str):
+    """The worker: merge step by step (yielding its progress, so that it can be cancelled
+    between shards), then the layer data of the store's label images (read here, off the Qt
+    thread)."""
     from . import annotations as ann
     from ._convert import layer_data
     from .multiscale import open_nodes
 
-    report = ann.merge(url, mode=mode)
+    report = yield from ann.merge_steps(url, mode=mode)
     layers = [t for t in layer_data(open_nodes(url)) if t[2] == "labels"]
     return report, layers
 
@@ -92,6 +93,8 @@ class ConflictWalker(QWidget):
         self.mode.addItems(MODES)
         self.annotator = QLineEdit(remembered_annotator())
         self.merge_button = QPushButton("Merge")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         self.table.setSortingEnabled(True)
@@ -110,7 +113,10 @@ class ConflictWalker(QWidget):
         form.addRow("annotator", self.annotator)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.merge_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.merge_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
         layout.addWidget(self.table)
         for row in ((self.previous_button, self.next_button),
                     (self.resolve_here,), (QLabel("take from"), self.take_from),
@@ -121,6 +127,7 @@ class ConflictWalker(QWidget):
             layout.addLayout(box)
         layout.addWidget(self.status)
         self.merge_button.clicked.connect(self.merge)
+        self.cancel_button.clicked.connect(self.cancel)
         self.previous_button.clicked.connect(lambda: self.step(-1))
         self.next_button.clicked.connect(lambda: self.step(+1))
         self.table.cellClicked.connect(lambda row, _col: self.jump(row))
@@ -229,14 +236,35 @@ class ConflictWalker(QWidget):
         self.merge_button.setEnabled(False)
         mode = self.mode.currentText()
         self._say(f"merging the annotators of {url} ({mode})…")
-        self._bar = progress(total=0, desc=f"merging ({mode})")  # busy: no steps to count
+        self._bar = progress(total=0, desc=f"merging ({mode})")  # made on the Qt thread
         self.worker = create_worker(merge_and_open, url, mode=mode, _start_thread=False,
                                     _ignore_errors=True)
         self.report = None
+        self.worker.yielded.connect(self._advance)
+        self.worker.aborted.connect(lambda: self._say("merge cancelled: the consensus and "
+                                                      "conflicts are incomplete (not listed); "
+                                                      "Merge again to make them"))
+        self.cancel_button.setEnabled(True)
         self.worker.returned.connect(self._merged)
         self.worker.errored.connect(lambda e: self._say(f"merge failed: {e}", error=True))
         self.worker.finished.connect(self._merge_done)
         self.worker.start()
+
+    def _advance(self, step) -> None:
+        """A shard of the merge is done: the activity dock's bar follows."""
+        bar = self._bar
+        if bar is None:
+            return
+        if bar.total != step.total:
+            bar.total = step.total
+        bar.set_description(f"merging: {step.stage}")
+        bar.update(step.done - bar.n)
+
+    def cancel(self) -> None:
+        """Stop the merge after the shard it is on."""
+        if self.worker is not None:
+            self.cancel_button.setEnabled(False)
+            self.worker.quit()
 
     def _merged(self, result) -> None:
         """The store's label layers show the new merge: the ones open already get the new
@@ -272,6 +300,7 @@ class ConflictWalker(QWidget):
             self._bar.close()
         self.worker = self._bar = None
         self.merge_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
         self.signals.merged.emit(self.report)
 
     # -- resolving -------------------------------------------------------------------------

@@ -125,3 +125,31 @@ def test_merge_then_walk_the_conflicts_and_resolve_one(viewer, walker, qtbot, tm
     (stored,) = [la for la in nz.open_image(str(tmp_path / "img.zarr")).labels
                  if la.name == "consensus"]
     assert (np.asarray(stored.arrays[0][SMALL]) == 8).all()
+
+
+def test_the_merge_shows_its_progress_and_can_be_cancelled(viewer, walker, qtbot, monkeypatch):
+    from napari_zshard._conflict_walker import ConflictWalker
+
+    steps, cancel_at_first_step = [], []
+    advance = ConflictWalker._advance
+
+    def spy(self, step):
+        steps.append(step)
+        advance(self, step)
+        if cancel_at_first_step:
+            cancel_at_first_step.clear()
+            self.cancel_button.click()  # stops it after the shard it is on
+
+    monkeypatch.setattr(ConflictWalker, "_advance", spy)
+    merge(walker, qtbot)
+    assert steps and steps[-1].done == steps[-1].total
+    assert [s.done for s in steps] == sorted(s.done for s in steps)
+
+    steps.clear()
+    cancel_at_first_step.append(True)
+    report = merge(walker, qtbot)
+    assert report is None and "cancelled" in walker.status.text()
+    assert steps[-1].done < steps[-1].total
+    # a merge stopped half-way is no consensus: unlisted until a merge finishes
+    assert "consensus" not in ann.label_images(walker.store_url())
+    assert walker.merge_button.isEnabled() and not walker.cancel_button.isEnabled()

@@ -227,3 +227,31 @@ def test_dask_distributed_gives_the_same_bytes(tmp_path, store_url):
             distributed.Client(cluster) as client:
         merge(url, mode="instance", client=client)
     assert output_hashes(url) == threads
+
+
+def test_a_merge_step_by_step_reports_progress_and_stops_cleanly_when_closed(store_url):
+    """What the widget's progress bar and Cancel use: a merge closed part-way leaves nothing
+    that looks complete, and the next merge gives the same bytes as one never stopped."""
+    url, _ = store_url
+    steps = ann.merge_steps(url, mode="instance", workers=1)
+    seen = [next(steps) for _ in range(3)]
+    assert [s.done for s in seen] == [1, 2, 3] and seen[0].stage == "counting"
+    assert seen[-1].total > 3
+    steps.close()
+    assert "consensus" not in ann.label_images(url) and "conflicts" not in ann.label_images(url)
+    assert not Path(url, "labels", "consensus", "zarr.json").exists()
+
+    progress = []
+    run = ann.merge_steps(url, mode="instance", workers=1)
+    while True:
+        try:
+            progress.append(next(run))
+        except StopIteration as done:
+            report = done.value
+            break
+    assert progress[-1].done == progress[-1].total == len(progress)
+    assert {"counting", "painting", "pyramids"} <= {p.stage for p in progress}
+    assert report.conflicts > 0 and "consensus" in ann.label_images(url)
+    first = output_hashes(url)
+    merge(url, mode="instance", workers=1)
+    assert output_hashes(url) == first

@@ -10,7 +10,7 @@ commit only what changed (three-way merge per voxel under compare-and-swap), wit
 from __future__ import annotations
 
 from .commit import replay
-from .consensus import merge, resolve
+from .consensus import merge, merge_steps, resolve
 from .consensus.points import PointsConsensus, merge_points
 from .coverage import mark_reviewed, read_coverage
 from .edit import CommitProgress, CommitReport, Conflict, Edit, checkout
@@ -38,6 +38,6 @@ __all__ = [
     "CommitProgress", "CommitRecord", "CommitReport", "Conflict", "Edit", "EditableRegion",
     "Geometry", "GeometryConflict", "GeometryReport", "PointsConsensus", "RepairReport",
     "annotator_slug", "checkout", "export_geometry", "geometry_layers", "label_images",
-    "load_geometry", "log", "mark_reviewed", "merge", "merge_points", "object_table",
+    "load_geometry", "log", "mark_reviewed", "merge", "merge_points", "merge_steps", "object_table",
     "read_coverage", "repair", "replay", "resolve",
 ]

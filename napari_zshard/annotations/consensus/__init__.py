@@ -25,9 +25,9 @@ from .instance import KINDS as INSTANCE_CONFLICT_KINDS
 from .instance import SPLIT_SHARE
 from .overrides import read_log as overrides_log
 from .overrides import resolve
-from .run import MergeReport, merge
+from .run import MergeProgress, MergeReport, merge, merge_steps
 from .semantic import CONFLICT_VALUE
 from .sources import MergeInputError
 
 __all__ = ["CONFLICT_VALUE", "INSTANCE_CONFLICT_KINDS", "SPLIT_SHARE", "MergeInputError",
-           "MergeReport", "merge", "overrides_log", "resolve"]
+           "MergeProgress", "MergeReport", "merge", "merge_steps", "overrides_log", "resolve"]

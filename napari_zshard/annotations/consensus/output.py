@@ -13,7 +13,7 @@ Nothing here depends on time, thread count or store: the bytes are a function of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +105,9 @@ def map_shards(fn: Callable, items: Iterable, *, workers: int, client: Any = Non
         yield from pool.map(fn, items)
 
 
-def write_pyramid(out: OutputImage, *, workers: int, client: Any = None) -> None:
-    """Levels 1.. from the level below, by mode (what the writer does for labels)."""
+def pyramid_steps(out: OutputImage, *, workers: int, client: Any = None) -> Iterator[None]:
+    """Levels 1.. from the level below, by mode (what the writer does for labels); yields
+    after each shard."""
     for level in range(1, len(out.metas)):
         meta, store, prev = out.metas[level], out.stores[level], out.stores[level - 1]
         prev_meta, f = out.metas[level - 1], out.factors[level - 1]
@@ -115,7 +116,7 @@ def write_pyramid(out: OutputImage, *, workers: int, client: Any = None) -> None
             return write_downsampled_shard(store, meta, prev, prev_meta, f, "mode", shard)
 
         for _ in map_shards(one, iter_shards(meta), workers=workers, client=client):
-            pass
+            yield
 
 
 def publish(out: OutputImage, tables: dict[str, bytes]) -> None:

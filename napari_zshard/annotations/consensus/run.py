@@ -6,16 +6,18 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ...engine.shard_writer import iter_shards
 from ...store import Store
 from ..labelimage import writable_store
 from . import instance, semantic
 from .contingency import PairTable, Stats, block_stats, pair_counts, reduce_pairs, reduce_stats
-from .output import begin, csv_bytes, map_shards, publish, write_pyramid
+from .output import begin, csv_bytes, map_shards, publish, pyramid_steps
 from .overrides import read_overrides
 from .sources import Inputs, MergeInputError, open_inputs, slabs
 
@@ -25,6 +27,16 @@ CONFLICT_ID_LIMIT = 2**32 - 1
 MODES = ("semantic", "instance")
 CONSENSUS_TABLE = "objects.csv"
 CONFLICT_TABLE = "conflicts.csv"
+
+
+@dataclass(frozen=True)
+class MergeProgress:
+    """Where a merge is: ``done`` of ``total`` shard steps (the total grows by the shards a
+    second painting pass needs, when one is needed), in ``stage``."""
+
+    done: int
+    total: int
+    stage: str
 
 
 @dataclass
@@ -43,10 +55,22 @@ def _world(li_scale, li_translate, coords):
     return [float(t + c * s) for c, s, t in zip(coords, li_scale, li_translate, strict=True)]
 
 
-def merge(url: str, *, inputs: list[str] | str = "all", output: str = "consensus",
-          conflicts: str = "conflicts", mode: str = "semantic", quorum: int | None = None,
-          classes: dict[str, dict[int, int]] | None = None, workers: int | None = None,
-          client: Any = None, storage_options: dict | None = None) -> MergeReport:
+def merge(url: str, **options: Any) -> MergeReport:
+    """Merge the annotators' label images of the image at ``url``: :func:`merge_steps` run to
+    its end (same options)."""
+    steps = merge_steps(url, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def merge_steps(url: str, *, inputs: list[str] | str = "all", output: str = "consensus",
+                conflicts: str = "conflicts", mode: str = "semantic", quorum: int | None = None,
+                classes: dict[str, dict[int, int]] | None = None, workers: int | None = None,
+                client: Any = None, storage_options: dict | None = None
+                ) -> Generator[MergeProgress, None, MergeReport]:
     """Merge the annotators' label images of the image at ``url`` into ``labels/<output>``
     and ``labels/<conflicts>`` (OME-Zarr 0.5 label images with pyramids) and their tables
     (``labels/<output>/zshard/objects.csv``, ``labels/<conflicts>/zshard/conflicts.csv``).
@@ -57,6 +81,10 @@ def merge(url: str, *, inputs: list[str] | str = "all", output: str = "consensus
     ``classes``: instance mode, per input {object id: class} (class disagreements become
     conflicts); ``workers``: threads (default: one per core) or ``client``: a
     dask.distributed client. The outputs are the same bytes whatever the workers or store.
+
+    Yields a :class:`MergeProgress` per shard of each pass and returns the
+    :class:`MergeReport`. Closing it part-way stops the merge where it is: the outputs stay
+    unlisted, with no zarr.json (never looking complete), and a rerun redoes them.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -73,11 +101,16 @@ def merge(url: str, *, inputs: list[str] | str = "all", output: str = "consensus
         raise MergeInputError(f"{conflicts!r} is an input; it cannot be the conflicts output")
     workers = workers or os.cpu_count() or 1
     overrides = read_overrides(store, output)
-    runner = _Semantic(src, quorum) if mode == "semantic" else _Instance(
-        src, quorum, classes, workers=workers, client=client)
+    runner = _Semantic(src, quorum) if mode == "semantic" else _Instance(src, quorum, classes)
+    shards = src.shards()
     out_c = begin(store, output, src.images[0])
     out_x = begin(store, conflicts, src.images[0])
-    shards = src.shards()
+    total = len(shards) * (2 if mode == "instance" else 1) + 2 * sum(
+        sum(1 for _ in iter_shards(m)) for m in out_c.metas[1:])
+    done = 0
+    for _ in runner.count(workers=workers, client=client):  # instance: object statistics
+        done += 1
+        yield MergeProgress(done, total, "counting")
     per_shard: dict = {}
 
     def paint(shard, overlap_ids=None):
@@ -90,12 +123,19 @@ def merge(url: str, *, inputs: list[str] | str = "all", output: str = "consensus
     for shard, cs, xs, extra, applied in map_shards(paint, shards, workers=workers,
                                                     client=client):
         per_shard[shard] = (cs, xs, extra, applied)
+        done += 1
+        yield MergeProgress(done, total, "painting")
     redo = runner.after_first_paint({s: v[2] for s, v in per_shard.items()})
+    total += len(redo)
     for shard, cs, xs, extra, applied in map_shards(
             lambda s: paint(s, runner.overlap_ids), redo, workers=workers, client=client):
         per_shard[shard] = (cs, xs, extra, applied)
-    write_pyramid(out_c, workers=workers, client=client)
-    write_pyramid(out_x, workers=workers, client=client)
+        done += 1
+        yield MergeProgress(done, total, "painting overlaps")
+    for out in (out_c, out_x):
+        for _ in pyramid_steps(out, workers=workers, client=client):
+            done += 1
+            yield MergeProgress(done, total, "pyramids")
     ndim = src.meta.ndim
     cons_stats = reduce_stats([v[0] for _, v in sorted(per_shard.items())], ndim)
     conf_stats = reduce_stats([v[1] for _, v in sorted(per_shard.items())], ndim)
@@ -141,6 +181,9 @@ class _Semantic:
         meta = src.meta
         self.grid = tuple(-(-n // c) for n, c in zip(meta.shape, meta.chunk_shape, strict=True))
         self.covering: dict[int, int] = {}  # conflict id -> bit mask of covering annotators
+
+    def count(self, *, workers: int, client: Any = None) -> Iterator[None]:
+        return iter(())  # a per-voxel vote needs no counting pass
 
     def override_map(self, overrides) -> dict[int, tuple[int, str]]:
         return {int(o["key"].split(":")[1]): (int(o["value"]), o["key"]) for o in overrides
@@ -198,15 +241,22 @@ def _conflict_row(cid, key, kind, names, sources, ious, stats: Stats | None, r, 
 
 
 class _Instance:
-    def __init__(self, src: Inputs, quorum, classes, *, workers: int, client: Any):
+    def __init__(self, src: Inputs, quorum, classes):
         self.src, self.overlap_ids = src, {}
-        k = len(src.names)
         missing = set(classes or {}) - set(src.names)
         if missing:
             raise MergeInputError(f"classes given for label images that are not inputs: "
                                   f"{sorted(missing)}")
+        self._options = (quorum, classes)  # (the runner goes to workers: no client here)
 
-        def count(shard):
+    def count(self, *, workers: int, client: Any = None) -> Iterator[None]:
+        """Per-object statistics and pairwise contingency counts, shard by shard (yields
+        after each), then the matching: the plan painting follows."""
+        src = self.src
+        quorum, classes = self._options
+        k = len(src.names)
+
+        def count_shard(shard):
             region, values, covered = src.read(shard)
             objs: list[list[Stats]] = [[] for _ in range(k)]
             prs: dict = {(i, j): [] for i in range(k) for j in range(i + 1, k)}
@@ -222,11 +272,12 @@ class _Instance:
 
         objs: list[list[Stats]] = [[] for _ in range(k)]
         prs: dict = {(i, j): [] for i in range(k) for j in range(i + 1, k)}
-        for o, p in map_shards(count, src.shards(), workers=workers, client=client):
+        for o, p in map_shards(count_shard, src.shards(), workers=workers, client=client):
             for i in range(k):
                 objs[i].append(o[i])
             for key, v in p.items():
                 prs[key].append(v)
+            yield
         ndim = src.meta.ndim
         self.stats = [reduce_stats(o, ndim) for o in objs]
         tables = {key: PairTable(*reduce_pairs(v)) for key, v in prs.items()}
