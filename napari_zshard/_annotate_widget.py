@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 FIELD_OF_VIEW, SHAPES, NUMBERS = "field of view", "rectangle in a Shapes layer", "numbers"
 NEW_LABELS = "(new label image)"
+#: each annotator labels into a label image of their own, merged later (Conflict walker)
+OWN_LABELS = "(my own label image)"
 
 
 def _settings_file():
@@ -181,7 +183,7 @@ class AnnotateWidget(Container):
                 names = list(label_images(_store_url(layer)))
             except Exception as e:  # the form still offers a new label image
                 log.debug("cannot list the label images of %s: %s", _store_url(layer), e)
-        return [*names, NEW_LABELS]
+        return [*names, OWN_LABELS, NEW_LABELS]
 
     def _shapes_choices(self, _widget=None) -> list[tuple[str, Any]]:
         from napari.layers import Shapes
@@ -235,8 +237,10 @@ class AnnotateWidget(Container):
             annotator = self.annotator.value.strip()
             if not annotator:
                 raise RegionError("say who you are (annotator): it is recorded with every export")
+            own = self.label_image.value == OWN_LABELS
             create = self.label_image.value == NEW_LABELS
-            name = self.new_name.value.strip() if create else self.label_image.value
+            name = (ann.annotator_slug(annotator) if own else
+                    self.new_name.value.strip() if create else self.label_image.value)
             if not name:
                 raise RegionError("give the new label image a name")
         except (RegionError, ValueError) as e:
@@ -246,7 +250,7 @@ class AnnotateWidget(Container):
         url = _store_url(self.image.value)
         self._say(f"checking out {name} {region_text(region)}…")
         self.edit_button.enabled = False
-        worker = create_worker(ann.checkout, url, labels=name, region=region,
+        worker = create_worker(ann.checkout, url, labels=name, region=region, own=own,
                                annotator=annotator, create=create, max_voxels=MAX_EDIT_VOXELS,
                                _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._checked_out)

@@ -410,6 +410,23 @@ def test_a_new_label_image_is_created_exported_and_shown(viewer, widget, qtbot, 
     assert not np.asarray(stored.data[0][8:24, 64:192, 64:192]).any()
 
 
+def test_my_own_label_image_for_a_later_consensus(viewer, widget, qtbot, sample):
+    """Independent annotation: the export goes to the annotator's own label image, and the
+    exported region counts as reviewed in their coverage map."""
+    from napari_zshard import annotations as ann
+
+    widget.annotator.value = "Erin"
+    widget.label_image.value = "(my own label image)"
+    layer = check_out(widget, qtbot, region="0:32, 64:128, 64:128")  # one whole inner chunk
+    layer.data[4, 10:20, 10:20] = 9
+    report = export(widget, qtbot)
+    mine = ann.annotator_slug("Erin")
+    assert report.voxels_written == 100 and widget.edit.labels_name == mine
+    assert mine in ann.label_images(str(sample))
+    reviewed = ann.read_coverage(str(sample), labels=mine).reviewed
+    assert reviewed[0, 1, 1] and reviewed.sum() == 1
+
+
 def test_an_http_store_is_refused_before_any_painting(make_napari_viewer, sample, http_server,
                                                       qtbot):
     from napari_zshard._annotate_widget import AnnotateWidget
