@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import zarr
 import zstandard
 from test_annotations_commit import assert_pyramid_true, levels
 from test_annotations_region import make_image
@@ -89,3 +90,21 @@ def test_repair_replays_a_diff_of_the_first_format(tmp_path):
     expected[16:32, 0:16, 0:16] = 6
     np.testing.assert_array_equal(l0, expected)
     assert_pyramid_true(url)
+
+
+def test_pyramid_update_recomputes_only_the_parents_of_the_changed_voxels(tmp_path):
+    url = make_image(tmp_path)
+    ann.checkout(url, labels="cells", annotator="setup", create=True,
+                 region=(slice(0, 1),) * 3).commit()
+    # a marker in level 1, inside the coarse chunk that the edit below changes, but outside
+    # the parents of its voxels: recomputing the whole chunk would erase it
+    level1 = zarr.open_array(f"{url}/labels/cells/1", mode="r+")
+    level1[0, 0, 0] = 77
+    edit = ann.checkout(url, labels="cells", annotator="alice",
+                        region=(slice(0, 32), slice(0, 32), slice(0, 32)))
+    edit.data[20:24, 20:24, 20:24] = 5
+    edit.commit()
+    lv = levels(url)
+    assert lv[1][0, 0, 0] == 77
+    assert (lv[1][10:12, 10:12, 10:12] == 5).all() and (lv[1] == 5).sum() == 8
+    assert lv[2][5, 5, 5] == 5 and (lv[2] == 5).sum() == 1

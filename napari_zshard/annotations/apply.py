@@ -32,6 +32,14 @@ from ..store import FullRequest, Store
 from .labelimage import LabelImage
 
 Coords = tuple[int, ...]
+Box = tuple[tuple[int, ...], tuple[int, ...]]  # global (lo, hi), hi exclusive
+
+
+def _union(a: Box | None, b: Box) -> Box:
+    if a is None:
+        return b
+    return (tuple(min(x, y) for x, y in zip(a[0], b[0], strict=True)),
+            tuple(max(x, y) for x, y in zip(a[1], b[1], strict=True)))
 
 
 def identity(data: bytes | memoryview | None) -> str:
@@ -179,7 +187,12 @@ class ApplyResult:
     voxels_written: int = 0
     shards_written: int = 0
     bytes_written: int = 0
-    changed_chunks: set[Coords] = field(default_factory=set)
+    #: level-0 chunk -> (lo, hi) global voxel box of the voxels in it now holding our values
+    changed_boxes: dict[Coords, Box] = field(default_factory=dict)
+
+    @property
+    def changed_chunks(self) -> set[Coords]:
+        return set(self.changed_boxes)
 
 
 def shard_of(meta: ArrayMeta, chunk: Coords) -> tuple[Coords, int]:
@@ -243,10 +256,19 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
             # every chunk now holding some of our values, not only those written by this
             # pass: a replay finds the shards already written by the process it finishes,
             # whose coarse levels may still be missing
-            if (edits[flat].mask & ~o.conflict).any():
-                local = np.unravel_index(flat, cps)
-                result.changed_chunks.add(tuple(int(s * n + i) for s, n, i in
-                                                zip(shard, cps, local, strict=True)))
+            ours_now = edits[flat].mask & ~o.conflict
+            if not ours_now.any():
+                continue
+            local = np.unravel_index(flat, cps)
+            chunk = tuple(int(s * n + i) for s, n, i in zip(shard, cps, local, strict=True))
+            origin = [c * n for c, n in zip(chunk, cs, strict=True)]
+            lo, hi = [], []
+            for axis in range(ours_now.ndim):
+                hit = np.flatnonzero(ours_now.any(axis=tuple(a for a in range(ours_now.ndim)
+                                                            if a != axis)))
+                lo.append(origin[axis] + int(hit[0]))
+                hi.append(origin[axis] + int(hit[-1]) + 1)
+            result.changed_boxes[chunk] = (tuple(lo), tuple(hi))
         yield res
     yield result
 
@@ -278,33 +300,36 @@ def read_box(store: Store, li: LabelImage, level: int, box: tuple[slice, ...]) -
     return out
 
 
-def update_pyramid(li: LabelImage, changed: set[Coords], result: ApplyResult) -> None:
-    """Recompute, level by level, the coarse inner chunks whose parent blocks hold a changed
-    chunk of the level below (mode), each coarse shard under its own compare-and-swap with
-    the finer data read inside the attempt."""
+def update_pyramid(li: LabelImage, changed: Mapping[Coords, Box], result: ApplyResult) -> None:
+    """Recompute, level by level, the parent voxels of what changed (mode): per changed
+    chunk of the level below, the box of its changed voxels, halved; each coarse shard under
+    its own compare-and-swap, with the finer data read inside the attempt."""
     store = li.store
     for level in range(1, len(li.metas)):
-        fine, coarse = li.metas[level - 1], li.metas[level]
+        coarse = li.metas[level]
         f = li.factors[level - 1]
-        targets: set[Coords] = set()
-        for c in changed:
-            lo = [i * n // k for i, n, k in zip(c, fine.chunk_shape, f, strict=True)]
-            hi = [-(-min((i + 1) * n, s) // k) for i, n, s, k in
-                  zip(c, fine.chunk_shape, fine.shape, f, strict=True)]
-            targets.update(itertools.product(*(
-                range(a // n, (b - 1) // n + 1) for a, b, n in
-                zip(lo, hi, coarse.chunk_shape, strict=True))))
-        by_shard: dict[Coords, list[int]] = {}
-        for t in targets:
+        ccs = coarse.chunk_shape
+        targets: dict[Coords, Box] = {}
+        for lo, hi in changed.values():
+            plo = [a // k for a, k in zip(lo, f, strict=True)]
+            phi = [min(-(-b // k), n) for b, k, n in zip(hi, f, coarse.shape, strict=True)]
+            for t in itertools.product(*(range(a // n, (b - 1) // n + 1) for a, b, n in
+                                         zip(plo, phi, ccs, strict=True))):
+                box = (tuple(max(a, i * n) for a, i, n in zip(plo, t, ccs, strict=True)),
+                       tuple(min(b, (i + 1) * n) for b, i, n in zip(phi, t, ccs, strict=True)))
+                targets[t] = _union(targets.get(t), box)
+        by_shard: dict[Coords, dict[int, Box]] = {}
+        for t, box in targets.items():
             shard, flat = shard_of(coarse, t)
-            by_shard.setdefault(shard, []).append(flat)
-        changed = set()
-        for shard, flats in sorted(by_shard.items()):
+            by_shard.setdefault(shard, {})[flat] = box
+        for shard, boxes in sorted(by_shard.items()):
             key = li.key(level, coarse.object_key(shard))
-            compute = functools.partial(_recompute, li=li, level=level, shard=shard)
+            compute = functools.partial(_recompute, li=li, level=level, boxes=boxes)
             seen: list[str] = []
+            flats = sorted(boxes)
 
-            def modify(current, key=key, flats=flats, compute=compute, seen=seen, coarse=coarse):
+            def modify(current, key=key, flats=flats, compute=compute, seen=seen,
+                       coarse=coarse):
                 seen.append(identity(current))
                 return replace_chunks_in_shard(current, meta=coarse, key=key, where=store.url,
                                                flats=flats, compute=compute)
@@ -315,37 +340,30 @@ def update_pyramid(li: LabelImage, changed: set[Coords], result: ApplyResult) ->
                 result.shards_written += 1
                 result.bytes_written += len(new or b"")
                 result.identities[key] = {"before": seen[-1], "after": new_id}
-            cps = coarse.chunks_per_object
-            for flat in flats:
-                local = np.unravel_index(flat, cps)
-                changed.add(tuple(int(s * n + i) for s, n, i in zip(shard, cps, local,
-                                                                    strict=True)))
+        changed = targets
 
 
-def _recompute(olds: dict[int, np.ndarray], *, li: LabelImage, level: int, shard: Coords
-               ) -> dict[int, np.ndarray]:
-    """New values of coarse chunks ``olds`` (by flat index in ``shard``): the mode of their
-    parent blocks, read now."""
+def _recompute(olds: dict[int, np.ndarray], *, li: LabelImage, level: int,
+               boxes: dict[int, Box]) -> dict[int, np.ndarray]:
+    """New values of coarse chunks ``olds`` (by flat index in their shard): inside each one's
+    box (global coarse voxels), the mode of the parent blocks, read now; outside it, as
+    stored."""
     coarse, fine = li.metas[level], li.metas[level - 1]
     f = li.factors[level - 1]
-    cs, cps = coarse.chunk_shape, coarse.chunks_per_object
-    boxes = {}
-    for flat in olds:
-        local = np.unravel_index(flat, cps)
-        g = [s * n + i for s, n, i in zip(shard, cps, local, strict=True)]
-        boxes[flat] = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in
-                            zip(g, cs, coarse.shape, strict=True))
-    lo = [min(b[a].start for b in boxes.values()) for a in range(coarse.ndim)]
-    hi = [max(b[a].stop for b in boxes.values()) for a in range(coarse.ndim)]
+    cs = coarse.chunk_shape
+    lo = [min(b[0][a] for b in boxes.values()) for a in range(coarse.ndim)]
+    hi = [max(b[1][a] for b in boxes.values()) for a in range(coarse.ndim)]
     fbox = tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, f, fine.shape,
                                                                   strict=True))
     fine_values = read_box(li.store, li, level - 1, fbox)
     out = {}
-    for flat, box in boxes.items():
-        sub = fine_values[tuple(slice((b.start - a) * k, min((b.stop - a) * k, n - a * k))
-                                for b, a, k, n in zip(box, lo, f, fine.shape, strict=True))]
+    for flat, (blo, bhi) in boxes.items():
+        sub = fine_values[tuple(slice((a - o) * k, min((b - o) * k, n - o * k))
+                                for a, b, o, k, n in zip(blo, bhi, lo, f, fine.shape,
+                                                         strict=True))]
         values = downsample(sub, f, "mode")
         new = olds[flat]
-        new[tuple(slice(0, s) for s in values.shape)] = values
+        new[tuple(slice(a % c, a % c + (b - a)) for a, b, c in zip(blo, bhi, cs,
+                                                                   strict=True))] = values
         out[flat] = new
     return out

@@ -161,7 +161,7 @@ class Applied:
 
     def done(self, result: ApplyResult) -> Applied:
         self.result = result
-        update_pyramid(self.li, result.changed_chunks, result)
+        update_pyramid(self.li, result.changed_boxes, result)
         default_cache().forget(f"{self.li.store.url.rstrip('/')}/{self.li.prefix}")
         self.conflicts = _conflicts(self.li, self.groups)
         return self

@@ -62,7 +62,19 @@ def _blocks(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
 
 
 def block_mode(blocks: np.ndarray) -> np.ndarray:
-    """The most frequent value of each block (last axis); ties go to the smallest value."""
+    """The most frequent value of each block (last axis); ties go to the smallest value.
+
+    Uniform blocks (all of a label's interior, all of the background: nearly every block of
+    a segmentation) are their own mode; only the mixed ones are sorted and counted."""
+    blocks = np.asarray(blocks)
+    out = blocks[..., 0].copy()
+    mixed = (blocks != blocks[..., :1]).any(axis=-1)
+    if mixed.any():
+        out[mixed] = _sorted_mode(blocks[mixed])
+    return out
+
+
+def _sorted_mode(blocks: np.ndarray) -> np.ndarray:
     k = blocks.shape[-1]
     s = np.sort(blocks, axis=-1)
     counts = np.zeros(s.shape, dtype=np.int32)
