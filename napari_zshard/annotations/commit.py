@@ -26,12 +26,13 @@ from .labelimage import LabelImage
 
 if TYPE_CHECKING:
     from .edit import CommitProgress, CommitReport, Conflict, Edit
+    from .region import Snapshot
 
 log = logging.getLogger(__name__)
 Coords = tuple[int, ...]
 
 
-def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
+def _diff_of(edit: Edit, snap: Snapshot) -> Diff:
     meta = edit._meta
     diff = Diff(meta.dtype, int(np.prod(meta.chunk_shape)))
     for c, ours_part in snap.items():
@@ -244,11 +245,17 @@ def finish_stale(li: LabelImage) -> list[str]:
 
 
 def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, CommitReport]:
+    finish_stale(edit.li)
+    _gen, snap = edit.data.snapshot()
+    with snap:  # closed when done, cancelled or failed: painting stops copying chunks
+        return (yield from _run_commit(edit, message, snap))
+
+
+def _run_commit(edit: Edit, message: str, snap: Snapshot
+                ) -> Generator[CommitProgress, None, CommitReport]:
     from .edit import CommitProgress, CommitReport
 
     li = edit.li
-    finish_stale(li)
-    _gen, snap = edit.data.snapshot()
     diff = _diff_of(edit, snap)
     shards = {k for k in (li.key(0, li.metas[0].object_key(
         tuple(c // n for c, n in zip(chunk, li.metas[0].chunks_per_object, strict=True))))
@@ -312,7 +319,7 @@ def current_shards(edit: Edit) -> dict[Coords, ShardResult]:
             for s, k, raw in zip(shards, keys, raws, strict=True)}
 
 
-def _settle(edit: Edit, snap: dict[Coords, np.ndarray], shards: dict[Coords, ShardResult]
+def _settle(edit: Edit, snap: Snapshot, shards: dict[Coords, ShardResult]
             ) -> None:
     """After a commit: the base of what was written (and of colleagues' changes) becomes the
     store's state, colleagues' changes are pulled where the user did not paint since the
