@@ -13,15 +13,15 @@ import functools
 import hashlib
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..engine.metadata import ArrayMeta
 from ..engine.shard_update import (
     ChunkEdit,
-    ChunkOutcome,
     decode_chunk,
     merge_edits_into_shard,
     replace_chunks_in_shard,
@@ -168,6 +168,52 @@ class Diff:
         return out
 
 
+def _pack(mask: np.ndarray) -> np.ndarray | None:
+    return np.packbits(mask, axis=None) if mask.any() else None
+
+
+def _unpack(bits: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if bits is None:
+        return np.zeros(shape, dtype=bool)
+    return np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
+
+
+def _box_of(origin: Sequence[int], mask: np.ndarray) -> Box | None:
+    """Global (lo, hi) of the True voxels of ``mask`` (a chunk at ``origin``)."""
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(int(origin[axis]) + int(hit[0]))
+        hi.append(int(origin[axis]) + int(hit[-1]) + 1)
+    return tuple(lo), tuple(hi)
+
+
+@dataclass
+class ChunkSummary:
+    """What a commit keeps of one merged level-0 inner chunk: bit-packed masks and what its
+    ``summarize`` callback made of the values (a full repaint costs 2 bits a voxel, not the
+    9 bytes of a stored value, a written mask and a conflict mask)."""
+
+    shape: tuple[int, ...]
+    written: int  # voxels this merge wrote
+    written_bits: np.ndarray | None
+    conflict_bits: np.ndarray | None
+    ours_box: Box | None  # global box of the voxels now holding our values
+    extra: Any = None
+
+    def written_mask(self) -> np.ndarray:
+        return _unpack(self.written_bits, self.shape)
+
+    def conflict_mask(self) -> np.ndarray:
+        return _unpack(self.conflict_bits, self.shape)
+
+
+#: summarize(global chunk, edit, theirs, written, conflict) -> ChunkSummary.extra
+Summarize = Callable[[Coords, ChunkEdit, np.ndarray, np.ndarray, np.ndarray], Any]
+
+
 @dataclass
 class ShardResult:
     """One level-0 shard after the merge: what it holds now and what happened per chunk."""
@@ -177,7 +223,7 @@ class ShardResult:
     base_identity: str | None
     theirs_identity: str  # what the committed attempt merged into
     new: bytes | None
-    outcomes: dict[int, ChunkOutcome]
+    outcomes: dict[int, ChunkSummary]
 
 
 @dataclass
@@ -203,45 +249,74 @@ def shard_of(meta: ArrayMeta, chunk: Coords) -> tuple[Coords, int]:
     return shard, int(np.ravel_multi_index(local, cps))
 
 
-def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] | None = None
-                 ) -> Iterator[ApplyResult | ShardResult]:
+class _ShardEdits(Mapping):
+    """flat index -> :class:`ChunkEdit` of one shard, built from the diff on access, so that
+    one chunk's full arrays are alive at a time, not a shard's."""
+
+    def __init__(self, diff: Diff, members: dict[int, Coords], chunk_shape: tuple[int, ...],
+                 dtype: np.dtype):
+        self._diff, self._members, self._cs, self._dtype = diff, members, chunk_shape, dtype
+
+    def __getitem__(self, flat: int) -> ChunkEdit:
+        cs = self._cs
+        index, base, ours = self._diff.chunks[self._members[flat]]
+        if len(index) == math.prod(cs):  # changed whole: no scatter
+            return ChunkEdit(base=base.reshape(cs), ours=ours.reshape(cs),
+                             mask=np.ones(cs, dtype=bool))
+        mask = np.zeros(cs, dtype=bool)
+        b = np.zeros(cs, dtype=self._dtype)
+        o = np.zeros(cs, dtype=self._dtype)
+        mask.flat[index] = True
+        b.flat[index] = base
+        o.flat[index] = ours
+        return ChunkEdit(base=b, ours=o, mask=mask)
+
+    def __iter__(self):
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
+def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] | None = None,
+                 summarize: Summarize | None = None) -> Iterator[ApplyResult | ShardResult]:
     """Merge ``diff`` into level 0, one shard at a time (yielding each :class:`ShardResult`),
-    and finally yield the :class:`ApplyResult`."""
+    and finally yield the :class:`ApplyResult`. Each merged chunk is kept as a
+    :class:`ChunkSummary` (with what ``summarize`` makes of its values), so memory stays a
+    chunk's worth of full arrays whatever the size of a shard."""
     meta = li.metas[0]
     store = li.store
-    cs = meta.chunk_shape
-    by_shard: dict[Coords, list[tuple[int, Coords]]] = {}
+    cs = tuple(meta.chunk_shape)
+    by_shard: dict[Coords, dict[int, Coords]] = {}
     for chunk in diff.chunks:
         shard, flat = shard_of(meta, chunk)
-        by_shard.setdefault(shard, []).append((flat, chunk))
+        by_shard.setdefault(shard, {})[flat] = chunk
     result = ApplyResult()
     for shard, members in sorted(by_shard.items()):
-        # full-chunk arrays for one shard at a time: memory stays a shard's worth
-        edits: dict[int, ChunkEdit] = {}
-        for flat, chunk in members:
-            index, base, ours = diff.chunks[chunk]
-            if len(index) == math.prod(cs):  # changed whole: no scatter
-                edits[flat] = ChunkEdit(base=base.reshape(cs), ours=ours.reshape(cs),
-                                        mask=np.ones(cs, dtype=bool))
-                continue
-            mask = np.zeros(cs, dtype=bool)
-            b = np.zeros(cs, dtype=meta.dtype)
-            o = np.zeros(cs, dtype=meta.dtype)
-            mask.flat[index] = True
-            b.flat[index] = base
-            o.flat[index] = ours
-            edits[flat] = ChunkEdit(base=b, ours=o, mask=mask)
+        edits = _ShardEdits(diff, members, cs, meta.dtype)
         key = li.key(0, meta.object_key(shard))
-        outcomes: dict[int, ChunkOutcome] = {}
+        outcomes: dict[int, ChunkSummary] = {}
         seen: list[str] = []
 
-        def merge(current, edits=edits, outcomes=outcomes, seen=seen, key=key):
+        def record(flat, edit, theirs, write, conflict, members=members):
+            chunk = members[flat]
+            # every chunk now holding some of our values, not only those written by this
+            # pass: a replay finds the shards already written by the process it finishes,
+            # whose coarse levels may still be missing
+            origin = [c * n for c, n in zip(chunk, cs, strict=True)]
+            return ChunkSummary(
+                shape=cs, written=int(np.count_nonzero(write)), written_bits=_pack(write),
+                conflict_bits=_pack(conflict), ours_box=_box_of(origin, edit.mask & ~conflict),
+                extra=None if summarize is None else summarize(chunk, edit, theirs, write,
+                                                               conflict))
+
+        def merge(current, edits=edits, outcomes=outcomes, seen=seen, key=key, record=record):
             seen.append(identity(current))
             return merge_edits_into_shard(current, meta=meta, key=key, where=store.url,
-                                          edits=edits, outcomes=outcomes)
+                                          edits=edits, outcomes=outcomes, record=record)
 
         new = store.update(key, merge, tries=50)
-        written = sum(int(o.written.sum()) for o in outcomes.values())
+        written = sum(o.written for o in outcomes.values())
         theirs_id, new_id = seen[-1], identity(new)
         res = ShardResult(shard=shard, key=key, base_identity=(base_identities or {}).get(key),
                           theirs_identity=theirs_id, new=new, outcomes=dict(outcomes))
@@ -251,24 +326,9 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
             result.bytes_written += len(new or b"")
             result.voxels_written += written
             result.identities[key] = {"before": theirs_id, "after": new_id}
-        cps = meta.chunks_per_object
         for flat, o in outcomes.items():
-            # every chunk now holding some of our values, not only those written by this
-            # pass: a replay finds the shards already written by the process it finishes,
-            # whose coarse levels may still be missing
-            ours_now = edits[flat].mask & ~o.conflict
-            if not ours_now.any():
-                continue
-            local = np.unravel_index(flat, cps)
-            chunk = tuple(int(s * n + i) for s, n, i in zip(shard, cps, local, strict=True))
-            origin = [c * n for c, n in zip(chunk, cs, strict=True)]
-            lo, hi = [], []
-            for axis in range(ours_now.ndim):
-                hit = np.flatnonzero(ours_now.any(axis=tuple(a for a in range(ours_now.ndim)
-                                                            if a != axis)))
-                lo.append(origin[axis] + int(hit[0]))
-                hi.append(origin[axis] + int(hit[-1]) + 1)
-            result.changed_boxes[chunk] = (tuple(lo), tuple(hi))
+            if o.ours_box is not None:
+                result.changed_boxes[members[flat]] = o.ours_box
         yield res
     yield result
 
