@@ -333,31 +333,51 @@ def apply_level0(li: LabelImage, diff: Diff, *, base_identities: dict[str, str] 
     yield result
 
 
+class _LevelReader:
+    """Voxels of one level read fresh from the store (no cache: a coarse block must be
+    computed from what is stored now), each shard fetched once per reader and its inner
+    chunks decoded only as a box needs them."""
+
+    def __init__(self, li: LabelImage, level: int, *, store: Store | None = None):
+        self.li, self.level, self.meta = li, level, li.metas[level]
+        self.store = li.store if store is None else store
+        self._split: dict[Coords, list] = {}
+
+    def prefetch(self, box: tuple[slice, ...]) -> None:
+        """Fetch (in one batch) the shards holding ``box`` not fetched yet."""
+        meta, store = self.meta, self.store
+        chunk_ranges = [range(s.start // c, (s.stop - 1) // c + 1)
+                        for s, c in zip(box, meta.chunk_shape, strict=True)]
+        shards = sorted({shard_of(meta, c)[0] for c in itertools.product(*chunk_ranges)}
+                        - set(self._split))
+        keys = [self.li.key(self.level, meta.object_key(s)) for s in shards]
+        for s, k, r in zip(shards, keys, store.read_many([FullRequest(k) for k in keys]),
+                           strict=True):
+            self._split[s] = split_shard(r.data, meta, key=k, where=store.url)
+
+    def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        meta, store = self.meta, self.store
+        cs = meta.chunk_shape
+        self.prefetch(box)
+        out = np.full(tuple(s.stop - s.start for s in box), meta.fill_value, dtype=meta.dtype)
+        chunk_ranges = [range(s.start // c, (s.stop - 1) // c + 1)
+                        for s, c in zip(box, cs, strict=True)]
+        for c in itertools.product(*chunk_ranges):
+            shard, flat = shard_of(meta, c)
+            values = decode_chunk(self._split[shard][flat], meta,
+                                  key=self.li.key(self.level, ""), where=store.url)
+            lo = [max(i * n, s.start) for i, n, s in zip(c, cs, box, strict=True)]
+            hi = [min((i + 1) * n, s.stop) for i, n, s in zip(c, cs, box, strict=True)]
+            out[tuple(slice(a - s.start, b - s.start)
+                      for a, b, s in zip(lo, hi, box, strict=True))] = \
+                values[tuple(slice(a - i * n, b - i * n)
+                             for a, b, i, n in zip(lo, hi, c, cs, strict=True))]
+        return out
+
+
 def read_box(store: Store, li: LabelImage, level: int, box: tuple[slice, ...]) -> np.ndarray:
-    """Voxels ``box`` of a level, read fresh from the store (no cache: a coarse block must be
-    computed from what is stored now)."""
-    meta = li.metas[level]
-    cs = meta.chunk_shape
-    out = np.full(tuple(s.stop - s.start for s in box), meta.fill_value, dtype=meta.dtype)
-    chunk_ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, cs,
-                                                                               strict=True)]
-    chunks = list(itertools.product(*chunk_ranges))
-    shards = sorted({shard_of(meta, c)[0] for c in chunks})
-    keys = [li.key(level, meta.object_key(s)) for s in shards]
-    raws = dict(zip(shards, (r.data for r in store.read_many([FullRequest(k) for k in keys])),
-                    strict=True))
-    split = {s: split_shard(raws[s], meta, key=k, where=store.url)
-             for s, k in zip(shards, keys, strict=True)}
-    for c in chunks:
-        shard, flat = shard_of(meta, c)
-        values = decode_chunk(split[shard][flat], meta, key=li.key(level, ""), where=store.url)
-        lo = [max(i * n, s.start) for i, n, s in zip(c, cs, box, strict=True)]
-        hi = [min((i + 1) * n, s.stop) for i, n, s in zip(c, cs, box, strict=True)]
-        out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, box,
-                                                                     strict=True))] = \
-            values[tuple(slice(a - i * n, b - i * n) for a, b, i, n in zip(lo, hi, c, cs,
-                                                                          strict=True))]
-    return out
+    """Voxels ``box`` of a level, read fresh from ``store`` (no cache)."""
+    return _LevelReader(li, level, store=store).read(box)
 
 
 def update_pyramid(li: LabelImage, changed: Mapping[Coords, Box], result: ApplyResult) -> None:
@@ -384,13 +404,19 @@ def update_pyramid(li: LabelImage, changed: Mapping[Coords, Box], result: ApplyR
             by_shard.setdefault(shard, {})[flat] = box
         for shard, boxes in sorted(by_shard.items()):
             key = li.key(level, coarse.object_key(shard))
-            compute = functools.partial(_recompute, li=li, level=level, boxes=boxes)
             seen: list[str] = []
             flats = sorted(boxes)
 
-            def modify(current, key=key, flats=flats, compute=compute, seen=seen,
-                       coarse=coarse):
+            def modify(current, key=key, flats=flats, seen=seen, coarse=coarse, level=level,
+                       boxes=boxes):
                 seen.append(identity(current))
+                # the finer level read inside this attempt (after taking the coarse shard's
+                # identity): a concurrent commit's change is either read here, or its own
+                # coarse update comes after ours and sees ours
+                fine = _LevelReader(li, level - 1)
+                fine.prefetch(_parent_box(li, level, list(boxes.values())))
+                compute = functools.partial(_recompute, li=li, level=level, boxes=boxes,
+                                            fine=fine)
                 return replace_chunks_in_shard(current, meta=coarse, key=key, where=store.url,
                                                flats=flats, compute=compute)
 
@@ -403,26 +429,26 @@ def update_pyramid(li: LabelImage, changed: Mapping[Coords, Box], result: ApplyR
         changed = targets
 
 
-def _recompute(olds: dict[int, np.ndarray], *, li: LabelImage, level: int,
-               boxes: dict[int, Box]) -> dict[int, np.ndarray]:
-    """New values of coarse chunks ``olds`` (by flat index in their shard): inside each one's
-    box (global coarse voxels), the mode of the parent blocks, read now; outside it, as
-    stored."""
-    coarse, fine = li.metas[level], li.metas[level - 1]
-    f = li.factors[level - 1]
-    cs = coarse.chunk_shape
-    lo = [min(b[0][a] for b in boxes.values()) for a in range(coarse.ndim)]
-    hi = [max(b[1][a] for b in boxes.values()) for a in range(coarse.ndim)]
-    fbox = tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, f, fine.shape,
+def _parent_box(li: LabelImage, level: int, boxes: list[Box]) -> tuple[slice, ...]:
+    """The finer-level voxels under the union of coarse ``boxes`` of ``level``."""
+    fine, f = li.metas[level - 1], li.factors[level - 1]
+    lo = [min(b[0][a] for b in boxes) for a in range(fine.ndim)]
+    hi = [max(b[1][a] for b in boxes) for a in range(fine.ndim)]
+    return tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, f, fine.shape,
                                                                   strict=True))
-    fine_values = read_box(li.store, li, level - 1, fbox)
+
+
+def _recompute(olds: dict[int, np.ndarray], *, li: LabelImage, level: int,
+               boxes: dict[int, Box], fine: _LevelReader) -> dict[int, np.ndarray]:
+    """New values of coarse chunks ``olds`` (by flat index in their shard): inside each one's
+    box (global coarse voxels), the mode of the parent blocks read by ``fine``; outside it,
+    as stored."""
+    f = li.factors[level - 1]
+    cs = li.metas[level].chunk_shape
     out = {}
-    for flat, (blo, bhi) in boxes.items():
-        sub = fine_values[tuple(slice((a - o) * k, min((b - o) * k, n - o * k))
-                                for a, b, o, k, n in zip(blo, bhi, lo, f, fine.shape,
-                                                         strict=True))]
-        values = downsample(sub, f, "mode")
-        new = olds[flat]
+    for flat, new in olds.items():
+        blo, bhi = boxes[flat]
+        values = downsample(fine.read(_parent_box(li, level, [boxes[flat]])), f, "mode")
         new[tuple(slice(a % c, a % c + (b - a)) for a, b, c in zip(blo, bhi, cs,
                                                                    strict=True))] = values
         out[flat] = new

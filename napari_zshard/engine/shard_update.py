@@ -191,7 +191,8 @@ def replace_chunks_in_shard(current: bytes | None, *, meta: ArrayMeta, key: str,
                             compute: Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]
                             ) -> bytes | None:
     """The shard ``current`` with its inner chunks ``flats`` (flat indexes) replaced by what
-    ``compute({flat: stored values})`` returns for each (full inner chunk shape): e.g. coarse
+    ``compute({flat: stored values})`` returns for each (full inner chunk shape; called once
+    per chunk, so that one chunk's arrays are alive at a time): e.g. coarse
     blocks recomputed from the level below, read inside the update so that they include
     every commit before it. Chunks whose values do not change keep their stored bytes;
     ``current`` itself comes back when none changes (the store then writes nothing).
@@ -201,12 +202,10 @@ def replace_chunks_in_shard(current: bytes | None, *, meta: ArrayMeta, key: str,
     chunks = split_shard(current, meta, key=key, where=where)
     cps = spec.chunks_per_shard(meta.grid_shape)
     changed = False
-    olds = {flat: _decode(chunks[flat], meta, key=key, where=where,
-                          local=tuple(int(i) for i in np.unravel_index(flat, cps)), flat=flat)
-            for flat in sorted(flats)}
-    news = compute({flat: old.copy() for flat, old in olds.items()})
-    for flat, old in olds.items():
-        new = news[flat]
+    for flat in sorted(flats):  # one chunk at a time: memory stays a chunk's worth
+        old = _decode(chunks[flat], meta, key=key, where=where,
+                      local=tuple(int(i) for i in np.unravel_index(flat, cps)), flat=flat)
+        new = compute({flat: old.copy()})[flat]
         if np.array_equal(old, new):
             continue
         chunks[flat] = None if is_fill(new, meta.fill_value) else spec.codecs.encode(
