@@ -74,3 +74,13 @@ def test_block_mode_skipping_uniform_blocks_matches_sorting_every_block():
             assert got.dtype == data.dtype
             np.testing.assert_array_equal(got, expected)
             np.testing.assert_array_equal(downsample(data, factors, "mode"), expected)
+
+
+def test_block_mode_in_batches_matches_sorting_every_block(monkeypatch):
+    from napari_zshard.multiscale import downsample as ds
+
+    monkeypatch.setattr(ds, "_MODE_BATCH", 37)  # batches that split rows of blocks
+    data = np.random.default_rng(5).integers(0, 3, (10, 22, 26), dtype=np.uint16)
+    data[:, :10] = 4
+    blocks = ds._blocks(data, (2, 2, 2))
+    np.testing.assert_array_equal(ds.block_mode(blocks), _mode_by_sorting_every_block(blocks))

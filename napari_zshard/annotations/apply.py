@@ -114,7 +114,10 @@ class Diff:
         parts = [] if whole else [_encode_index(index, self.index_coding)]
         parts += [np.asarray(base, dtype=self.dtype).tobytes(),
                   np.asarray(ours, dtype=self.dtype).tobytes()]
-        self._blobs[chunk] = zstandard.ZstdCompressor(level=1).compress(b"".join(parts))
+        frame = zstandard.ZstdCompressor(level=1).compress(b"".join(parts))
+        # a copy of its own size: the frame keeps the allocation of its worst-case bound
+        # (~the input size), which would make the diff of a repainted region as large as it
+        self._blobs[chunk] = bytes(memoryview(frame))
         self._counts[chunk] = len(index)
 
     def get(self, chunk: Coords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
