@@ -171,13 +171,21 @@ class Diff:
         return out
 
 
+#: a packed mask of all True (a repainted chunk's, the usual case): no bits stored
+_ALL = np.zeros(0, dtype=np.uint8)
+
+
 def _pack(mask: np.ndarray) -> np.ndarray | None:
-    return np.packbits(mask, axis=None) if mask.any() else None
+    if not mask.any():
+        return None
+    return _ALL if mask.all() else np.packbits(mask, axis=None)
 
 
 def _unpack(bits: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     if bits is None:
         return np.zeros(shape, dtype=bool)
+    if bits is _ALL:
+        return np.ones(shape, dtype=bool)
     return np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
 
 
