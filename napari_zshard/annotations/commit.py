@@ -17,21 +17,30 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..engine.cache import default_cache
-from ..engine.shard_update import decode_chunk, split_shard
+from ..engine.shard_update import ChunkEdit, decode_chunk, split_shard
 from ..errors import ZShardError
 from . import provenance as prov
-from .apply import ApplyResult, Diff, ShardResult, apply_level0, identity, update_pyramid
+from .apply import (
+    ApplyResult,
+    Diff,
+    ShardResult,
+    Summarize,
+    apply_level0,
+    identity,
+    update_pyramid,
+)
 from .ids import claim_unreserved
 from .labelimage import LabelImage
 
 if TYPE_CHECKING:
     from .edit import CommitProgress, CommitReport, Conflict, Edit
+    from .region import Snapshot
 
 log = logging.getLogger(__name__)
 Coords = tuple[int, ...]
 
 
-def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
+def _diff_of(edit: Edit, snap: Snapshot) -> Diff:
     meta = edit._meta
     diff = Diff(meta.dtype, int(np.prod(meta.chunk_shape)))
     for c, ours_part in snap.items():
@@ -52,32 +61,35 @@ def _diff_of(edit: Edit, snap: dict[Coords, np.ndarray]) -> Diff:
     return diff
 
 
-def _global_coords(li: LabelImage, shard: Coords, flat: int, mask: np.ndarray) -> np.ndarray:
-    meta = li.metas[0]
-    cps, cs = meta.chunks_per_object, meta.chunk_shape
-    local = np.unravel_index(flat, cps)
-    origin = np.array([(s * n + i) * c for s, n, i, c in zip(shard, cps, local, cs,
-                                                            strict=True)])
-    return np.argwhere(mask) + origin
+def _summarizer(li: LabelImage, *, replay: bool) -> Summarize:
+    """What a commit keeps of each merged chunk, made while its values are at hand: its
+    conflicts grouped by (ours, theirs) with their global coordinates, its object-table
+    changes and the box of the voxels it changed. A replay also counts the voxels the
+    interrupted original had written already (they hold ours, and were the diff's base
+    before it)."""
+    cs = li.metas[0].chunk_shape
 
+    def summarize(chunk: Coords, edit: ChunkEdit, theirs: np.ndarray, write: np.ndarray,
+                  conflict: np.ndarray) -> tuple[list, dict, tuple | None]:
+        origin = np.array([i * c for i, c in zip(chunk, cs, strict=True)])
+        groups = []
+        if conflict.any():
+            coords = np.argwhere(conflict) + origin
+            pairs = np.stack([edit.ours[conflict], theirs[conflict]], axis=1)
+            for pair in np.unique(pairs, axis=0):
+                hit = (pairs == pair).all(axis=1)
+                groups.append((int(pair[0]), int(pair[1]), coords[hit]))
+        if replay:
+            sel = edit.mask & ~conflict
+            before = np.where(write, theirs, edit.base)
+        else:
+            sel, before = write, theirs
+        if not sel.any():
+            return groups, {}, None
+        return (groups, prov.object_delta([(origin, sel, before, edit.ours)]),
+                prov.mask_box(origin, sel))
 
-def _conflict_groups(li: LabelImage, diff: Diff, shard: Coords, res: ShardResult,
-                     groups: dict[tuple[str, str, int, int], list[np.ndarray]]) -> None:
-    """Add the conflicting voxels of one merged shard to ``groups`` (by shard, ours, theirs)."""
-    meta = li.metas[0]
-    for flat, out in res.outcomes.items():
-        if not out.conflict.any():
-            continue
-        coords = _global_coords(li, shard, flat, out.conflict)
-        ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-        chunk = tuple(int(c) // n for c, n in zip(coords[0], meta.chunk_shape, strict=True))
-        idx, _, o = diff.chunks[chunk]
-        ours.flat[idx] = o
-        pairs = np.stack([ours[out.conflict], out.theirs[out.conflict]], axis=1)
-        for pair in np.unique(pairs, axis=0):
-            hit = (pairs == pair).all(axis=1)
-            groups.setdefault((res.key, res.theirs_identity, int(pair[0]), int(pair[1])),
-                              []).append(coords[hit])
+    return summarize
 
 
 def _conflicts(li: LabelImage, groups: dict[tuple[str, str, int, int], list[np.ndarray]]
@@ -105,36 +117,6 @@ def _conflicts(li: LabelImage, groups: dict[tuple[str, str, int, int], list[np.n
     return out_list
 
 
-def _written(li: LabelImage, diff: Diff, shard: Coords, res: ShardResult, *,
-             replay: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per inner chunk of one merged shard: (global origin, mask of the voxels this commit
-    changed, values before, values after; full chunk arrays), for the object table and the
-    changed region. A replay also counts the voxels the interrupted original had written
-    already (they hold ours, and were the diff's base before it)."""
-    meta = li.metas[0]
-    cps = meta.chunks_per_object
-    out = []
-    for flat, o in res.outcomes.items():
-        local = np.unravel_index(flat, cps)
-        chunk = tuple(int(s * n + i) for s, n, i in zip(shard, cps, local, strict=True))
-        idx, base_vals, vals = diff.chunks[chunk]
-        ours = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-        ours.flat[idx] = vals
-        sel = o.written
-        before = o.theirs
-        if replay:
-            mask = np.zeros(meta.chunk_shape, dtype=bool)
-            mask.flat[idx] = True
-            sel = mask & ~o.conflict
-            base = np.zeros(meta.chunk_shape, dtype=meta.dtype)
-            base.flat[idx] = base_vals
-            before = np.where(o.written, o.theirs, base)
-        if sel.any():
-            origin = np.array([i * c for i, c in zip(chunk, meta.chunk_shape, strict=True)])
-            out.append((origin, sel, before, ours))
-    return out
-
-
 class Applied:
     """What a commit (or replay) did, gathered shard by shard so that the values a merge met
     are dropped as soon as the shard is accounted for (memory stays a shard's worth)."""
@@ -149,19 +131,21 @@ class Applied:
         self.conflicts: list[Conflict] = []
 
     def add(self, shard: Coords, res: ShardResult) -> None:
-        _conflict_groups(self.li, self.diff, shard, res, self.groups)
-        written = _written(self.li, self.diff, shard, res, replay=self.replay)
-        prov.merge_delta(self.delta, prov.object_delta(written))
-        for origin, sel, _, _ in written:
-            lo, hi = prov.mask_box(origin, sel)
-            self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
-            self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
         for o in res.outcomes.values():
-            o.theirs = None  # type: ignore[assignment]
+            groups, delta, box = o.extra
+            for ours, theirs, coords in groups:
+                self.groups.setdefault((res.key, res.theirs_identity, ours, theirs),
+                                       []).append(coords)
+            prov.merge_delta(self.delta, delta)
+            if box is not None:
+                lo, hi = box
+                self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+                self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+            o.extra = None
 
     def done(self, result: ApplyResult) -> Applied:
         self.result = result
-        update_pyramid(self.li, result.changed_chunks, result)
+        update_pyramid(self.li, result.changed_boxes, result)
         default_cache().forget(f"{self.li.store.url.rstrip('/')}/{self.li.prefix}")
         self.conflicts = _conflicts(self.li, self.groups)
         return self
@@ -176,7 +160,8 @@ class Applied:
 def apply_all(li: LabelImage, diff: Diff, base_identities: dict[str, str] | None,
               *, replay: bool = False) -> Applied:
     applied = Applied(li, diff, replay=replay)
-    for item in apply_level0(li, diff, base_identities=base_identities):
+    for item in apply_level0(li, diff, base_identities=base_identities,
+                             summarize=_summarizer(li, replay=replay)):
         if isinstance(item, ShardResult):
             applied.add(item.shard, item)
         else:
@@ -244,11 +229,17 @@ def finish_stale(li: LabelImage) -> list[str]:
 
 
 def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, CommitReport]:
+    finish_stale(edit.li)
+    _gen, snap = edit.data.snapshot()
+    with snap:  # closed when done, cancelled or failed: painting stops copying chunks
+        return (yield from _run_commit(edit, message, snap))
+
+
+def _run_commit(edit: Edit, message: str, snap: Snapshot
+                ) -> Generator[CommitProgress, None, CommitReport]:
     from .edit import CommitProgress, CommitReport
 
     li = edit.li
-    finish_stale(li)
-    _gen, snap = edit.data.snapshot()
     diff = _diff_of(edit, snap)
     shards = {k for k in (li.key(0, li.metas[0].object_key(
         tuple(c // n for c, n in zip(chunk, li.metas[0].chunks_per_object, strict=True))))
@@ -276,7 +267,8 @@ def run_commit(edit: Edit, message: str) -> Generator[CommitProgress, None, Comm
     # apply shard by shard, reporting progress between shards
     applied = Applied(li, diff, replay=False)
     done = 0
-    for item in apply_level0(li, diff, base_identities=edit.base_identities):
+    for item in apply_level0(li, diff, base_identities=edit.base_identities,
+                             summarize=_summarizer(li, replay=False)):
         if isinstance(item, ShardResult):
             applied.add(item.shard, item)
             done += 1
@@ -312,7 +304,7 @@ def current_shards(edit: Edit) -> dict[Coords, ShardResult]:
             for s, k, raw in zip(shards, keys, raws, strict=True)}
 
 
-def _settle(edit: Edit, snap: dict[Coords, np.ndarray], shards: dict[Coords, ShardResult]
+def _settle(edit: Edit, snap: Snapshot, shards: dict[Coords, ShardResult]
             ) -> None:
     """After a commit: the base of what was written (and of colleagues' changes) becomes the
     store's state, colleagues' changes are pulled where the user did not paint since the
@@ -336,8 +328,8 @@ def _settle(edit: Edit, snap: dict[Coords, np.ndarray], shards: dict[Coords, Sha
             local, inner = data.chunk_box(c)
             out = res.outcomes.get(flat)
             zeros = np.zeros(meta.chunk_shape, dtype=bool)
-            written = (out.written if out is not None else zeros)[inner]
-            conflict_full = out.conflict if out is not None else zeros
+            written = (out.written_mask() if out is not None else zeros)[inner]
+            conflict_full = out.conflict_mask() if out is not None else zeros
             conflict = conflict_full[inner]
             pend_full = edit._pending.get(c)
             pend_old = (pend_full if pend_full is not None else zeros)[inner]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,7 @@ class EditableRegion:
         self.chunk_shape = tuple(int(c) for c in chunk_shape)
         self._lock = threading.RLock()
         self._dirty: set[Coords] = set()
+        self._snapshots: list[Snapshot] = []  # open ones: copy a chunk before writing it
         #: bumped on every write: a commit tells whether the user painted while it ran
         self.generation = 0
 
@@ -109,19 +110,29 @@ class EditableRegion:
         value = checked_values(value, self.dtype)
         with self._lock:
             boxes = touched_boxes(key, self.shape)
+            if self._snapshots:
+                touched = set()
+                for box in boxes:
+                    touched.update(self._chunks_of(box))
+                for snap in self._snapshots:
+                    snap._preserve(touched)
             self._values[key] = value
             for box in boxes:
                 self._mark(box)
             self.generation += 1
 
-    def _mark(self, box: tuple[tuple[int, int], ...]) -> None:
-        """Mark every inner chunk meeting the local half-open ``box``."""
+    def _chunks_of(self, box: tuple[tuple[int, int], ...]) -> Iterator[Coords]:
+        """Every inner chunk meeting the local half-open ``box``."""
         ranges = []
         for (lo, hi), o, c in zip(box, self.origin, self.chunk_shape, strict=True):
             if hi <= lo:
-                return
+                return iter(())
             ranges.append(range((lo + o) // c, (hi - 1 + o) // c + 1))
-        self._dirty.update(itertools.product(*ranges))
+        return itertools.product(*ranges)
+
+    def _mark(self, box: tuple[tuple[int, int], ...]) -> None:
+        """Mark every inner chunk meeting the local half-open ``box``."""
+        self._dirty.update(self._chunks_of(box))
 
     # -- what a commit needs ----------------------------------------------------------------
     @property
@@ -152,14 +163,18 @@ class EditableRegion:
             inner.append(slice(lo - i * c, hi - i * c))
         return tuple(local), tuple(inner)
 
-    def snapshot(self, chunks: Sequence[Coords] | None = None
-                 ) -> tuple[int, dict[Coords, np.ndarray]]:
-        """Copies of the region's part of each chunk (default: the dirty ones), taken at one
-        instant (painting may go on meanwhile), and the write generation of that instant."""
+    def snapshot(self, chunks: Sequence[Coords] | None = None) -> tuple[int, Snapshot]:
+        """The region's part of each chunk (default: the dirty ones) as it is at this
+        instant (painting may go on meanwhile), and the write generation of that instant.
+
+        Copy on write: a chunk is copied only when it is written while the snapshot is open,
+        so a commit of a fully repainted region does not hold a second copy of it. Close the
+        snapshot (:meth:`Snapshot.close`, or ``with``) when done."""
         with self._lock:
             wanted = sorted(self._dirty) if chunks is None else list(chunks)
-            return self.generation, {c: self._values[self.chunk_box(c)[0]].copy()
-                                     for c in wanted}
+            snap = Snapshot(self, wanted)
+            self._snapshots.append(snap)
+            return self.generation, snap
 
     def values_view(self) -> np.ndarray:
         """The backing array itself (for the commit's pull of colleagues' changes; hold
@@ -263,3 +278,62 @@ def _mask_box(mask: np.ndarray) -> list[tuple[tuple[int, int], ...]]:
         hit = np.flatnonzero(mask.any(axis=other))
         box.append((int(hit[0]), int(hit[-1]) + 1))
     return [tuple(box)]
+
+
+class Snapshot(Mapping):
+    """Chunk -> the region's part of it at the instant :meth:`EditableRegion.snapshot` was
+    taken (a fresh array per access; chunks written since were copied just before)."""
+
+    def __init__(self, region: EditableRegion, chunks: Sequence[Coords]):
+        self._region = region
+        self._chunks = set(chunks)
+        self._order = list(chunks)
+        self._saved: dict[Coords, np.ndarray] = {}
+        self.closed = False
+
+    def _preserve(self, chunks: set[Coords]) -> None:  # under the region's lock
+        for c in chunks & self._chunks:
+            if c not in self._saved:
+                self._saved[c] = self._region._values[self._region.chunk_box(c)[0]].copy()
+
+    def __getitem__(self, chunk: Coords) -> np.ndarray:
+        if chunk not in self._chunks:
+            raise KeyError(chunk)
+        with self._region.lock:
+            saved = self._saved.get(chunk)
+            if saved is not None:
+                out = saved.view()
+                out.flags.writeable = False
+                return out
+            if self.closed:
+                raise ValueError("snapshot closed")
+            return self._region._values[self._region.chunk_box(chunk)[0]].copy()
+
+    def written_since(self, chunk: Coords) -> bool:
+        """Whether ``chunk`` was written after the snapshot was taken."""
+        return chunk in self._saved
+
+    def release(self, chunk: Coords) -> None:
+        """Forget ``chunk`` (no copy of it is kept from now on)."""
+        with self._region.lock:
+            self._chunks.discard(chunk)
+            self._saved.pop(chunk, None)
+
+    def __iter__(self) -> Iterator[Coords]:
+        return (c for c in self._order if c in self._chunks)
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def close(self) -> None:
+        with self._region.lock:
+            if self in self._region._snapshots:
+                self._region._snapshots.remove(self)
+            self._saved.clear()
+            self.closed = True
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,9 @@ class ChunkOutcome:
 
 
 def merge_edits_into_shard(current: bytes | None, *, meta: ArrayMeta, key: str, where: str,
-                           edits: dict[int, ChunkEdit], outcomes: dict[int, ChunkOutcome]
+                           edits: Mapping[int, ChunkEdit], outcomes: dict[int, Any],
+                           record: Callable[[int, ChunkEdit, np.ndarray, np.ndarray,
+                                             np.ndarray], Any] | None = None
                            ) -> bytes | None:
     """The shard ``current`` with ``edits`` (by flat inner-chunk index) merged voxel by voxel.
 
@@ -153,8 +156,12 @@ def merge_edits_into_shard(current: bytes | None, *, meta: ArrayMeta, key: str, 
     else is a conflict: someone else changed the voxel since the base, to another value, and it
     is left as they wrote it. Voxels outside the masks are never written, so other writers'
     work in the same chunks survives. Only the edited inner chunks are decoded and re-encoded.
-    ``outcomes`` is cleared and filled on every call (the last call is the one committed).
-    Returns ``current`` itself when nothing changes, so that the store writes nothing.
+    ``outcomes`` is cleared and filled on every call (the last call is the one committed):
+    with a :class:`ChunkOutcome` per chunk, or with what ``record(flat, edit, theirs,
+    written, conflict)`` returns (so a caller can keep a compact summary instead of three
+    full-chunk arrays per chunk). ``edits`` may build each chunk's arrays on access: one
+    chunk's are alive at a time. Returns ``current`` itself when nothing changes, so that
+    the store writes nothing.
     """
     spec = meta.sharding
     assert spec is not None
@@ -162,12 +169,15 @@ def merge_edits_into_shard(current: bytes | None, *, meta: ArrayMeta, key: str, 
     chunks = split_shard(current, meta, key=key, where=where)
     cps = spec.chunks_per_shard(meta.grid_shape)
     changed = False
-    for flat, edit in sorted(edits.items()):
+    for flat in sorted(edits):
+        edit = edits[flat]
         local = tuple(int(i) for i in np.unravel_index(flat, cps))
         theirs = _decode(chunks[flat], meta, key=key, where=where, local=local, flat=flat)
         conflict = edit.mask & (theirs != edit.base) & (theirs != edit.ours)
         write = edit.mask & ~conflict & (theirs != edit.ours)
-        outcomes[flat] = ChunkOutcome(theirs=theirs.copy(), written=write, conflict=conflict)
+        outcomes[flat] = (record(flat, edit, theirs, write, conflict) if record is not None
+                          else ChunkOutcome(theirs=theirs.copy(), written=write,
+                                            conflict=conflict))
         if not write.any():
             continue
         theirs[write] = edit.ours[write]
@@ -181,7 +191,8 @@ def replace_chunks_in_shard(current: bytes | None, *, meta: ArrayMeta, key: str,
                             compute: Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]
                             ) -> bytes | None:
     """The shard ``current`` with its inner chunks ``flats`` (flat indexes) replaced by what
-    ``compute({flat: stored values})`` returns for each (full inner chunk shape): e.g. coarse
+    ``compute({flat: stored values})`` returns for each (full inner chunk shape; called once
+    per chunk, so that one chunk's arrays are alive at a time): e.g. coarse
     blocks recomputed from the level below, read inside the update so that they include
     every commit before it. Chunks whose values do not change keep their stored bytes;
     ``current`` itself comes back when none changes (the store then writes nothing).
@@ -191,12 +202,10 @@ def replace_chunks_in_shard(current: bytes | None, *, meta: ArrayMeta, key: str,
     chunks = split_shard(current, meta, key=key, where=where)
     cps = spec.chunks_per_shard(meta.grid_shape)
     changed = False
-    olds = {flat: _decode(chunks[flat], meta, key=key, where=where,
-                          local=tuple(int(i) for i in np.unravel_index(flat, cps)), flat=flat)
-            for flat in sorted(flats)}
-    news = compute({flat: old.copy() for flat, old in olds.items()})
-    for flat, old in olds.items():
-        new = news[flat]
+    for flat in sorted(flats):  # one chunk at a time: memory stays a chunk's worth
+        old = _decode(chunks[flat], meta, key=key, where=where,
+                      local=tuple(int(i) for i in np.unravel_index(flat, cps)), flat=flat)
+        new = compute({flat: old.copy()})[flat]
         if np.array_equal(old, new):
             continue
         chunks[flat] = None if is_fill(new, meta.fill_value) else spec.codecs.encode(

@@ -61,8 +61,29 @@ def _blocks(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return view.transpose(order).reshape(*out_shape, math.prod(factors))
 
 
+#: blocks handled at once by :func:`block_mode` (bounds its temporaries to a few MiB)
+_MODE_BATCH = 1 << 18
+
+
 def block_mode(blocks: np.ndarray) -> np.ndarray:
-    """The most frequent value of each block (last axis); ties go to the smallest value."""
+    """The most frequent value of each block (last axis); ties go to the smallest value.
+
+    Uniform blocks (all of a label's interior, all of the background: nearly every block of
+    a segmentation) are their own mode; only the mixed ones are sorted and counted, a batch
+    at a time, so the temporaries stay small whatever the size of ``blocks``."""
+    blocks = np.asarray(blocks)
+    k = blocks.shape[-1]
+    flat = blocks.reshape(-1, k)
+    out = flat[:, 0].copy()
+    for start in range(0, len(flat), _MODE_BATCH):
+        part = flat[start:start + _MODE_BATCH]
+        mixed = (part != part[:, :1]).any(axis=1)
+        if mixed.any():
+            out[start:start + _MODE_BATCH][mixed] = _sorted_mode(part[mixed])
+    return out.reshape(blocks.shape[:-1])
+
+
+def _sorted_mode(blocks: np.ndarray) -> np.ndarray:
     k = blocks.shape[-1]
     s = np.sort(blocks, axis=-1)
     counts = np.zeros(s.shape, dtype=np.int32)
