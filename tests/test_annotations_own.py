@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
+from ome_checks import assert_peers_accept
 from test_annotations_region import make_image
 
 from napari_zshard import annotations as ann
@@ -27,6 +29,12 @@ def test_own_edits_go_to_each_annotators_label_image_and_their_commits_mark_cove
     assert sorted(report.inputs) == slugs
     consensus = ann.checkout(url, labels="consensus", annotator="reader", region=box).data
     assert (np.asarray(consensus)[2:10, 8:40, 8:40] == 3).all()  # 2 of 3 said 3
+
+    # the store stays OME-Zarr 0.5 for every peer: 3 annotators + consensus + conflicts
+    assert_peers_accept(url, labels=5)
+    for name in [*slugs, "consensus", "conflicts"]:
+        level0 = zarr.open_array(f"{url}/labels/{name}/0", mode="r")
+        assert level0.shape == (32, 128, 128)
 
 
 def test_own_and_a_named_label_image_are_one_or_the_other(tmp_path):
