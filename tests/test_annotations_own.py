@@ -44,3 +44,20 @@ def test_own_and_a_named_label_image_are_one_or_the_other(tmp_path):
                      region=(slice(0, 16), slice(0, 16), slice(0, 16)))
     with pytest.raises(TypeError, match="labels="):
         ann.checkout(url, annotator="alice", region=(slice(0, 16), slice(0, 16), slice(0, 16)))
+
+
+def test_objects_carry_the_class_or_name_their_annotator_gave_them(tmp_path):
+    url = make_image(tmp_path)
+    box = (slice(0, 16), slice(0, 32), slice(0, 32))
+    edit = ann.checkout(url, labels="cells", create=True, annotator="alice", region=box)
+    edit.data[1:3, 4:8, 4:8] = 7
+    edit.names[7] = "nucleus"
+    edit.commit(message="first")
+    later = ann.checkout(url, labels="cells", annotator="bob", region=box)
+    later.data[5, 5, 5] = 7
+    later.names[7] = "dividing nucleus"
+    later.commit(message="renamed")
+
+    (row,) = [r for r in ann.object_table(url, labels="cells") if r["id"] == 7]
+    assert row["name"] == "dividing nucleus" and row["author"] == "alice"
+    assert row["modified_by"] == "bob" and row["voxels"] == 2 * 4 * 4 + 1

@@ -179,7 +179,7 @@ def finish(li: LabelImage, commit_id: str, intent: dict, applied: Applied, *,
     # the object delta before the record: a commit killed between the two is replayed, and
     # the replay's delta (or the original's, whichever came first) is the one kept
     prov.write_object_delta(li, commit_id, intent.get("annotator") or "", when,
-                            applied.delta)
+                            applied.delta, names=intent.get("names") or {})
     created = prov.write_record(
         li, commit_id, annotator=intent.get("annotator"), created=intent.get("created"),
         finished=when, message=intent.get("message", ""), region=intent.get("region"),
@@ -254,7 +254,8 @@ def _run_commit(edit: Edit, message: str, snap: Snapshot
               "created": prov.now().isoformat(), "message": message,
               "label_image": li.name, "region": [[s.start, s.stop] for s in edit.region],
               "base_shards": {k: edit.base_identities.get(k, "unknown") for k in sorted(shards)},
-              "overrides": list(edit._overrides), "voxels": diff.voxels}
+              "overrides": list(edit._overrides), "voxels": diff.voxels,
+              "names": {str(v): n for v, n in sorted(edit.names.items())}}
     unreserved = claim_unreserved(li, np.unique(np.concatenate(
         [np.unique(o) for _, _, o in diff.chunks.values()])))
     if unreserved:

@@ -122,9 +122,12 @@ class Edit:
     """A checked-out region: :attr:`data` to paint into, :meth:`commit` to export."""
 
     own = False  # the annotator's own label image (checkout(own=True))
+    #: label value -> class or name, recorded in the object table with the next commit
+    names: dict[int, str]
 
     def __init__(self, li: LabelImage, region: tuple[slice, ...], *, annotator: str, slug: str):
         self.li = li
+        self.names = {}
         self.region = region
         self.annotator = annotator
         self.slug = slug

@@ -33,7 +33,8 @@ from .labelimage import LabelImage
 DIFF_NAME = "diff.npz"
 #: An intent without a record older than this is finished by the next commit (seconds).
 STALE_INTENT_SECONDS = 60.0
-TABLE_COLUMNS = ("id", "author", "created", "modified_by", "modified", "voxels", "bbox")
+TABLE_COLUMNS = ("id", "name", "author", "created", "modified_by", "modified", "voxels",
+                 "bbox")
 
 
 def now() -> dt.datetime:
@@ -264,12 +265,19 @@ def _bbox_text(lo, hi) -> str:
 
 
 def write_object_delta(li: LabelImage, commit_id: str, author: str, when: str,
-                       delta: dict[int, dict[str, Any]]) -> None:
+                       delta: dict[int, dict[str, Any]], *,
+                       names: dict[str, str] | None = None) -> None:
+    """The write-once per-object changes of one commit; ``names``: the class or name the
+    annotator gave objects (label value as text -> name), also for objects it did not paint."""
+    names = names or {}
+    rows = dict(delta)
+    for v in names:
+        rows.setdefault(int(v), {"voxels": 0, "lo": None, "hi": None})
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(TABLE_COLUMNS)
-    for v, row in sorted(delta.items()):
-        w.writerow([v, author, when, author, when, row["voxels"],
+    for v, row in sorted(rows.items()):
+        w.writerow([v, names.get(str(v), ""), author, when, author, when, row["voxels"],
                     _bbox_text(row["lo"], row["hi"])])
     li.store.create_exclusive(li.zshard_key(f"objects/deltas/{commit_id}.csv"),
                               buf.getvalue().encode())
@@ -312,6 +320,8 @@ def _merged_rows(li: LabelImage) -> tuple[list[dict[str, Any]], list[str], set[i
                 continue
             old["voxels"] += n
             old["modified_by"], old["modified"] = r["modified_by"], r["modified"]
+            if r.get("name"):  # the latest name given wins (older deltas have no column)
+                old["name"] = r["name"]
             old["bbox"] = _union(old.get("bbox", ""), r.get("bbox", ""))
     return [rows[v] for v in sorted(rows)], sorted(set(folded) | done), shrunk
 
