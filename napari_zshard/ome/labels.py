@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..store.keys import validate_name
+from ..keys import validate_name
 
 
 @dataclass(frozen=True)

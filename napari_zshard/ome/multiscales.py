@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MetadataError
-from ..store.keys import validate_key
+from ..keys import validate_key
 
 
 @dataclass(frozen=True)

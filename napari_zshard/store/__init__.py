@@ -1,8 +1,8 @@
 """I/O: URL → store, batched ranged reads with retries and length checks, atomic writes."""
 
+from ..keys import join_key, validate_key, validate_name
 from .base import Store, public_options
 from .config import options_for
-from .keys import join_key, validate_key, validate_name
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
 from .retry import RetryPolicy
 from .stats import RequestStats

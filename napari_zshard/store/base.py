@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConcurrentUpdateError, StoreError, UpdateNotSupportedError
-from .keys import validate_key
+from ..keys import validate_key
 from .requests import ByteRequest, ByteResult, FullRequest
 from .stats import RequestStats
 

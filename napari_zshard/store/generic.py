@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 
 from ..errors import RemoteReadError, ShortReadError, UnsupportedURLError, UpdateNotSupportedError
+from ..keys import validate_key
 from .base import Modify, process_key_locks
-from .keys import validate_key
 from .remote import RemoteStore
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
 from .retry import TRANSIENT_HTTP_STATUS, TransientError

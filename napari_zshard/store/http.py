@@ -23,10 +23,10 @@ import aiohttp
 import yarl
 
 from ..errors import RangeNotSupportedError, RemoteReadError, ShortReadError, StoreError
+from ..keys import validate_key
 from .base import public_options
 from .http_client import _REDIRECTS, MAX_REDIRECTS, RedirectError, client_for_loop, follow_redirect
 from .http_connection import BodyTooLarge
-from .keys import validate_key
 from .remote import (
     MAX_WHOLE_OBJECT,
     RemoteStore,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShortReadError, StoreError, UnsafeKeyError, UpdateNotSupportedError
+from ..keys import validate_key
 from .base import (
     Modify,
     ObjectWriter,
@@ -22,7 +23,6 @@ from .base import (
     Store,
     process_key_locks,
 )
-from .keys import validate_key
 from .local_files import TEMP_MIN_AGE, FileWriter, abandoned_files, commit_temp, fsync_dir, new_temp
 from .pool import io_pool
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import RemoteReadError, ShortReadError, StoreError, UnsupportedURLError
+from ..keys import validate_key
 from .base import CONFLICT, Modify
 from .http import range_header
-from .keys import validate_key
 from .remote import RemoteStore, check_range_result, expected_length
 from .requests import ByteRequest, ByteResult, FullRequest, SuffixRequest
 from .retry import TRANSIENT_HTTP_STATUS, TransientError

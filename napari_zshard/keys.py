@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from ..errors import UnsafeKeyError
+from .errors import UnsafeKeyError
 
 
 def validate_key(key: str, *, what: str = "store key") -> str:
