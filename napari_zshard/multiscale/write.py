@@ -10,12 +10,10 @@ a cancelled or crashed save never leaves a store that claims to be complete.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ import numpy as np
 from ..engine import EngineCache, ShardedArray
 from ..engine.create import SUPPORTED_KINDS, array_metadata, default_layout
 from ..engine.metadata import ArrayMeta, parse_json, parse_v3
+from ..engine.shard_tasks import ShardTaskRunner
 from ..engine.shard_writer import iter_shards, shard_region, write_shard
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
@@ -128,69 +127,6 @@ def write_downsampled_shard(store: Store, meta: ArrayMeta, previous: Store,
 
 
 # -- the run ----------------------------------------------------------------------------------
-class _Runner:
-    """Runs shard tasks on threads or a dask cluster, in bounded batches (bounded memory)."""
-
-    def __init__(self, options: WriteOptions):
-        self.client = options.client
-        self.workers = options.workers or os.cpu_count() or 1
-        self.pool = None if self.client else ThreadPoolExecutor(self.workers,
-                                                                thread_name_prefix="zshard-save")
-
-    def run(self, fn, args_list: list[tuple]) -> Iterator[int]:
-        """Yield each finished task's result (in completion order); at most twice as many
-        tasks as workers in flight."""
-        pending: set[Future] = set()
-        todo = iter(args_list)
-        limit = 2 * (self.workers if self.client is None else
-                     max(1, sum(self.client.nthreads().values())))
-        try:
-            while True:
-                for args in todo:
-                    pending.add(self._submit(fn, args))
-                    if len(pending) >= limit:
-                        break
-                if not pending:
-                    return
-                done, pending = self._wait(pending)
-                for fut in done:
-                    yield fut.result()
-        finally:
-            self._abandon(pending)
-
-    def _abandon(self, pending: set) -> None:
-        """Stop the tasks of a failed or cancelled run before the caller cleans up."""
-        if self.client is None:
-            for fut in pending:
-                fut.cancel()  # those already running finish inside close()
-            return
-        # A task running on a worker cannot be stopped (cancel only forgets its result): wait
-        # for the few in flight, or they would write into a folder already removed.
-        from distributed import wait as dwait
-
-        with contextlib.suppress(Exception):
-            dwait(list(pending), timeout=600)
-
-    def _submit(self, fn, args):
-        if self.client is not None:
-            return self.client.submit(fn, *args, pure=False)
-        return self.pool.submit(fn, *args)
-
-    def _wait(self, pending):
-        if self.client is not None:
-            from distributed import wait as dwait
-
-            result = dwait(list(pending), return_when="FIRST_COMPLETED")
-            return set(result.done), set(result.not_done)
-        return wait(pending, return_when=FIRST_COMPLETED)
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-#: The public name of the runner: resharding runs its shard tasks on it too.
-ShardTaskRunner = _Runner
 
 
 def _level_shapes(shape, factors_list):
@@ -345,7 +281,7 @@ def _finish_omero(plan: _ImagePlan) -> None:
                           data_range=(lo, hi if hi > lo else lo + 1))
 
 
-def run_plan(plan: _ImagePlan, runner: _Runner) -> Iterator[str]:
+def run_plan(plan: _ImagePlan, runner: ShardTaskRunner) -> Iterator[str]:
     """Fill the levels of ``plan`` shard by shard, yielding a message per finished shard."""
     for i, (meta, level_store) in enumerate(zip(plan.metas, plan.stores, strict=True)):
         shards = list(iter_shards(meta))
@@ -380,7 +316,8 @@ def _write_into(store: Store, levels: list[Any], spec: ImageSpec,
                 labels: dict[str, tuple[Any, ImageSpec]],
                 options: WriteOptions) -> Iterator[WriteProgress]:
     """Plan and write every image into ``store``, its root ``zarr.json`` last."""
-    runner = _Runner(options)
+    runner = ShardTaskRunner(workers=options.workers, client=options.client,
+                             name="zshard-save")
     try:  # in-flight shard tasks end before a failed save is cleaned up
         image = plan_image(store, levels, spec, options)
         plans = []

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import default_cache
+from ..engine.shard_tasks import ShardTaskRunner
 from ..engine.shard_writer import iter_shards
-from ..multiscale.write import ShardTaskRunner, WriteOptions, group_json
+from ..multiscale.write import group_json
 from ..store import Store, join_key, open_store
 from .errors import CorruptSourceError, VerificationError
 from .journal import (
@@ -124,7 +125,7 @@ def run_reshard(plan: ReshardPlan, *, verify: str = "sample", on_corrupt: str = 
     # on threads, shards are committed on a thread of their own while the next is computed
     commits = CommitQueue() if client is None else None
     client, own_client = _connect(client)
-    runner = ShardTaskRunner(WriteOptions(workers=workers, client=client))
+    runner = ShardTaskRunner(workers=workers, client=client, name="zshard-reshard")
     finished = False
     try:
         done = summary.resumed
