@@ -47,10 +47,11 @@ def save_from_the_window(qtbot, viewer, path, answer: str | None):
         done.finished.emit()
 
     def click_when_asked():
+        if "saved" in outcome or "error" in outcome:
+            return  # this save is over: a dialog up now is a later save's
         box = QApplication.activeModalWidget()
         if not isinstance(box, QMessageBox):
-            if "saved" not in outcome and "error" not in outcome:
-                QTimer.singleShot(20, click_when_asked)
+            QTimer.singleShot(20, click_when_asked)
             return
         asked.append(box.text())
         buttons = [b for b in box.buttons() if b.text().replace("&", "") == answer]

@@ -13,6 +13,7 @@ moto accepts any credentials, but botocore insists on having some: set ``AWS_ACC
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +21,70 @@ __all__ = ["MotoS3Server", "upload_dir"]
 
 
 class MotoS3Server:
-    """moto's S3 (and every other moto service) on ``http://127.0.0.1:<free port>``."""
+    """moto's S3 (and every other moto service) on ``http://127.0.0.1:<free port>``.
+
+    Writes are served one at a time. Real S3 checks a conditional PUT (``If-Match``,
+    ``If-None-Match: *``) and stores the object atomically; moto checks, then stores, in the
+    request's own thread, so two racing conditional PUTs could both pass under load (seen: two
+    of eight ``If-None-Match: *`` creators "won"). Serialising writes gives S3's guarantee;
+    reads stay concurrent.
+    """
 
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
         self.endpoint_url = ""
 
     def start(self) -> MotoS3Server:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
+        from moto.server import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        app = _WritesOneAtATime(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server("127.0.0.1", 0, app, threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="moto-s3")
+        self._thread.start()
+        host, port = self._server.server_address[:2]
         self.endpoint_url = f"http://{host}:{port}"
         return self
 
     def stop(self) -> None:
-        self._server.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
 
     def __enter__(self) -> MotoS3Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _WritesOneAtATime:
+    """A WSGI app whose PUT/POST/DELETE requests run one at a time, answer included."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") not in ("PUT", "POST", "DELETE"):
+            return self.app(environ, start_response)
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                return [b"".join(result)]
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
 
 
 def s3_filesystem(endpoint_url: str, **options: Any):
