@@ -61,3 +61,23 @@ def test_objects_carry_the_class_or_name_their_annotator_gave_them(tmp_path):
     (row,) = [r for r in ann.object_table(url, labels="cells") if r["id"] == 7]
     assert row["name"] == "dividing nucleus" and row["author"] == "alice"
     assert row["modified_by"] == "bob" and row["voxels"] == 2 * 4 * 4 + 1
+
+
+def test_a_commit_makes_open_arrays_of_this_process_read_again_only_the_shards_it_wrote(
+        tmp_path):
+    import napari_zshard as nz
+    from napari_zshard import EngineCache
+
+    url = make_image(tmp_path)  # 32 x 128 x 128 in 32 x 64 x 64 shards: 4 per level-0 plane
+    edit = ann.checkout(url, labels="cells", create=True, annotator="alice",
+                        region=(slice(0, 8), slice(0, 32), slice(0, 32)))
+    arr = nz.open_array(f"{url}/labels/cells/0", cache=EngineCache())
+    assert not arr[4].any()
+    arr.reset_counters()
+
+    edit.data[4, 0:8, 0:8] = 5
+    edit.commit()
+
+    plane = arr[4]
+    assert (plane[0:8, 0:8] == 5).all() and plane.sum() == 5 * 64
+    assert arr.counters["index_requests"] == 1  # shard (0, 0, 0) only; the 3 others stay cached

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engine.cache import default_cache
+from ..engine.cache import forget_written
 from ..engine.shard_update import ChunkEdit, decode_chunk, split_shard
 from ..errors import ZShardError
 from . import provenance as prov
@@ -146,7 +146,7 @@ class Applied:
     def done(self, result: ApplyResult) -> Applied:
         self.result = result
         update_pyramid(self.li, result.changed_boxes, result)
-        default_cache().forget(f"{self.li.store.url.rstrip('/')}/{self.li.prefix}")
+        _forget_written_shards(self.li, result.identities)
         self.conflicts = _conflicts(self.li, self.groups)
         return self
 
@@ -155,6 +155,18 @@ class Applied:
         if self.lo is None or self.hi is None:
             return None
         return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
+
+
+def _forget_written_shards(li: LabelImage, keys) -> None:
+    """Every array this process has open over the label image reads the shards this commit
+    wrote again, at every level, and keeps what it cached of the others."""
+    root = li.store.url.rstrip("/")
+    for path, meta in zip(li.paths, li.metas, strict=True):
+        prefix = f"{li.prefix}/{path}/"
+        shards = [c for c in (meta.grid_coords(k[len(prefix):]) for k in keys
+                              if k.startswith(prefix)) if c is not None]
+        if shards:
+            forget_written(f"{root}/{prefix.rstrip('/')}", shards)
 
 
 def apply_all(li: LabelImage, diff: Diff, base_identities: dict[str, str] | None,

@@ -93,6 +93,18 @@ class ArrayMeta:
             return self.key_separator.join([self.key_prefix, *parts])
         return self.key_separator.join(parts) if parts else "0"
 
+    def grid_coords(self, key: str) -> tuple[int, ...] | None:
+        """The grid coords whose :meth:`object_key` is ``key`` (None: not one of this
+        array's chunk or shard keys)."""
+        parts = key.split(self.key_separator)
+        if self.key_prefix:
+            if parts[0] != self.key_prefix:
+                return None
+            parts = parts[1:]
+        if len(parts) != self.ndim or not all(p.isdigit() for p in parts):
+            return None
+        return tuple(int(p) for p in parts)
+
 
 def _fail(where: str, message: str) -> MetadataError:
     return MetadataError(f"{where}: {message}")
