@@ -162,3 +162,31 @@ def test_points_of_several_annotators_merge_into_consensus_points_with_counts(im
     assert np.allclose(sorted(again.data[:, 0]), [2, 5, 8], atol=1)
     with pytest.raises(ValueError, match="tolerance"):
         ann.merge_points(image, name="nuclei", tolerance=0)
+
+
+def test_a_compacted_history_loads_the_same_and_later_exports_build_on_it(image, monkeypatch):
+    from napari_zshard.annotations import geometry
+
+    export_geometry(image, name="p", kind="points", annotator="alice",
+                    data=[[1, 1, 1], [2, 2, 2], [3, 3, 3]], features={"kind": ["a", "b", "c"]})
+    g = load_geometry(image, name="p")
+    moved = g.data.copy()
+    moved[0] = [9, 9, 9]
+    export_geometry(image, name="p", kind="points", annotator="bob", data=moved[[0, 2]],
+                    base=g, features={"zshard_id": [g.ids[0], g.ids[2]], "kind": ["a", "c"]})
+    before = load_geometry(image, name="p")
+
+    assert geometry.compact_geometry(image, name="p") == 2
+    after = load_geometry(image, name="p")
+    assert np.array_equal(after.data, before.data) and after.features == before.features
+    assert after.versions == before.versions
+
+    monkeypatch.setattr(geometry, "COMPACT_EVERY", 1)  # every export compacts from now on
+    again = export_geometry(image, name="p", kind="points", annotator="carol",
+                            data=[[7, 7, 7]])
+    late = export_geometry(image, name="p", kind="points", annotator="bob",
+                           data=after.data, base=before,  # bob's view: before carol's point
+                           features={"zshard_id": after.ids, "kind": ["a", "c"]})
+    final = load_geometry(image, name="p")
+    assert final.ids == [*after.ids, *again.ids] and late.commit_id is None
+    assert final.features["author"] == ["alice", "alice", "carol"]

@@ -5,6 +5,7 @@ Each named geometry layer of an image lives beside its label images, never insid
     <image>/zshard/geometry/<layer-slug>/layer.json                kind, name, world transform
     <image>/zshard/geometry/<layer-slug>/head.json                 sequence number + commit
     <image>/zshard/geometry/<layer-slug>/deltas/<seq>-<commit>.csv one write-once delta each
+    <image>/zshard/geometry/<layer-slug>/table.csv                 compaction (every 64 exports)
 
 Rows are napari's own CSV layout (points: ``index, axis-0, axis-1, …``; shapes: ``index,
 shape-type, vertex-index, axis-0, …``, one row per vertex) plus the feature columns and ours:
@@ -138,9 +139,15 @@ def _head(store: Store, prefix: str) -> tuple[int, str | None]:
 
 def _read_chain(store: Store, prefix: str, seq: int, commit: str | None
                 ) -> list[tuple[str, list[dict[str, str]]]]:
-    """The deltas from the first export to ``commit`` (at ``seq``), oldest first."""
+    """The deltas from the first export to ``commit`` (at ``seq``), oldest first; when a
+    compaction (``table.csv``) lies on that chain, it comes first, as one delta, and only the
+    deltas after it are read."""
+    snap = _snapshot(store, prefix)
     chain = []
     while commit is not None and seq > 0:
+        if snap is not None and (seq, commit) == snap[0]:
+            chain.append(snap[1])
+            break
         raw = store.read(f"{prefix}/deltas/{seq:08d}-{commit}.csv")
         if raw is None:
             raise FileNotFoundError(f"{store.url}/{prefix}: delta {seq} ({commit}) is missing")
@@ -151,8 +158,22 @@ def _read_chain(store: Store, prefix: str, seq: int, commit: str | None
     return chain[::-1]
 
 
+def _snapshot(store: Store, prefix: str):
+    """((seq, commit), (None, rows)) of the layer's compaction, or None. Its rows carry the
+    commit of each object's state in a ``version`` column."""
+    raw = store.read(f"{prefix}/table.csv")
+    if raw is None:
+        return None
+    first, _, body = raw.decode().partition("\n")
+    fields = dict(part.split("=", 1) for part in first.removeprefix("#").split(",") if "=" in part)
+    if "seq" not in fields or "commit" not in fields:
+        return None
+    return (int(fields["seq"]), fields["commit"]), (None, list(csv.DictReader(io.StringIO(body))))
+
+
 def _fold(deltas) -> tuple[dict[str, list[dict[str, str]]], dict[str, str], dict[str, str]]:
-    """Current rows per id, the commit of each id's current state, and of each deletion."""
+    """Current rows per id, the commit of each id's current state, and of each deletion (a
+    compaction's rows, commit None, bring their own ``version``)."""
     state: dict[str, list[dict[str, str]]] = {}
     versions: dict[str, str] = {}
     deleted: dict[str, str] = {}
@@ -161,14 +182,44 @@ def _fold(deltas) -> tuple[dict[str, list[dict[str, str]]], dict[str, str], dict
         for r in rows:
             grouped.setdefault(r["zshard_id"], []).append(r)
         for zid, group in grouped.items():
+            version = commit or group[0].pop("version")
+            for r in group[1:]:
+                r.pop("version", None)
             if group[0]["op"] == "delete":
                 state.pop(zid, None)
-                deleted[zid] = commit
+                deleted[zid] = version
             else:
                 state[zid] = group
                 deleted.pop(zid, None)
-            versions[zid] = commit
+            versions[zid] = version
     return state, versions, deleted
+
+
+def compact_geometry(url: str, *, name: str, storage_options: dict | None = None) -> int:
+    """Fold the layer's history into ``table.csv`` (the deltas stay: they are the history),
+    so that a load reads the table and the deltas after it. Safe at any time and by several
+    people at once: a table is a state at one point of the chain, and a load uses it only
+    when that point is on the chain it reads. Returns the number of objects."""
+    store = writable_store(url, storage_options)
+    prefix = layer_prefix(name)
+    head = _head(store, prefix)
+    if head[1] is None:
+        return 0
+    state, versions, deleted = _fold(_read_chain(store, prefix, *head))
+    rows = [{**r, "version": versions[zid]} for zid, group in state.items() for r in group]
+    rows += [{"zshard_id": zid, "op": "delete", "version": v} for zid, v in deleted.items()]
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    buf.write(f"#seq={head[0]},commit={head[1]}\n")
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    store.write(f"{prefix}/table.csv", buf.getvalue().encode())
+    return len(state)
+
+
+#: an export that makes the chain this long since the last compaction compacts it
+COMPACT_EVERY = 64
 
 
 def load_geometry(url: str, *, name: str, storage_options: dict | None = None) -> Geometry:
@@ -268,6 +319,8 @@ def export_geometry(url: str, *, name: str, kind: str, data: Any, annotator: str
 
         store.update(f"{prefix}/head.json", swap)
         if won[-1]:
+            if seq % COMPACT_EVERY == 0:
+                compact_geometry(url, name=name, storage_options=storage_options)
             if message:
                 store.create_exclusive(f"{prefix}/deltas/{report.commit_id}.json", json.dumps(
                     {"zshard": {"commit": report.commit_id, "annotator": annotator,
