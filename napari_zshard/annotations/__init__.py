@@ -38,7 +38,7 @@ def label_images(url: str, *, storage_options: dict | None = None) -> list[str]:
 __all__ = [
     "CommitProgress", "CommitRecord", "CommitReport", "Conflict", "Edit", "EditableRegion",
     "Geometry", "GeometryConflict", "GeometryReport", "PointsConsensus", "RepairReport",
-    "annotator_slug", "checkout", "compact_geometry", "export_geometry", "geometry_layers", "label_images",
-    "load_geometry", "log", "mark_reviewed", "merge", "merge_points", "merge_steps", "object_table",
-    "read_coverage", "repair", "replay", "resolve",
+    "annotator_slug", "checkout", "compact_geometry", "export_geometry", "geometry_layers",
+    "label_images", "load_geometry", "log", "mark_reviewed", "merge", "merge_points",
+    "merge_steps", "object_table", "read_coverage", "repair", "replay", "resolve",
 ]
