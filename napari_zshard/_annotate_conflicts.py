@@ -9,7 +9,7 @@ from typing import Any
 
 from magicgui.widgets import Container, PushButton, Select
 
-from ._annotate_view import camera, canvas_size, world_of
+from ._annotate_view import focus, world_of
 
 
 def conflict_text(c) -> str:
@@ -50,16 +50,8 @@ class ConflictList(Container):
         c, edit = self.conflicts[index], self.edit
         world = world_of(c.centroid, region=edit.region, scale=edit.scale,
                          translate=edit.translate)
-        offset = self.viewer.dims.ndim - len(world)
-        displayed = [ax - offset for ax in self.viewer.dims.displayed]
-        for ax, value in enumerate(world):
-            if ax not in displayed:
-                self.viewer.dims.set_point(ax + offset, value)
-        cam = camera(self.viewer)
-        cam.center = tuple(world[ax] for ax in displayed)
-        extent = max(max(16.0, (c.bbox[ax].stop - c.bbox[ax].start) * edit.scale[ax])
-                     for ax in displayed)
-        cam.zoom = min(canvas_size(self.viewer)) / (3 * extent)
+        focus(self.viewer, world, [max(16.0, (b.stop - b.start) * k)
+                                   for b, k in zip(c.bbox, edit.scale, strict=True)])
         self._say(f"conflict {index + 1}: {conflict_text(c)}")
 
     def resolve(self, keep: str) -> None:

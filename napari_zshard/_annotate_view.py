@@ -175,6 +175,20 @@ def camera(viewer):
     return scene.camera if scene is not None else viewer.camera
 
 
+def focus(viewer, centre: Sequence[float], extent: Sequence[float]) -> None:
+    """Show the world point ``centre`` (one value per data axis, the last axes displayed):
+    the other axes' sliders move to it, and the camera centres on it and zooms so that
+    ``extent`` (world units per axis) fills about a third of the canvas."""
+    offset = viewer.dims.ndim - len(centre)
+    displayed = [ax - offset for ax in viewer.dims.displayed]
+    for ax, value in enumerate(centre):
+        if ax not in displayed:
+            viewer.dims.set_point(ax + offset, value)
+    cam = camera(viewer)
+    cam.center = tuple(centre[ax] for ax in displayed)
+    cam.zoom = min(canvas_size(viewer)) / (3 * max(extent[ax] for ax in displayed))
+
+
 # -- placing and masking ---------------------------------------------------------------------
 def world_of(voxel: Sequence[float], *, region: Region, scale: Sequence[float],
              translate: Sequence[float]) -> tuple[float, ...]:

@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._annotate_view import camera, canvas_size
+from ._annotate_view import focus
 from ._annotate_widget import _store_url, remembered_annotator
 from ._consensus_layers import CONFLICTS, ROLE
 from .annotations.consensus.tables import vector
@@ -206,15 +206,8 @@ class ConflictWalker(QWidget):
         layer = self.conflicts_layer()
         scale = list(layer.scale[-len(centroid):]) if layer is not None else [1.0] * len(
             centroid)
-        offset = self.viewer.dims.ndim - len(centroid)
-        displayed = [ax - offset for ax in self.viewer.dims.displayed]
-        for ax, value in enumerate(centroid):
-            if ax not in displayed:
-                self.viewer.dims.set_point(ax + offset, value)
-        cam = camera(self.viewer)
-        cam.center = tuple(centroid[ax] for ax in displayed)
-        extent = max(max(16.0 * scale[ax], hi[ax] - lo[ax] + scale[ax]) for ax in displayed)
-        cam.zoom = min(canvas_size(self.viewer)) / (3 * extent)
+        focus(self.viewer, centroid, [max(16.0 * k, h - low + k)
+                                      for k, low, h in zip(scale, lo, hi, strict=True)])
         self.take_from.clear()
         self.take_from.addItems(str(r.get("annotators", "")).split())
         self._say(f"conflict {cid} ({row + 1} of {self.table.rowCount()}): {r.get('kind')}, "
