@@ -31,6 +31,11 @@ def test_uint32_data_under_a_uint16_data_type_is_a_size_mismatch(compressor, pro
     (path / "zarr.json").write_text(json.dumps(meta))
 
     arr = nz.open_array(path, cache=EngineCache(), progressive=progressive)
+    # zstd and blosc frames declare their size: the mismatch shows before anything is decoded,
+    # whatever plane is read. A gzip stream says nothing until its end: a progressive read of
+    # the top planes may return before the rest is decoded (the error then surfaces on a later
+    # read), so the gzip case reads the chunk's last plane, which needs the whole stream.
+    plane = 15 if compressor == "gzip" else 5
     with pytest.raises(ChunkSizeMismatchError, match=r"2 times .*data_type") as caught:
-        arr[5]
+        arr[plane]
     assert not isinstance(caught.value, DecompressionBombError)
