@@ -91,7 +91,11 @@ def begin(store: Store, name: str, template: LabelImage) -> OutputImage:
 
 def map_shards(fn: Callable, items: Iterable, *, workers: int, client: Any = None
                ) -> Iterable:
-    """``fn`` over ``items`` in order, on threads (or a dask.distributed client)."""
+    """``fn`` over ``items`` in order, on threads (or a dask.distributed client).
+
+    Not :class:`~napari_zshard.engine.shard_tasks.ShardTaskRunner`, which yields in completion
+    order: the merge folds per-shard statistics (float coordinate sums among them) in shard
+    order, so that its outputs are the same bytes whatever the thread count."""
     items = list(items)
     if client is not None:
         futures = client.map(fn, items, pure=False)
