@@ -88,7 +88,7 @@ def make_patterns(spec: VolumeSpec) -> list[Pattern]:
 
 
 def engine_threads() -> dict[str, int]:
-    """The engine's pool sizes (napari_zshard/store/pool.py): one decode thread per core, I/O
+    """The engine's pool sizes (napari_zshard/engine/pools.py): one decode thread per core, I/O
     max(8, 4 per core); tensorstore is given the same."""
     cores = os.cpu_count() or 1
     return {"decode": cores, "io": max(8, 4 * cores)}

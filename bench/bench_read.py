@@ -134,9 +134,9 @@ class Meter:
 def drain_engine_pool() -> None:
     """Wait until the engine's decode pool is idle (read-ahead and the rest of chunks decoded
     front to back outlive the read call)."""
-    if "napari_zshard.store.pool" not in sys.modules:
+    if "napari_zshard.engine.pools" not in sys.modules:
         return
-    from napari_zshard.store.pool import decode_pool, readahead_pool
+    from napari_zshard.engine.pools import decode_pool, readahead_pool
 
     readahead_pool().wait_idle(60)  # read-ahead fetched after the read, in other shards
     decode_pool().wait_idle(60)

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from napari_zshard.store import buffers
+from napari_zshard.engine import buffers
 
 
 @pytest.fixture(autouse=True)

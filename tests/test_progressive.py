@@ -45,9 +45,9 @@ CHAINS = {
 def wait_until_decoded(arr, timeout=20.0) -> None:
     cache = arr._reader.cache
     deadline = time.monotonic() + timeout
-    while len(cache.partials) and time.monotonic() < deadline:
+    while cache.chunks.in_flight() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(cache.partials) == 0, "background decodes never finished"
+    assert cache.chunks.in_flight() == 0, "background decodes never finished"
 
 
 @pytest.mark.parametrize("chain", CHAINS)
@@ -56,7 +56,7 @@ def test_every_depth_of_a_cold_row_reads_back_exactly(tmp_path, chain):
     path = write(tmp_path / "a.zarr", data, CHAINS[chain])
     for z in (0, 1, 7, 31, 32, 45, 63):  # top, inside and bottom of 32-deep chunks
         arr = napari_zshard.open_array(path, cache=EngineCache())
-        assert arr._reader._progressive is not None
+        assert arr._reader.decoder.progressive is not None
         np.testing.assert_array_equal(arr[z], data[z])
         np.testing.assert_array_equal(arr[z, 10:90, 20:100], data[z, 10:90, 20:100])
         # the next planes while the rest of each chunk is still being decoded
@@ -135,7 +135,7 @@ def test_chains_that_cannot_be_decoded_front_to_back_are_decoded_whole(tmp_path)
 
 
 def test_the_decode_pool_runs_what_a_read_waits_for_before_read_ahead():
-    from napari_zshard.store.pool import LATER, NOW, PriorityPool
+    from napari_zshard.engine.pools import LATER, NOW, PriorityPool
 
     pool = PriorityPool(1, "test")
     gate = threading.Event()
@@ -178,13 +178,13 @@ def test_progressive_false_decodes_every_chunk_whole_before_returning(tmp_path):
     np.testing.assert_array_equal(arr[0], data[0])
 
     cache = arr._reader.cache
-    assert len(cache.partials) == 0  # nothing left to finish in the background
+    assert cache.chunks.in_flight() == 0  # nothing left to finish in the background
     assert len(cache.chunks._data) == ROW  # the row's chunks are in the cache, whole
     assert arr.counters["chunks_decoded"] == ROW
     np.testing.assert_array_equal(arr[31], data[31])
     assert arr.counters["chunks_decoded"] == ROW
     # the choice travels with the array (to dask workers)
-    assert pickle.loads(pickle.dumps(arr))._reader._progressive is None
+    assert pickle.loads(pickle.dumps(arr))._reader.decoder.progressive is None
 
 
 def test_the_rest_of_a_chunk_is_decoded_by_resuming_not_from_the_start(tmp_path, monkeypatch):
@@ -248,7 +248,7 @@ def test_a_chunk_whose_rest_overflows_or_is_cut_fails_only_the_reads_that_need_t
     for name, (chunk, error, message) in cases.items():
         path = one_chunk_shard(tmp_path / f"{name}.zarr", chunk)
         arr = napari_zshard.open_array(path, cache=EngineCache())
-        assert arr._reader._progressive is not None
+        assert arr._reader.decoder.progressive is not None
         np.testing.assert_array_equal(arr[0], data[0])  # served from the first block
         wait_until_decoded(arr)
         with pytest.raises(error, match=rf"c/0/0/0: inner chunk \(0, 0, 0\).*({message})"):

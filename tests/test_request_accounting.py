@@ -161,7 +161,7 @@ def test_the_rest_of_a_tiles_row_is_fetched_once_the_tiles_chunks_are_decoded(
 
     monkeypatch.setattr(reader, "READAHEAD_YIELD", 30.0)
     gate = threading.Event()
-    for name in ("decode_into", "decode_prefix_first"):
+    for name in ("decode", "decode_prefix_first"):
         real = getattr(ChunkDecoder, name)
         monkeypatch.setattr(ChunkDecoder, name,
                             lambda self, *a, real=real, **k: (gate.wait(30), real(self, *a, **k)))

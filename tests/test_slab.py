@@ -17,7 +17,7 @@ import napari_zshard
 from napari_zshard import EngineCache
 from napari_zshard.engine import slab
 from napari_zshard.engine.cache import ClaimingLRU
-from napari_zshard.store.pool import decode_pool, readahead_pool
+from napari_zshard.engine.pools import decode_pool, readahead_pool
 
 CHAIN = [BytesCodec(), ZstdCodec(level=1), Crc32cCodec()]
 
@@ -216,7 +216,8 @@ def test_planes_decoded_already_are_read_from_a_slab_still_being_decoded(tmp_pat
     np.testing.assert_array_equal(arr[0], data[0])  # cold: the top of each chunk decoded
     decode_pool().wait_idle(30)
     assert len(rests) == 4
-    (being_decoded,) = arr._reader._filling.slabs()
+    first = (arr._reader.token, (0, 0, 0))
+    (being_decoded,) = arr._reader.cache.chunks.inflight(first).slabs[(0,)]
     assert 128 * 128 * 2 <= being_decoded.ready < 32 * 128 * 128 * 2
     planes = being_decoded.ready // (128 * 128 * 2)
 
@@ -235,7 +236,7 @@ def test_planes_decoded_already_are_read_from_a_slab_still_being_decoded(tmp_pat
     for z in (planes, 31, 7):  # decoded whole: the cache's slab now
         np.testing.assert_array_equal(arr[z], data[z])
     assert arr._reader.cache.chunks.hits == hits + 3 * 4
-    assert not arr._reader._filling.slabs()  # decoded whole: the cache's now
+    assert arr._reader.cache.chunks.inflight(first) is None  # decoded whole: the cache's now
 
 
 class Sized:

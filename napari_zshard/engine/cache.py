@@ -1,7 +1,8 @@
 """Bounded LRU caches with in-flight de-duplication, under one memory budget.
 
-A reader *claims* the keys it misses: it alone fetches them, and other readers that want the
-same key wait on its future instead of fetching again. A failed fetch fails the waiters too.
+A reader *claims* the keys it misses for its :class:`~.inflight.InFlight` unit: it alone
+fetches them, and other readers that want the same key wait on that unit instead of fetching
+again. A failed fetch fails the waiters too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import buffers
+from . import buffers
 from .cache_keys import CacheToken, tokens_of
-from .promise import Promise
+from .inflight import InFlight
 
 
 @dataclass
@@ -53,16 +54,19 @@ class ClaimingLRU:
         self.nbytes = 0
         self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._groups: dict[Hashable, _Group] = {}
-        self._inflight: dict[Hashable, Promise] = {}
+        self._inflight: dict[Hashable, InFlight] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def claim(self, keys: Iterable[Hashable], *, max_age: float | None = None
-              ) -> tuple[dict[Hashable, Any], dict[Hashable, Promise], list[Hashable]]:
-        """Split ``keys`` into cached values, futures to wait on, and keys the caller must fetch."""
+    def claim(self, keys: Iterable[Hashable], unit: InFlight | None = None, *,
+              max_age: float | None = None
+              ) -> tuple[dict[Hashable, Any], dict[Hashable, InFlight], list[Hashable]]:
+        """Split ``keys`` into cached values, the units others fetch them in (to wait on), and
+        the keys the caller must fetch, now claimed for its ``unit``."""
         hits: dict[Hashable, Any] = {}
-        waits: dict[Hashable, Promise] = {}
+        waits: dict[Hashable, InFlight] = {}
+        unit = InFlight() if unit is None else unit
         claimed: list[Hashable] = []
         now = time.monotonic()
         with self._lock:
@@ -73,11 +77,11 @@ class ClaimingLRU:
                     hits[key] = entry.value
                     self.hits += 1
                     continue
-                fut = self._inflight.get(key)
-                if fut is not None:
-                    waits[key] = fut
+                other = self._inflight.get(key)
+                if other is not None:
+                    waits[key] = other
                     continue
-                self._inflight[key] = Promise()
+                self._inflight[key] = unit
                 claimed.append(key)
                 self.misses += 1
         return hits, waits, claimed
@@ -128,7 +132,7 @@ class ClaimingLRU:
     def fulfil(self, key: Hashable, value: Any, nbytes: int, group: Hashable | None = None
                ) -> None:
         with self._lock:
-            fut = self._inflight.pop(key, None)
+            self._inflight.pop(key, None)
             if nbytes <= self.max_bytes:
                 self._remove(key)
                 now = time.monotonic()
@@ -147,8 +151,19 @@ class ClaimingLRU:
                         record = self._groups.get(entry.group)
                         for k in list(record.members) if record is not None else ():
                             self._remove(k)
-        if fut is not None:
-            fut.set_result(value)
+
+    def group_of(self, key: Hashable) -> Hashable | None:
+        """The group of ``key``'s cached entry (None: not cached, or in no group)."""
+        entry = self._data.get(key)
+        return None if entry is None else entry.group
+
+    def inflight(self, key: Hashable) -> InFlight | None:
+        """The unit ``key`` is being fetched in, if any."""
+        return self._inflight.get(key)
+
+    def in_flight(self) -> int:
+        """How many keys are being fetched (0: nothing is left to decode in the background)."""
+        return len(self._inflight)
 
     def _remove(self, key: Hashable) -> None:
         """Drop ``key``'s entry, if any (the lock held)."""
@@ -164,14 +179,16 @@ class ClaimingLRU:
                     del self._groups[entry.group]
 
     def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:
-        futs = []
+        """The fetch of claimed ``keys`` failed: their claims go, and their unit's waiters get
+        ``error``."""
+        units: dict[InFlight, list[Hashable]] = {}
         with self._lock:
             for key in keys:
-                fut = self._inflight.pop(key, None)
-                if fut is not None:
-                    futs.append(fut)
-        for fut in futs:
-            fut.set_exception(error)
+                unit = self._inflight.pop(key, None)
+                if unit is not None:
+                    units.setdefault(unit, []).append(key)
+        for unit, failed in units.items():
+            unit.fail(failed, error)
 
     def remove(self, keys: Iterable[Hashable]) -> None:
         """Drop the cached entries of ``keys`` (those not cached are passed over)."""
@@ -190,33 +207,6 @@ class ClaimingLRU:
             self._data.clear()
             self._groups.clear()
             self.nbytes = 0
-
-
-class PartialChunks:
-    """Chunks being decoded front to back (:mod:`.progressive`): key → future of the chunk's
-    :class:`~.progressive.ProgressiveChunk`, set once its bytes arrived. A reader that finds
-    a key here reads the part it needs as soon as it is decoded, instead of the whole chunk."""
-
-    def __init__(self) -> None:
-        self._futures: dict[Hashable, Promise] = {}
-        self._lock = threading.Lock()
-
-    def open(self, key: Hashable) -> Promise:
-        fut: Promise = Promise()
-        with self._lock:
-            self._futures[key] = fut
-        return fut
-
-    def get(self, key: Hashable) -> Promise | None:
-        return self._futures.get(key)
-
-    def close(self, key: Hashable, fut: Promise) -> None:
-        with self._lock:
-            if self._futures.get(key) is fut:
-                del self._futures[key]
-
-    def __len__(self) -> int:
-        return len(self._futures)
 
 
 DEFAULT_BUDGET = 512 * 1024 * 1024
@@ -254,7 +244,6 @@ class EngineCache:
         index_bytes = min(64 * 1024 * 1024, self.budget_bytes // 16) if budget_bytes else 0
         self.indexes = ClaimingLRU(max(index_bytes, 1 << 20))  # indexes are always cached a bit
         self.chunks = ClaimingLRU(self.budget_bytes - index_bytes)
-        self.partials = PartialChunks()
         # (token, shard) -> identity of the object its cached index and chunks came from (an
         # ETag, inode-size-mtime locally, ABSENT): a chunk is only valid for the object it was
         # decoded from. One small entry per shard read through this cache.

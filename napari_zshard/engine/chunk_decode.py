@@ -1,27 +1,28 @@
 """Turning the fetched bytes of an inner chunk into its cached array, on the decode pool.
 
-:class:`ChunkDecoder` serves one :class:`~.reader.RegionReader`: a chunk's bytes are decoded
-whole (:meth:`ChunkDecoder.decode_into`), or, for a read that needs only its top, that prefix
-first and the rest later by the same decoder (:meth:`ChunkDecoder.decode_prefix_first`,
-:mod:`.progressive`). Either way the chunk's promise is settled, the decoded-chunk cache filled
+A chunk's bytes are decoded whole (:meth:`ChunkDecoder.decode`), or, for a read that needs
+only its top, that prefix first and the rest later at low priority into the same array
+(:meth:`ChunkDecoder.decode_prefix_first`, :mod:`.progressive`). Either way the chunk's
+in-flight unit (:mod:`.inflight`) hears of its progress, the decoded-chunk cache is filled
 or failed, and a decode error names the store, the key, the chunk and its index entry.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import CorruptDataError
-from ..store.pool import LATER, decode_pool
-from .progressive import Prefix, decode_prefix
-from .promise import Promise
+from .cache import EngineCache
+from .cache_keys import CacheToken
+from .counters import ReadCounters
+from .inflight import COMPLETE, InFlight
+from .metadata import ArrayMeta
+from .pools import LATER, decode_pool
+from .progressive import MAX_PREFIX_SHARE, Prefix, decode_prefix, progressive_codecs
 from .slab import Slab
-
-if TYPE_CHECKING:
-    from .reader import RegionReader
 
 Coords = tuple[int, ...]
 #: ``(store key, index entry (-1: unsharded), stored bytes)`` of one inner chunk.
@@ -40,78 +41,82 @@ class _Fill:
 FILL = _Fill()
 
 
-class NotProgressive(Exception):
-    """A chunk that is not decoded front to back after all (fill value, or its fetch failed):
-    readers wait for the chunk's own future instead."""
-
-
 class ChunkDecoder:
-    """The decoding of one :class:`~.reader.RegionReader`'s chunks: its layout, caches and
-    counters."""
+    """Decodes the chunks of one array (``where``: its store's URL, for error messages) into
+    ``cache`` under ``token``, counting into ``counters``; ``progressive``: decode a prefix
+    first when a read needs only the top of a chunk and the codecs allow it."""
 
-    def __init__(self, reader: RegionReader):
-        self.url = reader.store.url
-        self.meta = reader.meta
-        self.cache = reader.cache
-        self.token = reader.token
-        self.counters = reader.counters
-        self.progressive = reader._progressive
-        self.chunk_nbytes = reader._chunk_nbytes
+    def __init__(self, where: str, meta: ArrayMeta, cache: EngineCache, token: CacheToken,
+                 counters: ReadCounters, *, progressive: bool = True):
+        self.where, self.meta, self.cache, self.token = where, meta, cache, token
+        self.counters = counters
+        self.chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
+        # the codecs when chunks can be decoded front to back (engine/progressive.py)
+        self.progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
+                             else None)
 
-    def fail(self, coords: Coords, fut: Promise, error: BaseException,
-             partials: dict[Coords, Promise] | None = None) -> None:
-        """The chunk's fetch failed: its promise, cache entry and prefix entry say so."""
-        if not fut.done():
-            self.cache.chunks.fail([(self.token, coords)], error)
-            fut.set_exception(error)
-        if partials:
-            self.close_partial(coords, partials.get(coords), error)
+    def prefix_pays(self, need: int) -> bool:
+        """Whether a read that needs the first ``need`` bytes of a chunk is served sooner by
+        decoding that prefix first."""
+        return (self.progressive is not None
+                and need <= MAX_PREFIX_SHARE * self.chunk_nbytes)
 
-    def close_partial(self, coords: Coords, partial: Promise | None,
-                      error: BaseException | None = None) -> None:
-        """Readers of this chunk wait for its own future from now on (unless its prefix was
-        set, it never will be: fill value, failed fetch, or decoded whole)."""
-        if partial is not None:
-            partial.set_exception(error or NotProgressive())
-            self.cache.partials.close((self.token, coords), partial)
+    def fill(self, unit: InFlight, coords: Coords) -> None:
+        """The chunk is not stored: it reads as the fill value."""
+        key = (self.token, coords)
+        unit.publish(key, FILL)
+        self.cache.chunks.fulfil(key, FILL, 64)
 
-    def decode_into(self, coords: Coords, src: Source, fut: Promise, slab: Slab | None = None,
-                    *, count: bool = True, decode: Callable[[], np.ndarray] | None = None
-                    ) -> None:
-        """Decode the chunk whole into the cache (into its slot of ``slab``, if any) and settle
-        ``fut`` with it (or its error)."""
-        if fut.done():  # the batch already failed
-            return
-        try:
-            fut.set_result(self.decode_one(coords, src, count=count, decode=decode, slab=slab))
-        except BaseException as e:
-            fut.set_exception(e)
+    def fail(self, coords: list[Coords], error: BaseException) -> None:
+        """The fetch of ``coords`` failed: their claims and waiters say so."""
+        self.cache.chunks.fail([(self.token, c) for c in coords], error)
 
-    def decode_prefix_first(self, coords: Coords, src: Source, fut: Promise, partial: Promise,
-                            need: int, slab: Slab | None = None) -> None:
-        """Decode the first ``need`` bytes of a chunk for the read waiting on them; the rest
-        later, at low priority, by the same decoder (a failure is reported by then, at once)."""
-        if fut.done():  # the batch already failed
-            self.close_partial(coords, partial)
-            return
+    def decode(self, unit: InFlight, coords: Coords, src: Source, slab: Slab | None = None,
+               *, decode: Callable[[], np.ndarray] | None = None, count: bool = True) -> None:
+        """Decode the chunk whole (into its slot of ``slab``, if any) into the cache and the
+        unit, or fail it there. ``decode``: how, instead of the codec chain's one-shot decode."""
+        key, entry, data = src
         meta = self.meta
         try:
-            prefix = decode_prefix(self.progressive, src[2], meta.chunk_shape, meta.dtype, need,
-                                   out=None if slab is None else slab.slot(coords))
+            arr = (meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
+                                            out=None if slab is None else slab.slot(coords))
+                   if decode is None else decode())
+        except BaseException as e:
+            error = e
+            if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
+                where = f" (index entry {entry})" if entry >= 0 else ""
+                error = type(e)(f"{self.where}/{key}: inner chunk {coords}{where}: {e}")
+                error.__cause__ = e
+            self.fail([coords], error)
+            return
+        arr.flags.writeable = False
+        if count:
+            self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
+        # a chain that decoded into an array of its own leaves its slot empty: not in the group
+        group = slab if slab is not None and slab.holds(coords, arr) else None
+        ckey = (self.token, coords)
+        unit.publish(ckey, arr, slab=group, coords=coords)
+        self.cache.chunks.fulfil(ckey, arr, arr.nbytes, group)
+
+    def decode_prefix_first(self, unit: InFlight, coords: Coords, src: Source, need: int,
+                            slab: Slab | None = None) -> None:
+        """Decode the first ``need`` bytes of a chunk for the read waiting on them; the rest
+        later, at low priority (a failure is reported by then, at once)."""
+        meta = self.meta
+        out = None if slab is None else slab.slot(coords)
+        try:
+            prefix = decode_prefix(self.progressive, src[2], meta.chunk_shape, meta.dtype,
+                                   need, out=out)
         except Exception:  # decoded whole instead, which reports the error with its location
-            try:
-                self.decode_into(coords, src, fut, slab)
-            finally:
-                self.close_partial(coords, partial)
+            self.decode(unit, coords, src, slab)
             return
         self.counters.add(chunks_decoded=1, decoded_bytes=prefix.done)
-        if slab is not None:  # decoded into its slot
-            slab.decoded(coords, prefix.done)
-        partial.set_result((prefix.array, prefix.done))
-        decode_pool().post(self._finish, coords, src, fut, partial, prefix, slab, priority=LATER)
+        unit.publish((self.token, coords), prefix.array, prefix.done,
+                     slab=slab, coords=coords)
+        decode_pool().post(self._finish, unit, coords, src, prefix, slab, priority=LATER)
 
-    def _finish(self, coords: Coords, src: Source, fut: Promise, partial: Promise,
-                prefix: Prefix, slab: Slab | None) -> None:
+    def _finish(self, unit: InFlight, coords: Coords, src: Source, prefix: Prefix,
+                slab: Slab | None) -> None:
         """Decode the rest of a chunk whose prefix was decoded first, into the same array."""
         meta, before = self.meta, prefix.done
 
@@ -125,41 +130,7 @@ class ChunkDecoder:
             return meta.chunk_codecs.decode(src[2], meta.chunk_shape, meta.dtype,
                                             out=prefix.array, checksum_verified=True)
 
-        try:
-            self.decode_into(coords, src, fut, slab, count=False, decode=rest)
-        finally:
-            self.close_partial(coords, partial)
+        self.decode(unit, coords, src, slab, decode=rest, count=False)
 
-    def decode_one(self, coords: Coords, src: Source, *, count: bool = True,
-                   verified: bool = False, decode: Callable[[], np.ndarray] | None = None,
-                   slab: Slab | None = None) -> np.ndarray:
-        """Decode a chunk whole into the cache (``verified``: its crc32c was already checked;
-        ``decode``: how, instead of the chain's one-shot decode; ``slab``: whose slot it is
-        decoded into, and whose chunks the cache evicts together)."""
-        key, entry, data = src
-        meta = self.meta
-        try:
-            arr = (meta.chunk_codecs.decode(data, meta.chunk_shape, meta.dtype,
-                                            out=None if slab is None else slab.slot(coords),
-                                            checksum_verified=verified)
-                   if decode is None else decode())
-        except BaseException as e:
-            if slab is not None:
-                slab.failed()
-            error = e
-            if isinstance(e, CorruptDataError):  # name the store, key, chunk and index entry
-                where = f" (index entry {entry})" if entry >= 0 else ""
-                error = type(e)(f"{self.url}/{key}: inner chunk {coords}{where}: {e}")
-            self.cache.chunks.fail([(self.token, coords)], error)
-            if error is e:
-                raise
-            raise error from e
-        arr.flags.writeable = False
-        if count:
-            self.counters.add(chunks_decoded=1, decoded_bytes=arr.nbytes)
-        # a chain that decoded into an array of its own leaves its slot empty: not in the group
-        group = slab if slab is not None and slab.holds(coords, arr) else None
-        if group is not None:
-            group.decoded(coords, arr.nbytes)
-        self.cache.chunks.fulfil((self.token, coords), arr, arr.nbytes, group)
-        return arr
+
+__all__ = ["COMPLETE", "FILL", "ChunkDecoder", "Source"]

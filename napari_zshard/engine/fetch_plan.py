@@ -5,19 +5,18 @@ chunk copy use it.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
-from ..store import FullRequest, RangeRequest, SuffixRequest
-from .cache import ABSENT
-from .coalesce import coalesce_ranges
+from ..store import FullRequest, RangeRequest, Store, SuffixRequest
+from .cache import ABSENT, EngineCache
+from .cache_keys import CacheToken
+from .coalesce import CoalescePolicy, coalesce_ranges
+from .counters import ReadCounters
+from .inflight import InFlight
+from .metadata import ArrayMeta
 from .shard_index import ShardIndex, decode_index
-
-if TYPE_CHECKING:
-    from .reader import RegionReader
 
 Coords = tuple[int, ...]
 
@@ -25,17 +24,17 @@ _MISSING_SHARD = "missing-shard"
 
 
 class FetchPlanner:
-    """The fetch planning of one :class:`~.reader.RegionReader`: its store, layout, caches,
-    coalescing policy and counters."""
+    """What to fetch of one array (``meta`` in ``store``): its shard indexes, read once per
+    open and cached under ``token`` in ``cache`` (for at most ``index_max_age`` seconds), and
+    the coalesced byte ranges of its chunks; request counts go to ``counters``."""
 
-    def __init__(self, reader: RegionReader):
-        self.store = reader.store
-        self.meta = reader.meta
-        self.cache = reader.cache
-        self.token = reader.token
-        self.counters = reader.counters
-        self.coalesce = reader.coalesce
-        self.index_max_age = reader.index_max_age
+    def __init__(self, store: Store, meta: ArrayMeta, cache: EngineCache, token: CacheToken,
+                 counters: ReadCounters, *, coalesce: CoalescePolicy,
+                 index_max_age: float | None = None):
+        self.store, self.meta, self.cache, self.token = store, meta, cache, token
+        self.counters = counters
+        self.coalesce = coalesce
+        self.index_max_age = index_max_age
         self.validated: set[Coords] = set()  # shards checked since the open (validate())
 
     def plan(self, chunks: list[Coords], optional: set[Coords] = frozenset()):
@@ -50,15 +49,11 @@ class FetchPlanner:
         if meta.sharding is None:
             keys = [meta.object_key(c) for c in chunks]
             return [], [FullRequest(k) for k in keys], [[((c, -1), 0, None)] for c in chunks]
-        cps = meta.chunks_per_object
+        locate = meta.layout.locate
         by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
         for c in chunks:
-            shard, flat = [], 0
-            for g, n in zip(c, cps, strict=True):
-                q, r = divmod(g, n)
-                shard.append(q)
-                flat = flat * n + r  # C-order position of the chunk inside its shard
-            by_shard[tuple(shard)].append((c, flat))
+            shard, slot = locate(c)
+            by_shard[shard].append((c, slot))
         optional_shards = {shard for shard, members in by_shard.items()
                            if all(c in optional for c, _ in members)}
         indexes, errors = self._read_indexes(list(by_shard), optional_shards)
@@ -119,10 +114,7 @@ class FetchPlanner:
         shards stay cached."""
         if self.meta.sharding is None:
             return  # unsharded arrays never share chunks between opens (engine/cache_keys.py)
-        cps = self.meta.chunks_per_object
-        todo = [s for s in itertools.product(*(range(a.start // n, (a.stop - 1) // n + 1)
-                                               for a, n in zip(axes, cps, strict=True)))
-                if s not in self.validated]
+        todo = [s for s in self.meta.layout.shards_spanned(axes) if s not in self.validated]
         if todo:
             self._read_indexes(todo, frozenset(), fresh=True)
 
@@ -136,8 +128,9 @@ class FetchPlanner:
         assert spec is not None
         n_chunks = math.prod(meta.chunks_per_object)
         size = spec.index_nbytes(meta.grid_shape)
+        unit = InFlight()
         hits, waits, claimed = self.cache.indexes.claim(
-            ((self.token, "index", s) for s in shards),
+            ((self.token, "index", s) for s in shards), unit,
             max_age=-1.0 if fresh else self.index_max_age)
         found: dict[Coords, ShardIndex | None] = {
             k[2]: (None if v is _MISSING_SHARD else v) for k, v in hits.items()}
@@ -179,14 +172,15 @@ class FetchPlanner:
                     raise
                 self.cache.note_identity(self.token, ck[2],
                                          ABSENT if res.data is None else res.etag)
-                self.cache.indexes.fulfil(ck, _MISSING_SHARD if index is None else index,
-                                          64 if index is None else index.nbytes)
+                value = _MISSING_SHARD if index is None else index
+                unit.publish(ck, value)
+                self.cache.indexes.fulfil(ck, value, 64 if index is None else index.nbytes)
                 self.validated.add(ck[2])  # read from the store after this array was opened
                 found[ck[2]] = index
             break
-        for k, fut in waits.items():
+        for k, other in waits.items():
             try:
-                v = fut.result()
+                v = other.wait(k)
             except CorruptDataError as e:
                 errors[k[2]] = e
                 continue

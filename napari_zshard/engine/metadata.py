@@ -6,6 +6,7 @@ allocated, and every problem is a :class:`MetadataError` that names the store.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..errors import MetadataError, UnsupportedCodecError
 from .codecs import ChunkCodecs, parse_v2_codecs, parse_v3_codecs
+from .layout import ShardLayout
 
 MAX_RANK = 32
 MAX_DIM = 2**53
@@ -81,6 +83,11 @@ class ArrayMeta:
         if self.sharding is None:
             return (1,) * self.ndim
         return self.sharding.chunks_per_shard(self.grid_shape)
+
+    @functools.cached_property
+    def layout(self) -> ShardLayout:
+        """The chunk → shard → slot arithmetic of this array (engine/layout.py)."""
+        return ShardLayout(self.shape, self.chunk_shape, self.chunks_per_object)
 
     def grid_extent(self) -> tuple[int, ...]:
         """Number of stored objects along each axis."""

@@ -1,8 +1,12 @@
-"""The read path: region → shards → inner chunks → one concurrent fetch batch → parallel decode.
+"""The read path: region → inner chunks → what is cached, being fetched, or to fetch → one
+concurrent fetch batch → parallel decode → copied out. See the package docstring ("How a read
+works") for the life of one cold plane.
 
-See ../shared/DESIGN.md, "The engine". One :class:`RegionReader` serves one opened array; the
-caches it uses are shared process-wide so that re-opening a volume re-uses what was read. What
-to request is :mod:`.fetch_plan`'s, how fetched bytes become cached chunks :mod:`.chunk_decode`'s.
+One :class:`RegionReader` serves one opened array. Its collaborators: the
+:class:`~.fetch_plan.FetchPlanner` (shard indexes, byte ranges), the
+:class:`~.chunk_decode.ChunkDecoder` (bytes → cached chunks) and the process-wide
+:class:`~.cache.EngineCache`, in which a read claims what it misses for its one
+:class:`~.inflight.InFlight` unit.
 """
 
 from __future__ import annotations
@@ -16,18 +20,16 @@ import numpy as np
 
 from ..errors import CorruptShardError, ShortReadError, StoreError
 from ..store import Store
-from ..store.pool import LATER, NOW, decode_pool, readahead_pool
 from .cache import EngineCache, bump_generation
 from .cache_keys import cache_token
 from .chunk_decode import FILL, ChunkDecoder
 from .coalesce import CoalescePolicy
 from .counters import ReadCounters
 from .fetch_plan import FetchPlanner
+from .inflight import COMPLETE, InFlight
 from .metadata import ArrayMeta
-from .progressive import MAX_PREFIX_SHARE, progressive_codecs
-from .promise import Promise
-from .shard_index import ShardIndex
-from .slab import FillingSlabs, Slab, copy_from_slabs, gather_rows, plan_slabs
+from .pools import LATER, NOW, decode_pool, readahead_pool
+from .slab import Slab, copy_from_slabs, gather_rows, plan_slabs
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +59,17 @@ class RegionReader:
                  index_max_age: float | None = None, progressive: bool = True):
         self.store = store
         self.meta = meta
+        self.layout = meta.layout
         self.cache = cache
-        self.coalesce = coalesce
         self.readahead = readahead
         self.index_max_age = index_max_age
         self.counters = ReadCounters()
-        self.token = cache_token(store, meta)
-        self._planner = FetchPlanner(self)
+        self.token = token = cache_token(store, meta)
+        self.planner = FetchPlanner(store, meta, cache, token, self.counters, coalesce=coalesce,
+                                    index_max_age=index_max_age)
+        self.decoder = ChunkDecoder(store.url, meta, cache, token, self.counters,
+                                    progressive=progressive)
         self._chunk_nbytes = math.prod(meta.chunk_shape) * meta.dtype.itemsize
-        # the codecs when chunks can be decoded front to back (engine/progressive.py)
-        self._progressive = (progressive_codecs(meta.chunk_codecs, meta.dtype) if progressive
-                             else None)
-        self._decoder = ChunkDecoder(self)
-        self._filling = FillingSlabs(self._chunk_nbytes)  # slabs still being decoded
         # C-order element strides of an inner chunk: how far into it a region reaches
         self._strides = [math.prod(meta.chunk_shape[i + 1:]) for i in range(meta.ndim)]
 
@@ -84,87 +84,96 @@ class RegionReader:
             raise ValueError(f"out has shape {out.shape}, the region {shape}")
         if 0 in shape:
             return out
-        axes = self._axis_ranges(region)
-        self._planner.validate(axes)
+        axes = self.layout.chunk_ranges(region)
+        self.planner.validate(axes)
+        # 1. every chunk row decoded in one slab (cached, or far enough along): a few copies
         if self._copy_from_slabs(region, axes, out):
             return out
         token = self.token
         keys = [(token, c) for c in itertools.product(*axes)]
         # A chunk is as fresh as the index it was found through: it expires with it.
         cached = self.cache.chunks.get_all(keys, max_age=self.index_max_age)
-        if cached is not None:  # a step through rows already decoded: nothing to plan
+        if cached is not None:  # 2. every chunk cached: nothing to plan
             self._copy_out(region, axes, cached, out)
             return out
+        # 3. claim what nobody has or fetches, for this read's unit; fetch it
         places = list(self._placements(region, axes))
-        hits, waits, claimed = self.cache.chunks.claim(keys, max_age=self.index_max_age)
-        pending: dict[Coords, Promise] = {k[1]: f for k, f in waits.items()}
+        unit = InFlight()
+        hits, waits, claimed = self.cache.chunks.claim(keys, unit, max_age=self.index_max_age)
+        needs = {key: self._need(last) for key, (_, _, last) in zip(keys, places, strict=True)
+                 if key not in hits}
         if claimed:
-            claimed_coords = [k[1] for k in claimed]
-            extra = self._readahead(claimed_coords) if self.readahead else []
-            mine = set(claimed)
-            needs = {key[1]: self._need(last) for key, (_, _, last) in zip(keys, places,
-                                                                           strict=True)
-                     if key in mine}
-            # Read-ahead in the shards this read fetches anyway rides along in its requests;
-            # read-ahead in other shards is fetched after it, in the background: it never
-            # delays the read (a zoomed-in view of a big plane, a tile) nor shares its bandwidth.
-            near, far = self._split_readahead(claimed_coords, extra)
-            try:
-                pending.update(self._fetch_and_decode(claimed_coords, near, needs))
-            except BaseException as e:
-                self.cache.chunks.fail([(token, c) for c in far], e)
-                raise
-            if far:
-                readahead_pool().post(self._fetch_in_background, far)
-        later = []
-        values = []
-        for key, (dst, src, last) in zip(keys, places, strict=True):
-            value = hits.get(key)
-            if value is None:  # first the chunks that are ready, or that nobody else is busy with
-                need = self._need(last)
-                value = self._await(key, pending[key[1]], need, wait=False)
-                if value is None:
-                    later.append((key, dst, src, need))
-            values.append(value)
+            self._fetch(unit, [k[1] for k in claimed], {k[1]: needs[k] for k in claimed})
+        # 4. copy out what is at hand, then the rest as it is decoded
+        values = [hits[key] if key in hits else (waits.get(key) or unit).get(key, needs[key])
+                  for key in keys]
         self._copy_out(region, axes, values, out, places)
-        fill = self.meta.fill_value
-        for key, dst, src, need in later:
-            value = self._await(key, pending[key[1]], need)
-            if value is FILL:
-                out[dst] = fill
-            else:
-                out[dst] = value[src]
+        fill = meta.fill_value
+        later = {key: place for key, value, place in zip(keys, values, places, strict=True)
+                 if value is None}
+        mine = {key: needs[key] for key in later if key not in waits}
+        since = 0
+        while mine:
+            ready, since = unit.collect(mine, since)
+            for key, value in ready:
+                del mine[key]
+                dst, src, _ = later[key]
+                out[dst] = fill if value is FILL else value[src]
+        for key, (dst, src, _) in later.items():
+            if key in waits:  # another read's fetch
+                value = waits[key].wait(key, needs[key])
+                out[dst] = fill if value is FILL else value[src]
         return out
 
+    def refresh(self) -> None:
+        """Check every shard again before its cached index or chunks are used (the store
+        changed): only shards whose identity changed are read again."""
+        self.planner.validated.clear()
+        if self.meta.sharding is None:  # no identities to check: forget this array's chunks
+            self.cache.chunks.discard(lambda k: k[0] == self.token)
+        bump_generation(self.store.url)
+
+    def shard_indexes(self, shards: list[Coords]):
+        """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
+        return self.planner.shard_indexes(shards)
+
+    def stored_chunks(self, chunks: list[Coords]):
+        """The stored, still encoded bytes of ``chunks`` (:meth:`.FetchPlanner.stored_chunks`)."""
+        return self.planner.stored_chunks(chunks)
+
+    # -- copying out -----------------------------------------------------------------------
     def _copy_from_slabs(self, region: tuple[slice, ...], axes: list[range],
                          out: np.ndarray) -> bool:
-        """Copy ``region`` into ``out`` when each of its chunk rows lies decoded whole in one
-        slab (a step through rows already read): a few copies per row, no work per chunk.
-        False, and nothing done, otherwise."""
+        """Copy ``region`` into ``out`` when each of its chunk rows lies in one slab, cached
+        whole or decoded far enough (a step through rows read already): a few copies per row,
+        no work per chunk. False, and nothing done, otherwise."""
         if len(axes) < 2:
             return False
         ry, rx = axes[-2], axes[-1]
         leads = list(itertools.product(*axes[:-2]))
         first = [(self.token, (*lead, ry.start, rx.start)) for lead in leads]
-        slabs = self.cache.chunks.get_groups(
+        chunks = self.cache.chunks
+        slabs = chunks.get_groups(
             first, lambda g: isinstance(g, Slab) and g.covers(ry, rx),
             hits=len(leads) * len(ry) * len(rx), max_age=self.index_max_age)
-        if slabs is None and self._filling:  # being decoded: enough of each chunk already?
-            slabs = self._filling.find(leads, ry, rx, self._region_need(region, axes))
-        if slabs is None:
-            return False
+        if slabs is None:  # being decoded: enough of each chunk already?
+            need = self._region_need(region, axes)
+            slabs = []
+            for lead, key in zip(leads, first, strict=True):
+                unit = chunks.inflight(key)
+                if unit is not None:
+                    slab = unit.ready_slab(lead, ry, rx, need)
+                else:  # its first chunk is decoded whole, others may not be yet (once all
+                    # are, the slab is the cache's, whose freshness get_groups judged)
+                    slab = chunks.group_of(key)
+                    if not (isinstance(slab, Slab) and need <= slab.ready < COMPLETE
+                            and slab.covers(ry, rx)):
+                        slab = None
+                if slab is None:
+                    return False
+                slabs.append(slab)
         copy_from_slabs(region, axes, slabs, out, self.meta.chunk_shape)
         return True
-
-    def _region_need(self, region: tuple[slice, ...], axes: list[range]) -> int:
-        """Bytes of a chunk (C order) that hold every chunk's part of ``region``: up to the
-        end of the deepest (y, x) plane it reaches in any of them."""
-        k = len(region) - 2
-        shape = self.meta.chunk_shape
-        last = [(max(min(s.stop - g * c, c) for g in rng) - 1) * stride for s, c, rng, stride
-                in zip(region[:k], shape[:k], axes[:k], self._strides[:k], strict=True)]
-        return self._need((*last, *((c - 1) * stride for c, stride in
-                                    zip(shape[k:], self._strides[k:], strict=True))))
 
     def _copy_out(self, region: tuple[slice, ...], axes: list[range], values: list,
                   out: np.ndarray, places: list | None = None) -> None:
@@ -182,55 +191,28 @@ class RegionReader:
                 strict=True)):
             if value is None or i in copied:
                 continue
-            if value is FILL:
-                out[dst] = fill
-            else:
-                out[dst] = value[src]
+            out[dst] = fill if value is FILL else value[src]
+
+    def _region_need(self, region: tuple[slice, ...], axes: list[range]) -> int:
+        """Bytes of a chunk (C order) that hold every chunk's part of ``region``: up to the
+        end of the deepest (y, x) plane it reaches in any of them."""
+        k = len(region) - 2
+        shape = self.meta.chunk_shape
+        last = [(max(min(s.stop - g * c, c) for g in rng) - 1) * stride for s, c, rng, stride
+                in zip(region[:k], shape[:k], axes[:k], self._strides[:k], strict=True)]
+        return self._need((*last, *((c - 1) * stride for c, stride in
+                                    zip(shape[k:], self._strides[k:], strict=True))))
 
     def _need(self, last: tuple[int, ...]) -> int:
         """Bytes of an inner chunk (C order) up to the element whose per-axis offsets (times
         the axis strides) are ``last``: how much of it a read needs decoded."""
         return (sum(last) + 1) * self.meta.dtype.itemsize
 
-    def _await(self, key, fut: Promise, need: int, wait: bool = True):
-        """A chunk being fetched or decoded: its array as soon as its first ``need`` bytes are
-        decoded (the prefix a cold read decoded first may be enough). ``wait=False``: None
-        instead of waiting, so the caller first serves itself from the chunks that are ready.
-        """
-        partial = self.cache.partials.get(key)
-        if partial is not None and (wait or partial.done()):
-            try:
-                array, done = partial.result()
-            except Exception:  # the chunk's own future carries the located error
-                pass
-            else:
-                if done >= need:
-                    return array
-        if not wait and not fut.done():
-            return None
-        return fut.result()
-
-    def refresh(self) -> None:
-        """Check every shard again before its cached index or chunks are used (the store
-        changed): only shards whose identity changed are read again."""
-        self._planner.validated.clear()
-        self._filling.clear()
-        if self.meta.sharding is None:  # no identities to check: forget this array's chunks
-            self.cache.chunks.discard(lambda k: k[0] == self.token)
-        bump_generation(self.store.url)
-
-    # -- planning --------------------------------------------------------------------------
-    def _axis_ranges(self, region: tuple[slice, ...]) -> list[range]:
-        """Per axis, the chunk coordinates ``region`` touches."""
-        return [range(s.start // c, (s.stop - 1) // c + 1)
-                for s, c in zip(region, self.meta.chunk_shape, strict=True)]
-
     def _placements(self, region: tuple[slice, ...], axes: list[range]):
         """Per touched chunk (in ``itertools.product(*axes)`` order): the ``(dst, src)`` slices
         that copy its part of ``region`` into the output, and the per-axis offsets of that
-        part's last element (:meth:`_need` turns them into bytes, for chunks not cached yet
-        only). Built per axis once, so a plane of hundreds of chunks costs a tuple per chunk,
-        not slice arithmetic."""
+        part's last element (:meth:`_need` turns them into bytes). Built per axis once, so a
+        plane of hundreds of chunks costs a tuple per chunk, not slice arithmetic."""
         dst_axes, src_axes, last_axes = [], [], []
         for s, c, rng, stride in zip(region, self.meta.chunk_shape, axes, self._strides,
                                      strict=True):
@@ -246,21 +228,37 @@ class RegionReader:
         return zip(itertools.product(*dst_axes), itertools.product(*src_axes),
                    itertools.product(*last_axes), strict=True)
 
-    def _readahead(self, claimed: list[Coords]) -> list[Coords]:
-        """The rest of each claimed chunk's row: same leading coords, every (y, x) chunk."""
+    # -- fetching --------------------------------------------------------------------------
+    def _fetch(self, unit: InFlight, claimed: list[Coords], needs: dict[Coords, int]) -> None:
+        """Fetch and decode the ``claimed`` chunks (``needs``: bytes of each the read needs)
+        and read ahead the rest of their chunk rows: in the same requests within the shards
+        fetched anyway, in the background after this read for other shards — it never delays
+        the read (a zoomed-in view of a big plane, a tile) nor shares its bandwidth."""
+        extra = self._readahead(unit, claimed) if self.readahead else []
+        near, far = self._split_readahead(claimed, extra)
+        try:
+            self._fetch_and_decode(unit, claimed, near, needs)
+        except BaseException as e:
+            self.decoder.fail(far, e)
+            raise
+        if far:
+            readahead_pool().post(self._fetch_in_background, unit, far)
+
+    def _readahead(self, unit: InFlight, claimed: list[Coords]) -> list[Coords]:
+        """The rest of each claimed chunk's row (same leading coords, every (y, x) chunk),
+        claimed for ``unit``: the whole row when the cache can hold it, else the part of it in
+        the shards being fetched anyway (contiguous in C order: no extra request)."""
         meta = self.meta
         if meta.ndim < 3:
             return []
-        grid = [-(-s // c) for s, c in zip(meta.shape, meta.chunk_shape, strict=True)]
+        grid = self.layout.chunk_grid
         leads = {c[:-2] for c in claimed}
         budget = self.cache.chunks.max_bytes // 2
         if len(leads) * grid[-2] * grid[-1] * self._chunk_nbytes <= budget:
             ys, xs = {lead: range(grid[-2]) for lead in leads}, {lead: range(grid[-1])
                                                                  for lead in leads}
         else:
-            # The whole row does not fit: read ahead the row within the shards being fetched
-            # anyway (in C order those chunks are contiguous: no extra request).
-            cps = meta.chunks_per_object
+            cps = self.layout.chunks_per_shard
             ys, xs = {}, {}
             for c in claimed:
                 for axis, spans in ((-2, ys), (-1, xs)):
@@ -276,7 +274,7 @@ class RegionReader:
                  if (*lead, y, x) not in want]
         if not extra:
             return []
-        _, _, mine = self.cache.chunks.claim(((self.token, c) for c in extra),
+        _, _, mine = self.cache.chunks.claim(((self.token, c) for c in extra), unit,
                                              max_age=self.index_max_age)
         return [k[1] for k in mine]
 
@@ -287,15 +285,14 @@ class RegionReader:
             return [], []
         if self.meta.sharding is None:  # one object per chunk: every extra chunk is another
             return [], extra
-        cps = self.meta.chunks_per_object
-        touched = {tuple(g // n for g, n in zip(c, cps, strict=True)) for c in claimed}
+        shard_of = self.layout.shard_of
+        touched = {shard_of(c) for c in claimed}
         near, far = [], []
         for c in extra:
-            shard = tuple(g // n for g, n in zip(c, cps, strict=True))
-            (near if shard in touched else far).append(c)
+            (near if shard_of(c) in touched else far).append(c)
         return near, far
 
-    def _fetch_in_background(self, chunks: list[Coords]) -> None:
+    def _fetch_in_background(self, unit: InFlight, chunks: list[Coords]) -> None:
         """Read-ahead of ``chunks``: fetched and decoded at low priority, nobody waiting. A
         failure releases their claims (a read that needs them fetches them again and reports
         any error itself).
@@ -306,46 +303,37 @@ class RegionReader:
         16 ms alone. Nothing those decodes wait for waits for this pool: no deadlock."""
         decode_pool().wait_urgent(READAHEAD_YIELD)
         try:
-            self._fetch_and_decode([], chunks, {})
+            self._fetch_and_decode(unit, [], chunks, {})
         except BaseException as e:  # nobody to report to; the claims were failed
             log.debug("read-ahead of %d chunks of %s failed: %s", len(chunks), self.store.url, e)
 
-    # -- fetching --------------------------------------------------------------------------
-    def _fetch_and_decode(self, claimed: list[Coords], extra: list[Coords],
-                          needs: dict[Coords, int]) -> dict[Coords, Promise]:
-        """Fetch every claimed chunk in one concurrent batch; each chunk's decode starts as
-        soon as its bytes arrive (pipelined with the rest of the batch), the chunks a read
-        waits for (``needs``: bytes of each it needs) before the read-ahead. Promises per chunk.
-        """
+    def _fetch_and_decode(self, unit: InFlight, claimed: list[Coords], extra: list[Coords],
+                          needs: dict[Coords, int]) -> None:
+        """Fetch every chunk of ``claimed`` and ``extra`` (read-ahead) in one concurrent batch;
+        each chunk's decode starts as soon as its bytes arrive (pipelined with the rest of the
+        batch), the chunks a read waits for (``needs``) before the read-ahead, and only the
+        prefix they need first when that pays (engine/progressive.py)."""
+        decoder = self.decoder
         everything = claimed + extra
         try:
-            fills, requests, request_parts = self._planner.plan(everything, optional=set(extra))
+            fills, requests, request_parts = self.planner.plan(everything, optional=set(extra))
         except BaseException as e:
-            self.cache.chunks.fail([(self.token, c) for c in everything], e)
+            decoder.fail(everything, e)
             raise
-        futures: dict[Coords, Promise] = {}
         for coords in fills:
-            self.cache.chunks.fulfil((self.token, coords), FILL, 64)
-            f: Promise = Promise()
-            f.set_result(FILL)
-            futures[coords] = f
-        pending = {c: Promise() for parts in request_parts for (c, _), _, _ in parts}
-        futures.update(pending)
+            decoder.fill(unit, coords)
         if not requests:
-            return futures
-        # Chunks a read needs only the top of: decode that part first (engine/progressive.py)
-        partials = {} if self._progressive is None else {
-            c: self.cache.partials.open((self.token, c)) for c in pending
-            if needs.get(c, self._chunk_nbytes) <= MAX_PREFIX_SHARE * self._chunk_nbytes}
+            return
+        pending = [c for parts in request_parts for (c, _), _, _ in parts]
         # a chunk row's chunks decoded into one array (engine/slab.py); not when the cache
         # could not hold it, nor when caching is off (each chunk is dropped once read)
         slabs = plan_slabs(pending, self.meta.chunk_shape, self.meta.dtype,
                            self.cache.chunks.max_bytes // 2)
-        if slabs:
-            self._filling.add(slabs)
-        pool, decoder = decode_pool(), self._decoder
-        unsharded = self.meta.sharding is None
-
+        for c, slab in slabs.items():  # where reads of a row find it while it is decoded
+            row = unit.slabs.setdefault(c[:-2], [])
+            if not row or row[-1] is not slab:
+                row.append(slab)
+        pool = decode_pool()
         posted = [0] * len(requests)  # per request: how many of its parts are being decoded
 
         def post(i: int, body: memoryview, available: int | None) -> None:
@@ -353,33 +341,32 @@ class RegionReader:
             (None: the whole body is in), in order, once."""
             parts, key, k = request_parts[i], requests[i].key, posted[i]
             while k < len(parts):
-                (c, flat), offset, nbytes = parts[k]
+                (c, slot), offset, nbytes = parts[k]
                 if available is not None and (nbytes is None or offset + nbytes > available):
                     break
                 data = body[offset:] if nbytes is None else body[offset:offset + nbytes]
-                if c in partials:
-                    pool.post(decoder.decode_prefix_first, c, (key, flat, data), pending[c],
-                              partials[c], needs[c], slabs.get(c), priority=NOW)
+                need = needs.get(c)
+                if need is not None and decoder.prefix_pays(need):
+                    pool.post(decoder.decode_prefix_first, unit, c, (key, slot, data), need,
+                              slabs.get(c), priority=NOW)
                 else:
-                    pool.post(decoder.decode_into, c, (key, flat, data), pending[c],
-                              slabs.get(c), priority=NOW if c in needs else LATER)
+                    pool.post(decoder.decode, unit, c, (key, slot, data), slabs.get(c),
+                              priority=LATER if need is None else NOW)
                 k += 1
             posted[i] = k
 
         def on_result(i: int, result) -> None:
-            key = requests[i].key
-            if result.data is None:
-                for (c, _), _, _ in request_parts[i]:
-                    if unsharded:  # a chunk never written: fill value
-                        self.cache.chunks.fulfil((self.token, c), FILL, 64)
-                        pending[c].set_result(FILL)
-                        decoder.close_partial(c, partials.get(c))
-                    else:
-                        decoder.fail(c, pending[c], StoreError(
-                            f"{self.store.url}/{key} disappeared after its index was read; "
-                            "the store is being rewritten — call refresh()"), partials)
+            if result.data is not None:
+                post(i, memoryview(result.data), None)
                 return
-            post(i, memoryview(result.data), None)
+            chunks = [c for (c, _), _, _ in request_parts[i]]
+            if self.meta.sharding is None:  # a chunk never written: fill value
+                for c in chunks:
+                    decoder.fill(unit, c)
+            else:
+                decoder.fail(chunks, StoreError(
+                    f"{self.store.url}/{requests[i].key} disappeared after its index was "
+                    "read; the store is being rewritten — call refresh()"))
 
         try:
             # the chunks at the front of a big range decode while the rest is arriving
@@ -388,21 +375,10 @@ class RegionReader:
             error = CorruptShardError(
                 f"{self.store.url}/{e.key}: shard is truncated: bytes {e.start}.."
                 f"{e.start + e.requested - 1} named by its index lie past the end of the file")
-            for c, fut in pending.items():
-                decoder.fail(c, fut, error, partials)
+            decoder.fail(pending, error)
             raise error from e
         except BaseException as e:
-            for c, fut in pending.items():
-                decoder.fail(c, fut, e, partials)
+            decoder.fail(pending, e)
             raise
         finally:
             self.counters.add(data_requests=len(requests))
-        return futures
-
-    def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
-        """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
-        return self._planner.shard_indexes(shards)
-
-    def stored_chunks(self, chunks: list[Coords]) -> dict[Coords, tuple[str, memoryview] | None]:
-        """The stored, still encoded bytes of ``chunks`` (:meth:`.FetchPlanner.stored_chunks`)."""
-        return self._planner.stored_chunks(chunks)

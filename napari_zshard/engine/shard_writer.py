@@ -17,7 +17,7 @@ import numpy as np
 
 from ..store import Store
 from ..store.base import ObjectWriter
-from ..store.pool import decode_pool
+from .pools import decode_pool
 from .metadata import ArrayMeta, ShardingSpec
 from .shard_index import EMPTY, encode_index
 
@@ -43,8 +43,7 @@ def is_fill_chunk(chunk: np.ndarray, fill_value: Any) -> bool:
 
 def shard_region(meta: ArrayMeta, shard: Coords) -> tuple[slice, ...]:
     """The part of the array that shard ``shard`` holds, clipped to the array's shape."""
-    return tuple(slice(g * s, min(n, (g + 1) * s))
-                 for g, s, n in zip(shard, meta.grid_shape, meta.shape, strict=True))
+    return meta.layout.shard_region(shard)
 
 
 def iter_shards(meta: ArrayMeta) -> Iterator[Coords]:

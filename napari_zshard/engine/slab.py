@@ -6,13 +6,14 @@ microseconds of Python around 8 KiB of data, on one thread. When the fetched chu
 (same leading chunk coordinates, a full rectangle of (y, x) chunks) are decoded into one *slab*
 of shape ``(ny, nx, *chunk_shape)``, the part of a plane they cover is one numpy copy from a
 transposed view of the slab, which releases the GIL: split in two halves, one on a decode-pool
-thread. A slab is one buffer of :mod:`napari_zshard.store.buffers`, re-used once the cache has
+thread. A slab is one buffer of :mod:`napari_zshard.engine.buffers`, re-used once the cache has
 evicted it (no page faults then).
 
 A read whose chunk rows each lie decoded in one slab finds the slabs through the cache (one
 lookup per row: :meth:`~.cache.ClaimingLRU.get_groups`), or, while the slab is still being
-decoded, through its reader, when the first ``ready`` bytes of every slot hold what it needs
-(the planes at the top of a row whose chunks were decoded prefix first). It is then copied
+decoded, through the in-flight unit decoding it (:mod:`.inflight`), when the first ``ready``
+bytes of every slot hold what it needs (the planes at the top of a row whose chunks were
+decoded prefix first). It is then copied
 with a few strided copies per row (partial chunks at the edges their own), nothing per chunk.
 Each side of a split copy faults in its half of the output in one call first (:func:`populate`).
 
@@ -34,13 +35,12 @@ import itertools
 import math
 import sys
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..store import buffers
-from ..store.pool import NOW, decode_pool
+from . import buffers
+from .pools import NOW, decode_pool
 
 Coords = tuple[int, ...]
 
@@ -58,18 +58,17 @@ class Slab:
     While its chunks are being decoded, ``ready`` says how many bytes (C order) of every slot
     are decoded already: a read that needs no more than that reads the slab as it is, while
     the rest of the chunks is decoded below it (:mod:`.progressive`); -1 once a chunk of it
-    failed to decode."""
+    failed. Progress is reported by the :class:`~.inflight.InFlight` unit decoding it, under
+    that unit's lock."""
 
-    __slots__ = ("__weakref__", "_done", "_lock", "_started", "array", "origin", "ready",
-                 "size")
+    __slots__ = ("_done", "_started", "array", "origin", "ready", "size")
 
     def __init__(self, array: np.ndarray, origin: tuple[int, int]):
         self.array, self.origin = array, origin
         self.size = array.shape[0] * array.shape[1]
-        self.ready = 0
-        self._done = [0] * self.size  # bytes decoded, per slot
+        self.ready: float = 0
+        self._done: list[float] = [0] * self.size  # bytes decoded, per slot
         self._started = 0  # slots with some
-        self._lock = threading.Lock()
 
     def slot(self, coords: Coords) -> np.ndarray:
         return self.array[coords[-2] - self.origin[0], coords[-1] - self.origin[1]]
@@ -80,84 +79,26 @@ class Slab:
         return (value.shape == slot.shape and value.strides == slot.strides
                 and value.__array_interface__["data"][0] == slot.__array_interface__["data"][0])
 
-    def decoded(self, coords: Coords, nbytes: int) -> None:
-        """The chunk's slot holds its first ``nbytes`` bytes decoded (called once its decoder
-        wrote them)."""
+    def progress(self, coords: Coords, nbytes: float) -> None:
+        """The chunk's slot holds its first ``nbytes`` bytes decoded."""
         i = (coords[-2] - self.origin[0]) * self.array.shape[1] + coords[-1] - self.origin[1]
-        with self._lock:
-            done = self._done
-            if not done[i]:
-                self._started += 1
-            if nbytes > done[i]:
-                done[i] = nbytes
-                if self._started == self.size and self.ready >= 0:
-                    self.ready = min(done)
+        done = self._done
+        if not done[i]:
+            self._started += 1
+        if nbytes > done[i]:
+            done[i] = nbytes
+            if self._started == self.size and self.ready >= 0:
+                self.ready = min(done)
 
-    def failed(self) -> None:
-        """A chunk of it failed to decode: nothing is read from it as it is being decoded
-        any more (its prefix was decoded before the damage showed)."""
-        with self._lock:
-            self.ready = -1
+    def spoil(self) -> None:
+        """A chunk of it failed: nothing is read from it while it is being decoded any more
+        (its prefix was decoded before the damage showed)."""
+        self.ready = -1
 
     def covers(self, ys: range, xs: range) -> bool:
         """Whether the chunks ``ys`` x ``xs`` (chunk coordinates) of its row all lie in it."""
         (y0, x0), (ny, nx) = self.origin, self.array.shape[:2]
         return y0 <= ys.start and ys.stop <= y0 + ny and x0 <= xs.start and xs.stop <= x0 + nx
-
-
-class FillingSlabs:
-    """One array's slabs still being decoded, by chunk row (leading chunk coordinates): where a
-    read finds the top of its chunks before they are cached. Weak references: a slab nothing
-    else holds is gone here too; and once decoded whole (or failed), a slab is the cache's
-    alone, which says whether it is still fresh."""
-
-    def __init__(self, chunk_nbytes: int):
-        self._whole = chunk_nbytes
-        self._rows: dict[Coords, list[weakref.ref[Slab]]] = {}
-        self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return bool(self._rows)
-
-    def add(self, slabs: dict[Coords, Slab]) -> None:
-        """``slabs`` (chunk → its slab) are being decoded; forget those done since."""
-        with self._lock:
-            rows = self._rows
-            for lead, refs in list(rows.items()):
-                live = [r for r in refs if self._filling(r())]
-                if live:
-                    rows[lead] = live
-                else:
-                    del rows[lead]
-            for lead, slab in {id(s): (c[:-2], s) for c, s in slabs.items()}.values():
-                rows.setdefault(lead, []).append(weakref.ref(slab))
-
-    def find(self, leads: Iterable[Coords], ys: range, xs: range, need: int
-             ) -> list[Slab] | None:
-        """Per chunk row ``leads``, a slab being decoded that covers chunks ``ys`` x ``xs``
-        with at least ``need`` bytes of each decoded; None unless every row has one."""
-        found = []
-        with self._lock:
-            for lead in leads:
-                slab = next((slab for r in self._rows.get(lead, ()) if self._filling(slab := r())
-                             and need <= slab.ready and slab.covers(ys, xs)), None)
-                if slab is None:
-                    return None
-                found.append(slab)
-        return found
-
-    def slabs(self) -> list[Slab]:
-        """The slabs being decoded now."""
-        with self._lock:
-            return [slab for refs in self._rows.values() for r in refs
-                    if self._filling(slab := r())]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-
-    def _filling(self, slab: Slab | None) -> bool:
-        return slab is not None and 0 <= slab.ready < self._whole
 
 
 def plan_slabs(chunks: Iterable[Coords], chunk_shape: Sequence[int], dtype: np.dtype,

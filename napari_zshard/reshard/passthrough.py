@@ -34,7 +34,7 @@ from ..engine.reader import RegionReader
 from ..engine.shard_writer import ShardAssembly, is_fill_chunk
 from ..errors import CorruptDataError
 from ..store.base import ObjectWriter
-from ..store.pool import decode_pool
+from ..engine.pools import decode_pool
 
 COPY = "copy"  # the same chain: stored bytes as they are
 ADD_CRC32C = "add-crc32c"  # the destination adds a crc32c to the source's chain

@@ -32,7 +32,7 @@ from ..engine.metadata import ArrayMeta, parse_v3
 from ..engine.shard_index import EMPTY, decode_index
 from ..errors import CorruptShardError, UnsafeKeyError, UnsupportedCodecError, ZShardError
 from ..store import FullRequest, Store
-from ..store.pool import decode_pool
+from ..engine.pools import decode_pool
 from .arrays import (
     ArrayNode,
     StoredObject,

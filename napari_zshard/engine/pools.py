@@ -1,7 +1,9 @@
-"""Process-wide thread pools, recreated after fork (dask worker processes fork or spawn).
+"""The engine's thread pools, recreated after fork (dask worker processes fork or spawn).
 
 The decode pool takes tasks by priority: the chunks a read waits for are decoded before the
-read-ahead behind them, whatever order their bytes arrived in.
+read-ahead behind them, whatever order their bytes arrived in. The read-ahead pool runs the
+fetches of chunks nobody waits for yet. (Reading local files has threads of its own, in the
+store: napari_zshard/store/local.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -101,11 +103,9 @@ def _results(futures: list[Future]) -> Iterator:
 
 
 _lock = threading.Lock()
-_pools: dict[str, Any] = {}
+_pools: dict[str, PriorityPool] = {}
 
 _SIZES = {
-    # pread releases the GIL and a cluster file system has latency worth overlapping
-    "io": lambda: max(8, 4 * (os.cpu_count() or 1)),
     # numcodecs and zstandard release the GIL while decompressing: one thread per core
     "decode": lambda: os.cpu_count() or 1,
     # read-ahead batches that run after the read that started them has its own data
@@ -113,21 +113,15 @@ _SIZES = {
 }
 
 
-def _pool(name: str):
+def _pool(name: str) -> PriorityPool:
     pool = _pools.get(name)
     if pool is None:
         with _lock:
             pool = _pools.get(name)
             if pool is None:
                 size = _SIZES[name]()
-                pool = (PriorityPool(size, f"zshard-{name}") if name in ("decode", "readahead")
-                        else ThreadPoolExecutor(size, thread_name_prefix=f"zshard-{name}"))
-                _pools[name] = pool
+                pool = _pools[name] = PriorityPool(size, f"zshard-{name}")
     return pool
-
-
-def io_pool() -> ThreadPoolExecutor:
-    return _pool("io")
 
 
 def decode_pool() -> PriorityPool:
