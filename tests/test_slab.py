@@ -4,7 +4,6 @@ readers racing), and the cache evicts a row's chunks together so it holds what i
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -133,12 +132,11 @@ def test_rows_with_chunks_never_written_read_the_fill_value_around_them(tmp_path
 
 
 def test_readers_racing_over_big_planes_each_get_their_own_plane(tmp_path):
-    # 1 MiB planes: each copy is split over two threads
+    # 1 MiB planes, several readers copying out of the same slabs at once
     shape = (32, 1024, 512)
     data = structured(shape)
     arr = napari_zshard.open_array(write(tmp_path / "a.zarr", data, (16, 64, 64),
                                          (16, 256, 256)), cache=EngineCache())
-    assert data[0].nbytes >= slab.SPLIT_BYTES
     errors: list[str] = []
     start = threading.Barrier(8)
 
@@ -272,36 +270,3 @@ def test_a_group_is_read_whole_only_when_complete_fresh_and_accepted():
     assert lru.get_groups([("g", 0), ("g", 2)], lambda grp: True, hits=2) == [g, g]
 
 
-def test_faulting_in_a_new_arrays_pages_leaves_what_is_written_there():
-    out = np.empty((1024, 1024), "uint16")
-    out[...] = structured((1, 1024, 1024))[0]
-    expected = out.copy()
-    slab.populate(out)
-    slab.populate(out[:, ::3])  # strided over 3x its bytes: left alone
-    np.testing.assert_array_equal(out, expected)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE, mincore")
-def test_populating_faults_a_new_arrays_pages_in():
-    import ctypes
-    import mmap
-
-    if slab._populate_call() is None:
-        pytest.skip("no MADV_POPULATE_WRITE here")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    size = 4 << 20
-    memory = mmap.mmap(-1, size)
-    view = np.frombuffer(memory, "uint8")
-    address = view.__array_interface__["data"][0]
-
-    def resident() -> int:
-        pages = ctypes.create_string_buffer(size // mmap.PAGESIZE)
-        assert libc.mincore(address, size, pages) == 0
-        return sum(b & 1 for b in pages.raw)
-
-    assert resident() == 0
-    slab.populate(view[: size // 2])
-    assert resident() == size // 2 // mmap.PAGESIZE
-    del view
-    memory.close()

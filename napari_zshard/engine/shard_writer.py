@@ -17,8 +17,8 @@ import numpy as np
 
 from ..store import Store
 from ..store.base import ObjectWriter
-from .pools import decode_pool
 from .metadata import ArrayMeta, ShardingSpec
+from .pools import decode_pool
 from .shard_index import EMPTY, encode_index
 
 Coords = tuple[int, ...]

@@ -1,25 +1,28 @@
 """The chunks of a chunk row fetched together, decoded into one array, so that a plane is copied
-out of them in one strided copy (split over two threads) instead of one copy per chunk.
+out of them in a few strided copies instead of one copy per chunk.
 
 A 1024² plane of 64³ chunks is 256 chunks. Copied chunk by chunk, each copy is a few
 microseconds of Python around 8 KiB of data, on one thread. When the fetched chunks of one row
 (same leading chunk coordinates, a full rectangle of (y, x) chunks) are decoded into one *slab*
 of shape ``(ny, nx, *chunk_shape)``, the part of a plane they cover is one numpy copy from a
-transposed view of the slab, which releases the GIL: split in two halves, one on a decode-pool
-thread. A slab is one buffer of :mod:`napari_zshard.engine.buffers`, re-used once the cache has
-evicted it (no page faults then).
+transposed view of the slab. A slab is one buffer of :mod:`.buffers`, re-used once the cache
+has evicted it (no page faults then).
 
 A read whose chunk rows each lie decoded in one slab finds the slabs through the cache (one
 lookup per row: :meth:`~.cache.ClaimingLRU.get_groups`), or, while the slab is still being
 decoded, through the in-flight unit decoding it (:mod:`.inflight`), when the first ``ready``
 bytes of every slot hold what it needs (the planes at the top of a row whose chunks were
-decoded prefix first). It is then copied
-with a few strided copies per row (partial chunks at the edges their own), nothing per chunk.
-Each side of a split copy faults in its half of the output in one call first (:func:`populate`).
+decoded prefix first). It is then copied with a few strided copies per row (partial chunks at
+the edges their own), nothing per chunk.
 
 Measured on a 512x1024x1024 uint16 volume of 64³ chunks (2 cores), reading a cached plane into
-a new array: 0.84-1.33 ms chunk by chunk, 0.45-0.50 ms now, tensorstore 0.9-1.0 ms; into an
-array the allocator re-uses: 0.45-0.60 ms, 0.22-0.29 ms now (tensorstore 0.8 ms).
+a new array: 0.84-1.33 ms chunk by chunk, 0.17-0.23 ms from the slab (tensorstore 0.9-1.0 ms).
+Splitting the copy over two threads and faulting the output's pages in first
+(``MADV_POPULATE_WRITE``) were tried and removed: 0.27-0.34 ms with them, the hand-off to a
+second thread costing more than it saved. Decoding into pooled buffers
+(:mod:`.buffers`) stays: without it eight 64-plane scrolls through one open took 658-925 ms
+each instead of 328-403 ms (the allocator unmaps a freed 128 MiB slab and the next one
+faults in again).
 
 Each chunk is still its own cache entry (a view of its slot), so tiles and partial reads of
 chunks not in one slab are served chunk by chunk as before. A slab's memory is freed only when
@@ -30,24 +33,18 @@ every chunk in it is gone, so the cache evicts a slab's chunks together
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import math
-import sys
-import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from . import buffers
-from .pools import NOW, decode_pool
 
 Coords = tuple[int, ...]
 
 #: Fewer chunks than this in a row: each gets its own array (nothing to gain).
 MIN_SLAB_CHUNKS = 4
-#: Copies of at least this many bytes are split in two halves on two threads.
-SPLIT_BYTES = 1 << 20
 
 
 class Slab:
@@ -237,7 +234,7 @@ def gather(out: np.ndarray, slab: np.ndarray, ys: slice, xs: slice,
     """``out`` (shape ``(*lead, len(ys), len(xs))``) = the pixels ``ys`` x ``xs`` of the
     chunks of ``slab`` (an array ``(ny, nx, *chunk_shape)``) laid side by side, the chunks
     sliced by ``inner`` along their leading axes: one strided copy per run of whole chunks
-    and per partial chunk at an edge; the biggest split in two halves over two threads."""
+    and per partial chunk at an edge."""
     *lead_c, cy, cx = slab.shape[2:]
     k = len(lead_c)
     src = slab[(slice(None), slice(None), *inner)]
@@ -246,108 +243,11 @@ def gather(out: np.ndarray, slab: np.ndarray, ys: slice, xs: slice,
     *s_lead, s_y, s_x = out.strides
     lead_shape = out.shape[:k]
     at = (slice(None),) * k
-    pairs = []
     for gy, ny, y0, y1, dy in _runs(ys, cy):
         for gx, nx, x0, x1, dx in _runs(xs, cx):
             h, w = y1 - y0, x1 - x0
             dst = np.lib.stride_tricks.as_strided(
                 out[(*at, slice(dy, dy + ny * h), slice(dx, dx + nx * w))],
                 (*lead_shape, ny, h, nx, w), (*s_lead, h * s_y, s_y, w * s_x, s_x))
-            pairs.append((dst, src[(*at, slice(gy, gy + ny), slice(y0, y1),
-                                    slice(gx, gx + nx), slice(x0, x1))]))
-    if out.nbytes < SPLIT_BYTES:
-        for dst, part in pairs:
-            populate(dst)
-            dst[...] = part
-        return
-    # the biggest copy split in halves along its chunk rows (or columns)
-    i = max(range(len(pairs)), key=lambda n: pairs[n][0].nbytes)
-    dst, part = pairs[i]
-    axis = next((a for a in (k, k + 2) if dst.shape[a] >= 2), None)
-    other = None
-    if axis is not None:
-        half = dst.shape[axis] // 2
-        cut = (*at, *(slice(None),) * (axis - k))
-        other = _Copy(dst[(*cut, slice(half, None))], part[(*cut, slice(half, None))])
-        decode_pool().post(other.run, priority=NOW)
-        pairs[i] = (dst[(*cut, slice(None, half))], part[(*cut, slice(None, half))])
-    populate(pairs[i][0])  # this thread's half of the biggest copy (the other's: its own)
-    for dst, part in pairs:
-        dst[...] = part
-    if other is not None:
-        other.run()  # not started yet: done here
-        other.wait()
-
-
-class _Copy:
-    """A copy that whichever thread comes first runs: the caller takes it back when the pool
-    has not started it (busy decoding), instead of waiting behind the queue."""
-
-    __slots__ = ("_done", "_dst", "_error", "_src", "_taken")
-
-    def __init__(self, dst: np.ndarray, src: np.ndarray):
-        self._dst, self._src = dst, src
-        self._taken = threading.Lock()
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        if not self._taken.acquire(blocking=False):
-            return
-        try:
-            populate(self._dst)
-            self._dst[...] = self._src
-        except BaseException as e:  # re-raised in the caller's thread
-            self._error = e
-        finally:
-            self._dst = self._src = None
-            self._done.set()
-
-    def wait(self) -> None:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-
-
-# -- the output's pages -------------------------------------------------------------------------
-
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in writable, their content unchanged
-_PAGE = 4096
-_madvise = None
-
-
-def _populate_call():
-    """libc's ``madvise`` (None where there is none to call, or it lacks POPULATE_WRITE)."""
-    global _madvise
-    if _madvise is None:
-        _madvise = False
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(None, use_errno=True).madvise
-            except (OSError, AttributeError):
-                return None
-            fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-            _madvise = fn
-    return _madvise or None
-
-
-def populate(view: np.ndarray) -> None:
-    """Fault in the pages under ``view`` writable in one call (``MADV_POPULATE_WRITE``: what
-    they hold stays) before a copy writes them. In a new array that is cheaper than a fault
-    per 4 KiB page: 0.23 instead of 0.33 ms per MiB here; on pages already there it costs
-    ~9 µs per MiB. Not for a small view, nor one strided over much more memory than it holds."""
-    global _madvise
-    if view.nbytes < SPLIT_BYTES // 4 or _populate_call() is None:
-        return
-    span = view.itemsize
-    for n, stride in zip(view.shape, view.strides, strict=True):
-        if stride < 0:
-            return
-        span += (n - 1) * stride
-    if span > 2 * view.nbytes:
-        return
-    address = view.__array_interface__["data"][0]
-    start = address & ~(_PAGE - 1)
-    end = (address + span + _PAGE - 1) & ~(_PAGE - 1)
-    if _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0 and ctypes.get_errno() == 22:
-        _madvise = False  # EINVAL: a kernel before 5.14 — stop asking
+            dst[...] = src[(*at, slice(gy, gy + ny), slice(y0, y1), slice(gx, gx + nx),
+                            slice(x0, x1))]

@@ -30,11 +30,11 @@ import numpy as np
 
 from ..engine.codecs import Crc32cCodec
 from ..engine.metadata import ArrayMeta
+from ..engine.pools import decode_pool
 from ..engine.reader import RegionReader
 from ..engine.shard_writer import ShardAssembly, is_fill_chunk
 from ..errors import CorruptDataError
 from ..store.base import ObjectWriter
-from ..engine.pools import decode_pool
 
 COPY = "copy"  # the same chain: stored bytes as they are
 ADD_CRC32C = "add-crc32c"  # the destination adds a crc32c to the source's chain

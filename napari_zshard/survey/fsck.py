@@ -29,10 +29,10 @@ import numpy as np
 
 from ..engine.codecs import Crc32cCodec
 from ..engine.metadata import ArrayMeta, parse_v3
+from ..engine.pools import decode_pool
 from ..engine.shard_index import EMPTY, decode_index
 from ..errors import CorruptShardError, UnsafeKeyError, UnsupportedCodecError, ZShardError
 from ..store import FullRequest, Store
-from ..engine.pools import decode_pool
 from .arrays import (
     ArrayNode,
     StoredObject,
