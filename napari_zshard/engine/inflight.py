@@ -118,6 +118,13 @@ class InFlight:
         return next((slab for slab in self.slabs.get(lead, ())
                      if slab.ready >= need and slab.covers(ys, xs)), None)
 
+    def __len__(self) -> int:
+        """Keys published (in part or whole) or failed so far."""
+        return len(self._done.keys() | self._errors.keys())
+
+    def __bool__(self) -> bool:  # a unit is a unit even before anything was published
+        return True
+
     def __repr__(self) -> str:
         whole = sum(d == COMPLETE for d in self._done.values())
         return (f"<InFlight {whole} whole, {len(self._done) - whole} partly, "
