@@ -138,10 +138,7 @@ class ApplyResult:
 
 def shard_of(meta: ArrayMeta, chunk: Coords) -> tuple[Coords, int]:
     """(shard coords, flat index inside the shard) of a global inner chunk."""
-    cps = meta.chunks_per_object
-    shard = tuple(c // n for c, n in zip(chunk, cps, strict=True))
-    local = tuple(c % n for c, n in zip(chunk, cps, strict=True))
-    return shard, int(np.ravel_multi_index(local, cps))
+    return meta.layout.locate(chunk)
 
 
 class _ShardEdits(Mapping):

@@ -253,9 +253,8 @@ def _run_commit(edit: Edit, message: str, snap: Snapshot
 
     li = edit.li
     diff = _diff_of(edit, snap)
-    shards = {k for k in (li.key(0, li.metas[0].object_key(
-        tuple(c // n for c, n in zip(chunk, li.metas[0].chunks_per_object, strict=True))))
-        for chunk in diff.chunks)}
+    level0 = li.metas[0]
+    shards = {li.key(0, level0.object_key(shard)) for shard in level0.layout.shards_of(diff.chunks)}
     total = len(shards) + 1
     yield CommitProgress(0, total, True)
     if not diff.chunks:
@@ -307,9 +306,7 @@ def current_shards(edit: Edit) -> dict[Coords, ShardResult]:
     from ..store import FullRequest
 
     li, meta = edit.li, edit._meta
-    cps = meta.chunks_per_object
-    shards = sorted({tuple(i // n for i, n in zip(c, cps, strict=True))
-                     for c in edit.data.all_chunks()})
+    shards = sorted(meta.layout.shards_of(edit.data.all_chunks()))
     keys = [li.key(0, meta.object_key(s)) for s in shards]
     raws = [r.data for r in li.store.read_many([FullRequest(k) for k in keys])]
     return {s: ShardResult(shard=s, key=k, base_identity=None,
@@ -323,19 +320,15 @@ def _settle(edit: Edit, snap: Snapshot, shards: dict[Coords, ShardResult]
     store's state, colleagues' changes are pulled where the user did not paint since the
     snapshot, conflicts stay pending."""
     li, data, meta = edit.li, edit.data, edit._meta
-    cps = meta.chunks_per_object
-    by_shard: dict[Coords, list[Coords]] = {}
-    for c in data.all_chunks():
-        shard = tuple(i // n for i, n in zip(c, cps, strict=True))
-        if shard in shards:
-            by_shard.setdefault(shard, []).append(c)
+    by_shard = meta.layout.shards_of(data.all_chunks())
     for shard, chunks in by_shard.items():
+        if shard not in shards:
+            continue
         res = shards[shard]
         split = split_shard(res.new, meta, key=res.key, where=li.store.url)
         edit.base_identities[res.key] = identity(res.new)
         for c in chunks:
-            flat = int(np.ravel_multi_index(tuple(i % n for i, n in zip(c, cps, strict=True)),
-                                            cps))
+            _, flat = meta.layout.locate(c)
             new_full = decode_chunk(split[flat], meta, key=res.key, where=li.store.url)
             old_full = edit._base_values(c)
             local, inner = data.chunk_box(c)

@@ -74,9 +74,7 @@ def write_region(store: Store, meta: ArrayMeta, region: Sequence[slice], data: n
                          f"{shape}") from e
     if 0 in shape:
         return
-    ranges = [range(s.start // g, (s.stop - 1) // g + 1)
-              for s, g in zip(region, meta.grid_shape, strict=True)]
-    for shard in itertools.product(*ranges):
+    for shard in meta.layout.shards_of_region(region):
         whole = shard_region(meta, shard)
         part = tuple(slice(max(r.start, w.start), min(r.stop, w.stop))
                      for r, w in zip(region, whole, strict=True))
