@@ -95,8 +95,9 @@ def test_collect_raises_the_error_of_a_key_it_waits_for():
 def test_a_cold_plane_is_fetched_in_one_unit_however_many_chunks_it_has(tmp_path, monkeypatch):
     """One unit per read replaced a future per chunk (1,300 of them per cold plane, whose
     cyclic garbage collections took 14% of its CPU time) and four other registries."""
-    from napari_zshard.engine import inflight
     from test_slab import structured, write
+
+    from napari_zshard.engine import inflight
 
     made = []
     real_init = inflight.InFlight.__init__

@@ -191,11 +191,7 @@ def test_the_suggested_layout_streams_planes(tmp_path, image):
 def test_a_shard_streamed_layer_by_layer_is_the_shard_encoded_whole(tmp_path, fill):
     from napari_zshard.engine.create import array_metadata
     from napari_zshard.engine.metadata import parse_json, parse_v3
-    from napari_zshard.engine.shard_writer import (
-        encode_shard,
-        encode_shard_by_layers,
-        shard_region,
-    )
+    from napari_zshard.engine.shard_writer import encode_shard, encode_shard_by_layers
 
     data = cells((40, 50, 60)).astype(np.float32)
     data[:16] = fill  # whole chunks of fill are left out of the shard
@@ -203,7 +199,7 @@ def test_a_shard_streamed_layer_by_layer_is_the_shard_encoded_whole(tmp_path, fi
                          shards=(32, 32, 64), fill_value=fill, compressor="none")
     meta = parse_v3(parse_json(raw, "x"), "x")
     for shard in [(0, 0, 0), (1, 1, 0)]:  # a whole shard; one cut by the array's edges
-        region = shard_region(meta, shard)
+        region = meta.layout.shard_region(shard)
         whole = encode_shard(meta, data[region])
         def read(r, out):
             out[...] = data[r]

@@ -28,7 +28,7 @@ from .cache import forget_written
 from .metadata import ArrayMeta
 from .reader import normalize_region
 from .shard_index import decode_index
-from .shard_writer import assemble_shard, encode_shard, is_fill, shard_region
+from .shard_writer import assemble_shard, encode_shard, is_fill
 
 Coords = tuple[int, ...]
 #: Stored bytes of one inner chunk, or None for a chunk that is not stored (fill value).
@@ -75,7 +75,7 @@ def write_region(store: Store, meta: ArrayMeta, region: Sequence[slice], data: n
     if 0 in shape:
         return
     for shard in meta.layout.shards_of_region(region):
-        whole = shard_region(meta, shard)
+        whole = meta.layout.shard_region(shard)
         part = tuple(slice(max(r.start, w.start), min(r.stop, w.stop))
                      for r, w in zip(region, whole, strict=True))
         block = values[tuple(slice(p.start - r.start, p.stop - r.start)

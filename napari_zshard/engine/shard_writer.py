@@ -41,11 +41,6 @@ def is_fill_chunk(chunk: np.ndarray, fill_value: Any) -> bool:
     return is_fill(chunk, fill_value)
 
 
-def shard_region(meta: ArrayMeta, shard: Coords) -> tuple[slice, ...]:
-    """The part of the array that shard ``shard`` holds, clipped to the array's shape."""
-    return meta.layout.shard_region(shard)
-
-
 def iter_shards(meta: ArrayMeta) -> Iterator[Coords]:
     """Grid coordinates of every shard, in C order."""
     yield from np.ndindex(*meta.grid_extent())
@@ -176,7 +171,7 @@ def write_array_data(store: Store, meta: ArrayMeta, source: Any, *,
     shard, yielding the number of shards done so far. Memory holds one shard at a time."""
     todo = list(shards) if shards is not None else list(iter_shards(meta))
     for i, shard in enumerate(todo, 1):
-        block = np.asarray(source[shard_region(meta, shard)])
+        block = np.asarray(source[meta.layout.shard_region(shard)])
         write_shard(store, meta, shard, block)
         if progress is not None:
             progress(i, len(todo))
@@ -205,7 +200,7 @@ def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
     depth = depth or cs[0]
     if depth % cs[0]:
         raise ValueError(f"layer depth {depth} is not a multiple of the chunk depth {cs[0]}")
-    region = shard_region(meta, shard)
+    region = meta.layout.shard_region(shard)
     layers = [(lo, min(depth, meta.grid_shape[0] - lo))
               for lo in range(0, meta.grid_shape[0], depth)]
     stored = [(lo, rows) for lo, rows in layers if region[0].start + lo < region[0].stop]

@@ -23,7 +23,7 @@ from ..engine import EngineCache, ShardedArray
 from ..engine.create import SUPPORTED_KINDS, array_metadata, default_layout
 from ..engine.metadata import ArrayMeta, parse_json, parse_v3
 from ..engine.shard_tasks import ShardTaskRunner
-from ..engine.shard_writer import iter_shards, shard_region, write_shard
+from ..engine.shard_writer import iter_shards, write_shard
 from ..errors import MetadataError, StoreError
 from ..ome import Axis, Channel, Dataset, ImageLabel, Multiscale
 from ..ome.omero import image_omero
@@ -97,7 +97,7 @@ def _check_source(data: Any, kind: str) -> None:
 def _write_from_source(store: Store, meta: ArrayMeta, source: Any, shard,
                        sliced: bool = False) -> int:
     """One shard of a level from its source (``sliced``: ``source`` is the shard's region)."""
-    block = source if sliced else source[shard_region(meta, shard)]
+    block = source if sliced else source[meta.layout.shard_region(shard)]
     if hasattr(block, "compute"):
         block = block.compute(scheduler="sync")  # parallelism comes from the shard tasks
     return write_shard(store, meta, shard, np.asarray(block, dtype=meta.dtype))
@@ -113,7 +113,7 @@ def write_downsampled_shard(store: Store, meta: ArrayMeta, previous: Store,
     # is read once, and a save should not push out what the viewer has cached. Opened from
     # its metadata: its zarr.json is not written before the whole save is done.
     source = ShardedArray(previous, previous_meta, readahead=False, cache=EngineCache(0))
-    region = shard_region(meta, shard)
+    region = meta.layout.shard_region(shard)
     out = np.empty(tuple(s.stop - s.start for s in region), dtype=meta.dtype)
     # slabs one source chunk deep along axis 0: little memory, and no chunk decoded twice
     step = max(1, -(-source.meta.chunk_shape[0] // factors[0]))
@@ -289,7 +289,7 @@ def run_plan(plan: _ImagePlan, runner: ShardTaskRunner) -> Iterator[str]:
             source = plan.levels_data[i]
             if runner.client is not None and isinstance(source, np.ndarray):
                 # each worker gets its shard's region, not a copy of the whole array per task
-                args = [(level_store, meta, source[shard_region(meta, s)], s, True)
+                args = [(level_store, meta, source[meta.layout.shard_region(s)], s, True)
                         for s in shards]
             else:
                 args = [(level_store, meta, source, s) for s in shards]

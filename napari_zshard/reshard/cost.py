@@ -21,7 +21,7 @@ from ..engine.coalesce import coalesce_ranges
 from ..engine.metadata import ArrayMeta
 from ..engine.reader import RegionReader
 from ..engine.shard_index import EMPTY
-from ..engine.shard_writer import encode_shard_by_layers, shard_region
+from ..engine.shard_writer import encode_shard_by_layers
 from ..errors import CorruptDataError
 from ..store import open_store
 from .passthrough import copy_shard
@@ -164,7 +164,7 @@ def measure_sample(path: str, source: ShardedArray, target: ArrayMeta, depth: in
     shard = tuple(e // 2 for e in target.grid_extent())
     if passthrough:
         return _measure_copy(path, source, target, shard, passthrough, budget)
-    region = shard_region(target, shard)
+    region = target.layout.shard_region(shard)
     extent = region[0].stop - region[0].start
     c0 = target.chunk_shape[0]
     row_bytes = math.prod(target.grid_shape[1:]) * target.dtype.itemsize
@@ -201,7 +201,7 @@ def _measure_copy(path: str, source: ShardedArray, target: ArrayMeta, shard: tup
     """The first layers of chunks of a shard made of the source's stored chunks, timed."""
     reader = RegionReader(open_store(source.store.url, source.store.options), source.meta,
                           cache=EngineCache(0), coalesce=CoalescePolicy(), readahead=False)
-    region = shard_region(target, shard)
+    region = target.layout.shard_region(shard)
     c0 = source.meta.chunk_shape[0]  # a layer of source chunks (several destination rows)
     layer_bytes = c0 * math.prod(s.stop - s.start for s in region[1:]) * target.dtype.itemsize
     layers = max(1, budget // max(1, layer_bytes))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..engine import ArrayMeta, CoalescePolicy, EngineCache, ShardedArray, open_array
 from ..engine.reader import RegionReader
-from ..engine.shard_writer import encode_shard_by_layers, shard_region
+from ..engine.shard_writer import encode_shard_by_layers
 from ..errors import CorruptDataError
 from ..store import Store, join_key
 from ..store.base import ObjectWriter
@@ -153,7 +153,7 @@ def reshard_shard(source: SourceRef, dst: Store, array: str, meta: ArrayMeta, sh
     caller decides whether that stops the run.
     """
     key = meta.object_key(shard)
-    region = shard_region(meta, shard)
+    region = meta.layout.shard_region(shard)
     pixels = int(np.prod([s.stop - s.start for s in region])) * meta.dtype.itemsize
     out = dst.writer(join_key(array, key) if array else key)
     try:
@@ -186,7 +186,7 @@ def verify_shard(source: SourceRef, dst: Store, array: str, meta: ArrayMeta, sha
     src = source.open()
     target = ShardedArray(dst.child(array) if array else dst, meta, cache=EngineCache(0),
                           readahead=False)
-    region = shard_region(meta, shard)
+    region = meta.layout.shard_region(shard)
     starts = list(range(region[0].start, region[0].stop, depth))
     if sample_seed is not None:
         starts = [random.Random(sample_seed).choice(starts)]

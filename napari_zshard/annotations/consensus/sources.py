@@ -10,7 +10,7 @@ import numpy as np
 
 from ...engine import EngineCache, open_array
 from ...engine.metadata import ArrayMeta
-from ...engine.shard_writer import iter_shards, shard_region
+from ...engine.shard_writer import iter_shards
 from ...errors import AnnotationError, MetadataError, UnsupportedLabelImageError
 from ...ome import parse_multiscales
 from ...store import Store
@@ -43,7 +43,7 @@ class Inputs:
         """(region, values (k, ...) with 0 outside coverage, coverage (k, ...)) of a shard
         (the inputs' own dtype: 4 x 8 MiB for a 128³ uint32 shard; the arithmetic is done
         in :func:`slabs`)."""
-        region = shard_region(self.meta, shard)
+        region = self.meta.layout.shard_region(shard)
         vals, covs = [], []
         for arr, cov in zip(self.arrays, self.coverages, strict=True):
             c = cov.mask(region)
