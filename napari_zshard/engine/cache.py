@@ -152,11 +152,6 @@ class ClaimingLRU:
                         for k in list(record.members) if record is not None else ():
                             self._remove(k)
 
-    def group_of(self, key: Hashable) -> Hashable | None:
-        """The group of ``key``'s cached entry (None: not cached, or in no group)."""
-        entry = self._data.get(key)
-        return None if entry is None else entry.group
-
     def inflight(self, key: Hashable) -> InFlight | None:
         """The unit ``key`` is being fetched in, if any."""
         return self._inflight.get(key)

@@ -95,7 +95,7 @@ class ChunkDecoder:
         # a chain that decoded into an array of its own leaves its slot empty: not in the group
         group = slab if slab is not None and slab.holds(coords, arr) else None
         ckey = (self.token, coords)
-        unit.publish(ckey, arr, slab=group, coords=coords)
+        unit.publish(ckey, arr)
         self.cache.chunks.fulfil(ckey, arr, arr.nbytes, group)
 
     def decode_prefix_first(self, unit: InFlight, coords: Coords, src: Source, need: int,
@@ -111,8 +111,7 @@ class ChunkDecoder:
             self.decode(unit, coords, src, slab)
             return
         self.counters.add(chunks_decoded=1, decoded_bytes=prefix.done)
-        unit.publish((self.token, coords), prefix.array, prefix.done,
-                     slab=slab, coords=coords)
+        unit.publish((self.token, coords), prefix.array, prefix.done)
         decode_pool().post(self._finish, unit, coords, src, prefix, slab, priority=LATER)
 
     def _finish(self, unit: InFlight, coords: Coords, src: Source, prefix: Prefix,

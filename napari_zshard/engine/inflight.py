@@ -4,10 +4,8 @@ A read claims the cache keys it misses (:class:`~.cache.ClaimingLRU`) for one :c
 every other read that wants one of those keys finds that unit in the cache and waits on it
 instead of fetching again. The unit holds, for each of its keys, the value as far as it is
 ready (a decoded chunk may be usable before it is whole: its first ``done`` bytes, C order,
-are decoded — :mod:`.progressive`), or the error that ended it; and the slabs its chunk rows
-are decoded into (:mod:`.slab`), with how much of every slot of each is decoded, so that the
-next plane of a row still being decoded is copied out of the slab as soon as its bytes are
-there.
+are decoded — :mod:`.progressive`), or the error that ended it. The next plane of a row still
+being decoded is read from the unit as soon as its bytes are there.
 
 One condition variable serves all of a unit's keys. A waiter that wants many keys
 (:meth:`InFlight.collect`) takes, on each wake-up, everything published since its last look
@@ -29,7 +27,7 @@ class InFlight:
     """Keys being fetched together: per key the value so far, how many bytes of it are ready,
     or the error. Each key is published at most once whole; progress only grows."""
 
-    __slots__ = ("_cond", "_done", "_errors", "_log", "_values", "slabs")
+    __slots__ = ("_cond", "_done", "_errors", "_log", "_values")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -37,36 +35,27 @@ class InFlight:
         self._done: dict[Hashable, float] = {}
         self._errors: dict[Hashable, BaseException] = {}
         self._log: list[Hashable] = []  # keys in the order they progressed, failed or finished
-        #: chunk row (leading chunk coords) → the slabs its chunks are decoded into
-        self.slabs: dict[tuple[int, ...], list[Any]] = {}
 
     # -- the fetching side -----------------------------------------------------------------
-    def publish(self, key: Hashable, value: Any, done: float = COMPLETE, *,
-                slab: Any = None, coords: tuple[int, ...] = ()) -> None:
+    def publish(self, key: Hashable, value: Any, done: float = COMPLETE) -> None:
         """``value`` of ``key`` has its first ``done`` bytes ready (:data:`COMPLETE`: all of
-        it). ``slab``: ``value`` is the slot of chunk ``coords`` in it (engine/slab.py); the
-        slab's readiness follows."""
+        it)."""
         with self._cond:
             if key in self._errors or self._done.get(key, -1) >= done:
                 return
             self._values[key] = value
             self._done[key] = done
-            if slab is not None:
-                slab.progress(coords, done)
             self._log.append(key)
             self._cond.notify_all()
 
     def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:
-        """``keys`` (those not whole yet) end with ``error``; so do reads of their slabs."""
+        """``keys`` (those not whole yet) end with ``error``."""
         with self._cond:
             for key in keys:
                 if self._done.get(key, -1) == COMPLETE or key in self._errors:
                     continue
                 self._errors[key] = error
                 self._log.append(key)
-            for slabs in self.slabs.values():
-                for slab in slabs:
-                    slab.spoil()
             self._cond.notify_all()
 
     # -- the waiting side ------------------------------------------------------------------
@@ -111,12 +100,6 @@ class InFlight:
                     return ready, end
                 since = end
                 self._cond.wait()
-
-    def ready_slab(self, lead: tuple[int, ...], ys: range, xs: range, need: int) -> Any:
-        """The slab of chunk row ``lead`` if it covers chunks ``ys`` x ``xs`` and at least
-        ``need`` bytes of every slot are decoded; else None."""
-        return next((slab for slab in self.slabs.get(lead, ())
-                     if slab.ready >= need and slab.covers(ys, xs)), None)
 
     def __len__(self) -> int:
         """Keys published (in part or whole) or failed so far."""

@@ -26,7 +26,7 @@ from .chunk_decode import FILL, ChunkDecoder
 from .coalesce import CoalescePolicy
 from .counters import ReadCounters
 from .fetch_plan import FetchPlanner
-from .inflight import COMPLETE, InFlight
+from .inflight import InFlight
 from .metadata import ArrayMeta
 from .pools import LATER, NOW, decode_pool, readahead_pool
 from .slab import Slab, copy_from_slabs, gather_rows, plan_slabs
@@ -144,34 +144,20 @@ class RegionReader:
     # -- copying out -----------------------------------------------------------------------
     def _copy_from_slabs(self, region: tuple[slice, ...], axes: list[range],
                          out: np.ndarray) -> bool:
-        """Copy ``region`` into ``out`` when each of its chunk rows lies in one slab, cached
-        whole or decoded far enough (a step through rows read already): a few copies per row,
-        no work per chunk. False, and nothing done, otherwise."""
+        """Copy ``region`` into ``out`` when each of its chunk rows lies decoded whole in one
+        cached slab (a step through rows read already): a few copies per row, no work per
+        chunk. False, and nothing done, otherwise. (A row still being decoded is read chunk by
+        chunk from its unit, and copied out by rows all the same: :func:`.slab.gather_rows`.)"""
         if len(axes) < 2:
             return False
         ry, rx = axes[-2], axes[-1]
         leads = list(itertools.product(*axes[:-2]))
         first = [(self.token, (*lead, ry.start, rx.start)) for lead in leads]
-        chunks = self.cache.chunks
-        slabs = chunks.get_groups(
+        slabs = self.cache.chunks.get_groups(
             first, lambda g: isinstance(g, Slab) and g.covers(ry, rx),
             hits=len(leads) * len(ry) * len(rx), max_age=self.index_max_age)
-        if slabs is None:  # being decoded: enough of each chunk already?
-            need = self._region_need(region, axes)
-            slabs = []
-            for lead, key in zip(leads, first, strict=True):
-                unit = chunks.inflight(key)
-                if unit is not None:
-                    slab = unit.ready_slab(lead, ry, rx, need)
-                else:  # its first chunk is decoded whole, others may not be yet (once all
-                    # are, the slab is the cache's, whose freshness get_groups judged)
-                    slab = chunks.group_of(key)
-                    if not (isinstance(slab, Slab) and need <= slab.ready < COMPLETE
-                            and slab.covers(ry, rx)):
-                        slab = None
-                if slab is None:
-                    return False
-                slabs.append(slab)
+        if slabs is None:
+            return False
         copy_from_slabs(region, axes, slabs, out, self.meta.chunk_shape)
         return True
 
@@ -329,10 +315,6 @@ class RegionReader:
         # could not hold it, nor when caching is off (each chunk is dropped once read)
         slabs = plan_slabs(pending, self.meta.chunk_shape, self.meta.dtype,
                            self.cache.chunks.max_bytes // 2)
-        for c, slab in slabs.items():  # where reads of a row find it while it is decoded
-            row = unit.slabs.setdefault(c[:-2], [])
-            if not row or row[-1] is not slab:
-                row.append(slab)
         pool = decode_pool()
         posted = [0] * len(requests)  # per request: how many of its parts are being decoded
 

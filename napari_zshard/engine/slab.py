@@ -9,11 +9,12 @@ transposed view of the slab. A slab is one buffer of :mod:`.buffers`, re-used on
 has evicted it (no page faults then).
 
 A read whose chunk rows each lie decoded in one slab finds the slabs through the cache (one
-lookup per row: :meth:`~.cache.ClaimingLRU.get_groups`), or, while the slab is still being
-decoded, through the in-flight unit decoding it (:mod:`.inflight`), when the first ``ready``
-bytes of every slot hold what it needs (the planes at the top of a row whose chunks were
-decoded prefix first). It is then copied with a few strided copies per row (partial chunks at
-the edges their own), nothing per chunk.
+lookup per row: :meth:`~.cache.ClaimingLRU.get_groups`) and copies them with a few strided
+copies per row (partial chunks at the edges their own), nothing per chunk. A row still being
+decoded (the planes at the top of a row whose chunks were decoded prefix first) is looked up
+chunk by chunk, then copied the same way (:func:`gather_rows`, which finds a row's slab from
+its chunks' arrays). Tracking each slab's progress to skip those lookups was tried: a 64-plane
+scroll took 147-262 ms without it, 182-240 ms with it — the noise of this machine.
 
 Measured on a 512x1024x1024 uint16 volume of 64³ chunks (2 cores), reading a cached plane into
 a new array: 0.84-1.33 ms chunk by chunk, 0.17-0.23 ms from the slab (tensorstore 0.9-1.0 ms).
@@ -50,22 +51,13 @@ MIN_SLAB_CHUNKS = 4
 class Slab:
     """One array of the chunks of one chunk row: the chunk at ``(*lead, y, x)`` is
     ``array[y - origin[0], x - origin[1]]``. Hashable by identity: the cache's group token,
-    complete when the cache holds ``size`` of its chunks (every slot decoded).
+    complete when the cache holds ``size`` of its chunks (every slot decoded)."""
 
-    While its chunks are being decoded, ``ready`` says how many bytes (C order) of every slot
-    are decoded already: a read that needs no more than that reads the slab as it is, while
-    the rest of the chunks is decoded below it (:mod:`.progressive`); -1 once a chunk of it
-    failed. Progress is reported by the :class:`~.inflight.InFlight` unit decoding it, under
-    that unit's lock."""
-
-    __slots__ = ("_done", "_started", "array", "origin", "ready", "size")
+    __slots__ = ("array", "origin", "size")
 
     def __init__(self, array: np.ndarray, origin: tuple[int, int]):
         self.array, self.origin = array, origin
         self.size = array.shape[0] * array.shape[1]
-        self.ready: float = 0
-        self._done: list[float] = [0] * self.size  # bytes decoded, per slot
-        self._started = 0  # slots with some
 
     def slot(self, coords: Coords) -> np.ndarray:
         return self.array[coords[-2] - self.origin[0], coords[-1] - self.origin[1]]
@@ -75,22 +67,6 @@ class Slab:
         slot = self.slot(coords)
         return (value.shape == slot.shape and value.strides == slot.strides
                 and value.__array_interface__["data"][0] == slot.__array_interface__["data"][0])
-
-    def progress(self, coords: Coords, nbytes: float) -> None:
-        """The chunk's slot holds its first ``nbytes`` bytes decoded."""
-        i = (coords[-2] - self.origin[0]) * self.array.shape[1] + coords[-1] - self.origin[1]
-        done = self._done
-        if not done[i]:
-            self._started += 1
-        if nbytes > done[i]:
-            done[i] = nbytes
-            if self._started == self.size and self.ready >= 0:
-                self.ready = min(done)
-
-    def spoil(self) -> None:
-        """A chunk of it failed: nothing is read from it while it is being decoded any more
-        (its prefix was decoded before the damage showed)."""
-        self.ready = -1
 
     def covers(self, ys: range, xs: range) -> bool:
         """Whether the chunks ``ys`` x ``xs`` (chunk coordinates) of its row all lie in it."""
