@@ -174,12 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from ._launch import main as launch  # napari is imported only for this command
+    from .plugin.viewer import show_store  # napari is imported only for this command
 
-    argv = [args.url] if args.url else []
+    shown = show_store(args.url, ndisplay=args.ndisplay, screenshot=args.screenshot)
     if args.screenshot:
-        argv += ["--screenshot", args.screenshot]
-    return launch([*argv, "--ndisplay", str(args.ndisplay)])
+        print(shown)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .multiscale.write import WriteOptions
+from ..multiscale.write import WriteOptions
 
 if TYPE_CHECKING:
     import napari
@@ -132,7 +132,7 @@ class SaveShardedWidget(Container):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
-        from ._writer import save_steps
+        from .writer import save_steps
 
         layers = list(self.layer_select.value) or [
             layer for _, layer in self._layer_choices()][:1]
