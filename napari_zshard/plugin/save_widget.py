@@ -1,4 +1,4 @@
-"""Dock widgets. "Save as sharded zarr…": the same save as File ▸ Save Layers, but in the
+"""The "Save as sharded zarr…" dock widget: the same save as File ▸ Save Layers, but in the
 background, with a progress bar in napari's activity dock and a working Cancel."""
 
 from __future__ import annotations
