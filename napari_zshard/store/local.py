@@ -215,7 +215,7 @@ class LocalStore(Store):
                 0, len(items), per)]) for d in part]
         for i, res in done:
             results[i] = res
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every request's slot is filled now
 
     def _temp_for(self, key: str) -> tuple[Path, int, str]:
         """Where ``key`` goes, and a new temporary file beside it (checked to be inside the
