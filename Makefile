@@ -10,7 +10,7 @@ DEBS := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 VENV06 := .venv-napari06
-.PHONY: demo test system venv bench lint test-napari06
+.PHONY: demo test system venv bench lint typecheck test-napari06
 
 system:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { \
@@ -37,9 +37,14 @@ demo: system venv
 	  xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/zshard view --screenshot "$$shot"; \
 	else $(BIN)/zshard view; fi
 
+# mypy checks the napari-free core; what it covers and how: [tool.mypy] in pyproject.toml.
 lint: venv
 	$(BIN)/ruff check napari_zshard tests bench
 	$(BIN)/npe2 validate napari-zshard --imports
+	$(BIN)/mypy
+
+typecheck: venv
+	$(BIN)/mypy
 
 # napari 0.6.x still has napari.view_path: prove once, in a small second environment, that
 # `napari.view_path(url, plugin="napari-zshard")` works there.

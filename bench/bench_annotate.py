@@ -170,7 +170,7 @@ def run_paint(path: Path, *, events: int, brush: int) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_zshard._annotate_widget import NUMBERS, AnnotateWidget
+    from napari_zshard.plugin.annotate.widget import NUMBERS, AnnotateWidget
 
     app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(show=True)

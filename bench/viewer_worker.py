@@ -205,7 +205,7 @@ def warm_up(session: Session, cfg: dict, server_url: str | None) -> None:
     import napari_ome_zarr._reader  # noqa: F401
     import zarr  # noqa: F401
 
-    import napari_zshard._reader  # noqa: F401
+    import napari_zshard.plugin.reader  # noqa: F401
 
     viewer = session.viewer
     rng = np.random.default_rng(0)
@@ -249,7 +249,7 @@ def open_engine_arrays(viewer, where: str):
     view of the engine's ``ShardedArray`` instead of a dask array over it (napari then reads
     exactly the plane and region it shows, with no dask graph per step)."""
     from napari_zshard import open_nodes
-    from napari_zshard._convert import layer_data
+    from napari_zshard.plugin.layer_data import layer_data
 
     nodes = open_nodes(where)
     _, kwargs, _ = layer_data(nodes)[0]

@@ -1,7 +1,7 @@
 """napari-zshard: fast lazy reads and safe writes of sharded Zarr v3 / OME-Zarr 0.5 volumes.
 
-The core (this package minus the ``_``-prefixed napari adapters) imports no napari, Qt or
-magicgui, so it serves notebooks, the ``zshard`` CLI and dask workers alike.
+The core (this package minus ``plugin/``, the napari plugin) imports no napari, Qt or magicgui,
+so it serves notebooks, the ``zshard`` CLI (``cli/``) and dask workers alike.
 """
 
 from .engine import (
@@ -29,11 +29,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # napari adapters load only when asked for, so `import napari_zshard` stays napari-free.
+    # the napari plugin loads only when asked for, so `import napari_zshard` stays napari-free.
     if name in ("view_path", "refresh_layers"):
-        from . import _viewer
+        from .plugin import viewer
 
-        return getattr(_viewer, name)
+        return getattr(viewer, name)
     if name in ("open_image", "open_nodes", "ImageNode"):
         from . import multiscale
 

@@ -31,7 +31,7 @@ def viewer(make_napari_viewer, sample, monkeypatch, tmp_path):
 
 @pytest.fixture
 def widget(viewer):
-    from napari_zshard._annotate_widget import AnnotateWidget
+    from napari_zshard.plugin.annotate.widget import AnnotateWidget
 
     widget = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Annotate")
@@ -70,7 +70,7 @@ def test_plugins_file_and_layers_menus_offer_annotate(make_napari_viewer, sample
 
 # -- choosing the region ---------------------------------------------------------------------
 def test_the_field_of_view_at_the_current_plane_is_the_region(viewer, widget):
-    from napari_zshard._annotate_view import view_region
+    from napari_zshard.plugin.annotate.view import view_region
 
     viewer.dims.set_point(0, 20)
     viewer.scene.camera.center = (100, 60)
@@ -122,7 +122,7 @@ def test_typed_numbers_are_the_region_and_mistakes_are_explained(widget):
 
 
 def test_a_region_too_large_for_one_edit_is_refused_with_its_size(widget, monkeypatch):
-    import napari_zshard._annotate_widget as aw
+    import napari_zshard.plugin.annotate.widget as aw
 
     monkeypatch.setattr(aw, "MAX_EDIT_VOXELS", 64 * 64 * 4)
     widget.source.value = "numbers"
@@ -135,7 +135,7 @@ def test_a_region_too_large_for_one_edit_is_refused_with_its_size(widget, monkey
 def test_the_annotator_defaults_to_the_os_user_and_is_remembered(viewer, monkeypatch):
     import getpass
 
-    from napari_zshard._annotate_widget import (
+    from napari_zshard.plugin.annotate.widget import (
         AnnotateWidget,
         remember_annotator,
         remembered_annotator,
@@ -148,7 +148,7 @@ def test_the_annotator_defaults_to_the_os_user_and_is_remembered(viewer, monkeyp
 
 # -- placing and masking ---------------------------------------------------------------------
 def test_the_stored_labels_are_blank_inside_the_region_at_every_level(viewer):
-    from napari_zshard._annotate_view import masked_levels
+    from napari_zshard.plugin.annotate.view import masked_levels
 
     layer = labels_layer(viewer)
     levels = list(layer.data)
@@ -352,7 +352,7 @@ def test_cancel_stops_an_export_only_before_anything_is_written(viewer, widget, 
     import threading
 
     from napari_zshard import annotations as ann
-    from napari_zshard._annotate_export import export_steps
+    from napari_zshard.plugin.annotate.export_panel import export_steps
 
     layer = check_out(widget, qtbot)
     assert not widget.cancel_button.enabled  # nothing to cancel yet
@@ -374,7 +374,7 @@ def test_cancel_stops_an_export_only_before_anything_is_written(viewer, widget, 
 
 def test_3d_view_shows_the_region_only_within_the_memory_budget(viewer, widget, qtbot,
                                                                 monkeypatch):
-    import napari_zshard._annotate_widget as aw
+    import napari_zshard.plugin.annotate.widget as aw
 
     layer = check_out(widget, qtbot)
     viewer.dims.ndisplay = 3
@@ -429,7 +429,7 @@ def test_my_own_label_image_for_a_later_consensus(viewer, widget, qtbot, sample)
 
 def test_an_http_store_is_refused_before_any_painting(make_napari_viewer, sample, http_server,
                                                       qtbot):
-    from napari_zshard._annotate_widget import AnnotateWidget
+    from napari_zshard.plugin.annotate.widget import AnnotateWidget
 
     viewer = make_napari_viewer(show=True)
     viewer.open(f"{http_server.url}/{sample.name}", plugin="napari-zshard")
@@ -482,7 +482,7 @@ def test_points_and_shapes_export_with_who_and_when_and_reopen_with_their_featur
     # another viewer opens them with their features, who and when
     other = make_napari_viewer()
     other.open(str(sample), plugin="napari-zshard")
-    from napari_zshard._annotate_widget import AnnotateWidget
+    from napari_zshard.plugin.annotate.widget import AnnotateWidget
 
     reopened = AnnotateWidget(other)
     reopened.geometry.open_button.native.click()

@@ -28,7 +28,7 @@ def viewer(make_napari_viewer, tmp_path, monkeypatch):
 
 @pytest.fixture
 def walker(viewer):
-    from napari_zshard._conflict_walker import ConflictWalker
+    from napari_zshard.plugin.conflict_walker import ConflictWalker
 
     walker = ConflictWalker(viewer)
     viewer.window.add_dock_widget(walker, name="Conflict walker")
@@ -103,7 +103,7 @@ def test_merge_then_walk_the_conflicts_and_resolve_one(viewer, walker, qtbot, tm
 
     # Resolve here: the small one's box of the consensus, checked out in the Annotate widget
     assert jump(walker, qtbot, walker.next_button) == small_id
-    from napari_zshard._annotate_widget import AnnotateWidget
+    from napari_zshard.plugin.annotate.widget import AnnotateWidget
 
     walker.resolve_here.click()
     annotate = viewer.window.dock_widgets["Annotate"]
@@ -128,7 +128,7 @@ def test_merge_then_walk_the_conflicts_and_resolve_one(viewer, walker, qtbot, tm
 
 
 def test_the_merge_shows_its_progress_and_can_be_cancelled(viewer, walker, qtbot, monkeypatch):
-    from napari_zshard._conflict_walker import ConflictWalker
+    from napari_zshard.plugin.conflict_walker import ConflictWalker
 
     steps, cancel_at_first_step = [], []
     advance = ConflictWalker._advance

@@ -87,10 +87,9 @@ def test_every_imported_library_is_declared():
 
 
 def is_core(rel: str) -> bool:
-    """Neither an adapter (``_*.py`` at the package root: the napari extra) nor ``testing/``."""
+    """Neither the napari plugin (``plugin/``: the napari extra) nor ``testing/``."""
     parts = Path(rel).parts
-    adapter = len(parts) == 2 and parts[1].startswith("_") and parts[1] != "__init__.py"
-    return not adapter and "testing" not in parts
+    return parts[1] != "plugin" and "testing" not in parts
 
 
 def test_what_the_core_imports_when_it_is_imported_is_a_core_dependency():

@@ -10,7 +10,7 @@ import pytest
 def test_core_import_pulls_in_no_napari_qt_or_magicgui():
     code = (
         "import sys, json, napari_zshard, napari_zshard.engine, napari_zshard.store, "
-        "napari_zshard.sample, napari_zshard.ome\n"
+        "napari_zshard.sample, napari_zshard.ome, napari_zshard.cli\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'))))"
     )

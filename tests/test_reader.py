@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_zshard._reader import get_reader
 from napari_zshard.engine.create import create_array
 from napari_zshard.engine.shard_writer import write_array_data
+from napari_zshard.plugin.reader import get_reader
 from napari_zshard.sample import make_sample, write_image_pyramid
 from napari_zshard.store import open_store
 
@@ -251,7 +251,7 @@ def test_a_broken_store_is_reported_and_the_others_still_open(tmp_path, sample, 
     (bad / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array", "shape": [-1]}')
     shown = []
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    from napari_zshard._reader import read_zarr
+    from napari_zshard.plugin.reader import read_zarr
 
     layers = read_zarr([str(bad), str(sample)])
     assert [kind for _, _, kind in layers] == ["image", "labels"]

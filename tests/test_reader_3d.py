@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from screen_checks import left_right_volume, screen_halves, shows_plane
 
-import napari_zshard._convert as convert
+import napari_zshard.plugin.layer_data as layer_data_module
 from napari_zshard import cli
-from napari_zshard._convert import layer_data
 from napari_zshard.multiscale import open_nodes
 from napari_zshard.multiscale.write import ImageSpec, WriteOptions, save_image
+from napari_zshard.plugin.layer_data import layer_data
 
 napari = pytest.importorskip("napari")
 
@@ -24,13 +24,13 @@ STEP = 4  # (64, 128, 128) uint8 is 1 MiB: one voxel in 4 is (16, 32, 32), 16 Ki
 
 @pytest.fixture
 def small_3d_limit(monkeypatch):
-    monkeypatch.setattr(convert, "MAX_3D_BYTES", 64 * 1024)
+    monkeypatch.setattr(layer_data_module, "MAX_3D_BYTES", 64 * 1024)
 
 
 @pytest.fixture
 def no_preview(small_3d_limit, monkeypatch):
     """Even a strided preview of 1 MiB counts as too long to read: the virtual level is blank."""
-    monkeypatch.setattr(convert, "MAX_PREVIEW_BYTES", 512 * 1024)
+    monkeypatch.setattr(layer_data_module, "MAX_PREVIEW_BYTES", 512 * 1024)
 
 
 def write_one_level(path, vol, labels=None, **spec):
@@ -110,7 +110,7 @@ def test_blank_level_when_even_a_preview_is_too_long_to_read(one_level_store, no
 
 def test_small_enough_coarsest_level_gets_no_virtual_level(one_level_store, notifications):
     path, vol, _ = one_level_store
-    from napari_zshard._reader import read_zarr
+    from napari_zshard.plugin.reader import read_zarr
 
     for data, meta, _ in read_zarr(str(path)):
         assert not meta["multiscale"] and data.shape == vol.shape
@@ -144,7 +144,7 @@ def test_only_spatial_axes_are_subsampled(tmp_path, small_3d_limit, npe2pm, firs
 
 def test_warning_names_the_layer_and_a_command_that_builds_the_pyramid(tmp_path, small_3d_limit,
                                                                        notifications):
-    from napari_zshard._reader import read_zarr
+    from napari_zshard.plugin.reader import read_zarr
 
     # x is longer than a 3D-viewable edge (256): the preview halves every axis twice
     vol = np.random.default_rng(0).integers(0, 255, (16, 32, 600), dtype=np.uint8)
@@ -170,7 +170,7 @@ def test_saving_a_layer_with_a_virtual_level_builds_a_real_pyramid(one_level_sto
                                                                   tmp_path, npe2pm):
     from napari.components import ViewerModel
 
-    from napari_zshard._writer import write_layers
+    from napari_zshard.plugin.writer import write_layers
 
     path, vol, _ = one_level_store
     with npe2pm.tmp_plugin(package="napari-zshard"):

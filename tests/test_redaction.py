@@ -49,7 +49,7 @@ def test_redact_url_strips_userinfo_query_and_fragment():
 def test_the_napari_reader_error_and_its_log_hide_the_password(broken_image, caplog,
                                                                monkeypatch):
     pytest.importorskip("napari")
-    from napari_zshard._reader import get_reader
+    from napari_zshard.plugin.reader import get_reader
 
     shown: list[str] = []
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)

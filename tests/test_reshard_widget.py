@@ -30,7 +30,7 @@ def source(tmp_path):
 
 @pytest.fixture
 def widget(make_napari_viewer, source, qtbot):
-    from napari_zshard._reshard_widget import ReshardWidget
+    from napari_zshard.plugin.reshard_widget import ReshardWidget
 
     widget = ReshardWidget(make_napari_viewer(), source=str(source[0]))
     # the suggested layout arrives from a worker thread
@@ -83,7 +83,7 @@ def test_a_level_can_get_its_own_layout_and_a_wrong_one_is_explained(widget, sou
 
 def test_cancel_leaves_a_resumable_destination_not_marked_complete(make_napari_viewer,
                                                                    tmp_path, qtbot):
-    from napari_zshard._reshard_widget import ReshardWidget
+    from napari_zshard.plugin.reshard_widget import ReshardWidget
 
     data = volume((32, 256, 256), seed=1)
     save_image(tmp_path / "big.zarr", data, ImageSpec(name="big"),
@@ -122,7 +122,7 @@ def test_file_io_utilities_offers_the_widget(make_napari_viewer, source):
 def test_the_source_follows_the_selected_layer_until_the_user_types_one(make_napari_viewer,
                                                                          source, tmp_path,
                                                                          qtbot):
-    from napari_zshard._reshard_widget import ReshardWidget
+    from napari_zshard.plugin.reshard_widget import ReshardWidget
     from napari_zshard.sample import make_sample
 
     cells = make_sample(tmp_path / "cells.zarr", shape=(16, 64, 64))
@@ -147,8 +147,8 @@ def test_the_source_follows_the_selected_layer_until_the_user_types_one(make_nap
 
 
 def test_a_layer_added_from_reader_data_still_names_its_store(make_napari_viewer, source):
-    from napari_zshard._reader import read_zarr
-    from napari_zshard._reshard_widget import ReshardWidget
+    from napari_zshard.plugin.reader import read_zarr
+    from napari_zshard.plugin.reshard_widget import ReshardWidget
 
     viewer = make_napari_viewer()
     data, kwargs, _ = read_zarr(str(source[0]))[0]

@@ -14,7 +14,7 @@ import zarr
 from ome_checks import assert_peers_accept
 
 from napari_zshard import MetadataError, StoreError
-from napari_zshard._writer import write_layers
+from napari_zshard.plugin.writer import write_layers
 
 pytest.importorskip("napari")
 

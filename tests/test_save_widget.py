@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def widget(make_napari_viewer):
-    from napari_zshard._widgets import SaveShardedWidget
+    from napari_zshard.plugin.save_widget import SaveShardedWidget
 
     viewer = make_napari_viewer()
     return SaveShardedWidget(viewer)

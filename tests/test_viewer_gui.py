@@ -28,7 +28,7 @@ def test_dropping_a_zarr_folder_opens_it_with_napari_zshard(make_napari_viewer, 
     from qtpy.QtCore import QMimeData, QPointF, Qt, QUrl
     from qtpy.QtGui import QDropEvent
 
-    from napari_zshard._commands import use_as_default_zarr_reader
+    from napari_zshard.plugin.menu_commands import use_as_default_zarr_reader
 
     path, vol = volume_store
     viewer = make_napari_viewer(show=True)

@@ -245,7 +245,7 @@ class _LevelReader:
         keys = [self.li.key(self.level, meta.object_key(s)) for s in shards]
         for s, k, r in zip(shards, keys, store.read_many([FullRequest(k) for k in keys]),
                            strict=True):
-            self._split[s] = split_shard(r.data, meta, key=k, where=store.url)
+            self._split[s] = split_shard(r.whole, meta, key=k, where=store.url)
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         meta, store = self.meta, self.store

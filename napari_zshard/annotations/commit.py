@@ -308,7 +308,7 @@ def current_shards(edit: Edit) -> dict[Coords, ShardResult]:
     li, meta = edit.li, edit._meta
     shards = sorted(meta.layout.shards_of(edit.data.all_chunks()))
     keys = [li.key(0, meta.object_key(s)) for s in shards]
-    raws = [r.data for r in li.store.read_many([FullRequest(k) for k in keys])]
+    raws = [r.whole for r in li.store.read_many([FullRequest(k) for k in keys])]
     return {s: ShardResult(shard=s, key=k, base_identity=None,
                            theirs_identity=identity(raw), new=raw, outcomes={})
             for s, k, raw in zip(shards, keys, raws, strict=True)}
@@ -354,7 +354,8 @@ def _settle(edit: Edit, snap: Snapshot, shards: dict[Coords, ShardResult]
                         meta.chunk_codecs.encode(base_full)
                     base_part = base_full[inner]
                 else:
-                    edit._base[c] = None if split[flat] is None else bytes(split[flat])
+                    stored = split[flat]
+                    edit._base[c] = None if stored is None else bytes(stored)
                     base_part = nv
                 pending = conflict_full | (pend_full if pend_full is not None else zeros)
                 if pending.any():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 Coords = tuple[int, ...]
 
@@ -51,7 +52,7 @@ class Diff:
     the diff stays small next to the shards a commit rewrites. Diffs of format 1 (absolute
     indexes, no ``format`` field) are still read: repair replays old intents."""
 
-    def __init__(self, dtype: np.dtype | str = np.uint32, chunk_size: int = 0, *,
+    def __init__(self, dtype: DTypeLike = np.uint32, chunk_size: int = 0, *,
                  format: int = DIFF_FORMAT):
         if format not in _INDEX_CODING:
             raise ValueError(f"unknown diff format {format} (this version reads "
@@ -90,6 +91,7 @@ class Diff:
         raw = zstandard.ZstdDecompressor().decompress(self._blobs[chunk], max_output_size=size)
         if len(raw) != size:
             raise ValueError(f"diff of chunk {chunk} is damaged")
+        rest: bytes | memoryview
         if whole:
             index = np.arange(n, dtype=np.uint32)
             rest = raw

@@ -159,7 +159,7 @@ class Edit:
             by_shard.setdefault(shard, []).append((c, flat))
         shards = sorted(by_shard)
         keys = [self.li.key(0, self._meta.object_key(s)) for s in shards]
-        raws = [r.data for r in self.li.store.read_many([FullRequest(k) for k in keys])]
+        raws = [r.whole for r in self.li.store.read_many([FullRequest(k) for k in keys])]
         for shard, key, raw in zip(shards, keys, raws, strict=True):
             self.base_identities[key] = identity(raw)
             split = split_shard(raw, self._meta, key=key, where=self.li.store.url)

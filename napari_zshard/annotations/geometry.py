@@ -309,7 +309,7 @@ def export_geometry(url: str, *, name: str, kind: str, data: Any, annotator: str
         seq = head[0] + 1
         store.create_exclusive(f"{prefix}/deltas/{seq:08d}-{report.commit_id}.csv", payload)
         new_head = json.dumps({"zshard": {"seq": seq, "commit": report.commit_id}}).encode()
-        won = []
+        won: list[bool] = []
 
         def swap(current: bytes | None, head=head, new_head=new_head, won=won) -> bytes | None:
             moved = (current is not None) != (head[1] is not None) or (

@@ -10,6 +10,7 @@ label image without the object gets one bounded scan (the coarsest level that fi
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,8 @@ def reserve_block(li: LabelImage, owner: str, *, size: int = BLOCK) -> tuple[int
     got: list[tuple[int, int]] = []
 
     def reserve(current: bytes | None) -> bytes:
-        doc = json.loads(current) if current else {"zshard": {"next": start_from or 1,
-                                                              "blocks": []}}
+        doc: dict[str, Any] = json.loads(current) if current else {
+            "zshard": {"next": start_from or 1, "blocks": []}}
         state = doc["zshard"]
         first = int(state["next"])
         stop = first + size

@@ -196,7 +196,9 @@ def _list_label_image(store: Store, name: str) -> None:
     def add(current: bytes | None) -> bytes | None:
         doc = json.loads(current) if current else {}
         attrs = doc.get("attributes") or {}
-        ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {"version": "0.5"}
+        ome = attrs.get("ome")
+        if not isinstance(ome, dict):
+            ome = {"version": "0.5"}
         names = [n for n in ome.get("labels") or [] if isinstance(n, str)]
         if name in names:
             return current

@@ -38,7 +38,7 @@ TABLE_COLUMNS = ("id", "name", "author", "created", "modified_by", "modified", "
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def new_commit_id(slug: str) -> str:
@@ -48,7 +48,7 @@ def new_commit_id(slug: str) -> str:
 def commit_time(commit_id: str) -> dt.datetime | None:
     try:
         return dt.datetime.strptime(commit_id.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(
-            tzinfo=dt.UTC)
+            tzinfo=dt.timezone.utc)
     except ValueError:
         return None
 
@@ -174,7 +174,7 @@ class RecentHistory:
                if "record.json" in names][:limit]
         raws = li.store.read_many([FullRequest(li.zshard_key(f"commits/{cid}/record.json"))
                                    for cid in ids])
-        self.records = [(cid, _load(raw.data) or {}) for cid, raw in zip(ids, raws,
+        self.records = [(cid, _load(raw.whole) or {}) for cid, raw in zip(ids, raws,
                                                                          strict=True)]
         self._diffs: dict[str, Any] = {}
 
@@ -231,6 +231,7 @@ def object_delta(written: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     for origin, sel, before, after in written:
         a, b = after[sel], before[sel]
         for values, sign in ((a, 1), (b, -1)):
+            counts: list[int] | np.ndarray
             if values.min() == values.max():  # a chunk painted with one label: the usual case
                 uniq, counts = values[:1], [values.size]
             else:
@@ -271,8 +272,8 @@ def write_object_delta(li: LabelImage, commit_id: str, author: str, when: str,
     annotator gave objects (label value as text -> name), also for objects it did not paint."""
     names = names or {}
     rows = dict(delta)
-    for v in names:
-        rows.setdefault(int(v), {"voxels": 0, "lo": None, "hi": None})
+    for text in names:
+        rows.setdefault(int(text), {"voxels": 0, "lo": None, "hi": None})
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(TABLE_COLUMNS)
@@ -310,7 +311,7 @@ def _merged_rows(li: LabelImage) -> tuple[list[dict[str, Any]], list[str], set[i
     todo = [k for k, cid in zip(deltas, folded, strict=True) if cid not in done]
     shrunk: set[int] = set()
     for result in li.store.read_many([FullRequest(k) for k in todo]):
-        for r in csv.DictReader(io.StringIO((result.data or b"").decode())):
+        for r in csv.DictReader(io.StringIO((result.whole or b"").decode())):
             v, n = int(r["id"]), int(r["voxels"])
             if n < 0:
                 shrunk.add(v)

@@ -111,7 +111,7 @@ class EditableRegion:
         with self._lock:
             boxes = touched_boxes(key, self.shape)
             if self._snapshots:
-                touched = set()
+                touched: set[Coords] = set()
                 for box in boxes:
                     touched.update(self._chunks_of(box))
                 for snap in self._snapshots:

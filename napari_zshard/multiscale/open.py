@@ -43,14 +43,16 @@ def read_node(store: Store, *, zarr_json: bytes | None = None) -> NodeInfo | Non
         if kind not in ("array", "group") or doc.get("zarr_format") != 3:
             raise MetadataError(f"{store.url}/zarr.json: not a Zarr v3 array or group")
         return NodeInfo(kind, 3, doc.get("attributes") or {}, doc)
-    zarray, zgroup, zattrs = (r.data for r in store.read_many(
+    zarray, zgroup, zattrs = (r.whole for r in store.read_many(
         [FullRequest(".zarray"), FullRequest(".zgroup"), FullRequest(".zattrs")]))
-    if zarray is None and zgroup is None:
+    if zarray is not None:
+        kind, name, meta = "array", ".zarray", zarray
+    elif zgroup is not None:
+        kind, name, meta = "group", ".zgroup", zgroup
+    else:
         return None
     attrs = parse_json(zattrs, f"{store.url}/.zattrs") if zattrs else {}
-    if zarray is not None:
-        return NodeInfo("array", 2, attrs, parse_json(zarray, f"{store.url}/.zarray"))
-    return NodeInfo("group", 2, attrs, parse_json(zgroup, f"{store.url}/.zgroup"))
+    return NodeInfo(kind, 2, attrs, parse_json(meta, f"{store.url}/{name}"))
 
 
 # napari asks a reader whether it can open a path, then asks it to open it: what the first
@@ -65,7 +67,9 @@ _LEFT_TO_OTHERS = ("plate", "well", "bioformats2raw.layout", "series")
 
 def _left_to_others(info: NodeInfo) -> bool:
     attrs = info.attributes
-    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {}
+    ome = attrs.get("ome")
+    if not isinstance(ome, dict):
+        ome = {}
     if parse_multiscales(attrs, ""):
         return False
     return any(key in ome or key in attrs for key in _LEFT_TO_OTHERS)
@@ -135,7 +139,9 @@ def _name_of(url: str) -> str:
 
 
 def _stored_contrast(attrs: dict[str, Any]) -> tuple[float, float] | None:
-    ours = attrs.get("napari_zshard") if isinstance(attrs.get("napari_zshard"), dict) else {}
+    ours = attrs.get("napari_zshard")
+    if not isinstance(ours, dict):
+        ours = {}
     cl = ours.get("contrast_limits")
     if isinstance(cl, list) and len(cl) == 2 and all(isinstance(v, (int, float)) for v in cl):
         return float(cl[0]), float(cl[1])
@@ -155,7 +161,7 @@ def open_multiscale(store: Store, info: NodeInfo, *, name: str | None = None,
     want_labels = with_labels and info.zarr_format == 3 and info.attributes.get(
         "ome", {}).get("image-label") is None
     keys = [f"{p}/zarr.json" for p in paths] + (["labels/zarr.json"] if want_labels else [])
-    raws = [r.data for r in store.read_many([FullRequest(k) for k in keys])]
+    raws = [r.whole for r in store.read_many([FullRequest(k) for k in keys])]
     arrays = open_arrays(store, paths, zarr_jsons=raws[:len(paths)], **array_options)
     ndim = arrays[0].ndim
     for d, a in zip(ms.datasets, arrays, strict=True):

@@ -213,7 +213,7 @@ def staged_target(url: str | os.PathLike, options: WriteOptions,
     default_cache().forget(target.url)
 
 
-def disk_full(error: BaseException) -> bool:
+def disk_full(error: BaseException | None) -> bool:
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True

@@ -190,7 +190,7 @@ def plan_image(store: Store, levels_data: Sequence[Any], spec: ImageSpec,
     scale = tuple(float(s) for s in (spec.scale or (1.0,) * ndim))
     given = len(levels_data) > 1
     like_shapes = [tuple(m.shape) for m in like.metas] if like is not None else None
-    if like_shapes and tuple(source.shape) == like_shapes[0] and \
+    if like is not None and like_shapes and tuple(source.shape) == like_shapes[0] and \
             [tuple(d.shape) for d in levels_data] != like_shapes:
         levels_data, given = [source], False
         factors_list, shapes = list(like.factors), like_shapes
@@ -287,6 +287,7 @@ def run_plan(plan: _ImagePlan, runner: ShardTaskRunner) -> Iterator[str]:
         shards = list(iter_shards(meta))
         if i == 0 or plan.given:
             source = plan.levels_data[i]
+            args: list[tuple[Any, ...]]  # _write_from_source's arguments, one task each
             if runner.client is not None and isinstance(source, np.ndarray):
                 # each worker gets its shard's region, not a copy of the whole array per task
                 args = [(level_store, meta, source[meta.layout.shard_region(s)], s, True)

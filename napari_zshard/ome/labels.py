@@ -28,11 +28,12 @@ def parse_image_label(attributes: dict[str, Any]) -> ImageLabel | None:
     doc = ome.get("image-label") if isinstance(ome, dict) else None
     if not isinstance(doc, dict):
         return None
-    colors = {}
+    colors: dict[int, tuple[float, float, float, float]] = {}
     for c in doc.get("colors") or []:
         if isinstance(c, dict) and isinstance(c.get("label-value"), int) and \
                 isinstance(c.get("rgba"), list) and len(c["rgba"]) == 4:
-            colors[c["label-value"]] = tuple(float(v) / 255 for v in c["rgba"])
+            r, g, b, a = (float(v) / 255 for v in c["rgba"])
+            colors[c["label-value"]] = (r, g, b, a)
     props = [p for p in doc.get("properties") or [] if isinstance(p, dict) and
              isinstance(p.get("label-value"), int)]
     return ImageLabel(colors=colors, properties=props)

@@ -73,7 +73,9 @@ def _parse_dataset(doc: Any, ndim: int, where: str) -> Dataset:
 
 def parse_multiscales(attributes: dict[str, Any], where: str) -> list[Multiscale]:
     """The multiscales of a group's attributes (OME-Zarr 0.5 under ``ome``, or 0.4 at the top)."""
-    ome = attributes.get("ome") if isinstance(attributes.get("ome"), dict) else attributes
+    ome = attributes.get("ome")
+    if not isinstance(ome, dict):
+        ome = attributes
     docs = ome.get("multiscales")
     if not isinstance(docs, list) or not docs:
         return []

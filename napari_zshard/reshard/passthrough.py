@@ -25,6 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import overload
 
 import numpy as np
 
@@ -103,6 +104,12 @@ def _same_fill(a, b) -> bool:
         return False
 
 
+@overload
+def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str, *,
+               max_layers: int | None = None, out: None = None) -> bytearray | None: ...
+@overload
+def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str, *,
+               max_layers: int | None = None, out: ObjectWriter) -> int | None: ...
 def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str, *,
                max_layers: int | None = None, out: ObjectWriter | None = None
                ) -> bytearray | int | None:
@@ -141,8 +148,10 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
     # source chunks whose destination chunks are all in this shard and wholly in the array
     whole = [(a, min(b, n // c)) for a, b, c, n in zip(lo, hi, dcs, target.shape, strict=True)]
 
-    def cut(coords: Coords, chunk: np.ndarray | None, data) -> Iterator[tuple[int, object]]:
-        """(position in the layer's rows, encoded destination chunk) of one source chunk."""
+    def cut(coords: Coords, chunk: np.ndarray | None, data: memoryview
+            ) -> Iterator[tuple[int, bytes | memoryview | None]]:
+        """(position in the layer's rows, encoded destination chunk) of one source chunk;
+        ``chunk``: the decoded source chunk when decoding (else None)."""
         first = [g * k for g, k in zip(coords, per, strict=True)]
         if all(a <= d and d + k <= b for d, k, (a, b) in zip(first, per, whole, strict=True)):
             # (the common case, made short: nothing to clip; the layer starts at this row)
@@ -152,6 +161,7 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
                 if not decode:
                     yield base, add_crc.encode(data) if add_crc is not None else data
                     continue
+                assert chunk is not None  # decoding: convert decoded it
                 part = chunk[where]
                 yield base + offset, None if is_fill_chunk(part, fill) else encode(part)
             return
@@ -168,6 +178,7 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
             if not decode:  # (the stored bytes are copied once, into the shard)
                 yield flat, add_crc.encode(data) if add_crc is not None else data
                 continue
+            assert chunk is not None  # decoding: convert decoded it
             part = chunk[where]
             beyond = [n - d * c for d, c, n in zip(dst, dcs, target.shape, strict=True)]
             if any(b < c for b, c in zip(beyond, dcs, strict=True)):  # cut by the array's end
@@ -177,7 +188,8 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
                         part[(slice(None),) * axis + (slice(b, None),)] = fill
             yield flat, None if is_fill_chunk(part, fill) else encode(part)
 
-    def convert(coords: Coords, item: tuple[str, memoryview] | None) -> list[tuple[int, object]]:
+    def convert(coords: Coords, item: tuple[str, memoryview] | None
+                ) -> list[tuple[int, bytes | memoryview | None]]:
         if item is None:
             return []  # not stored: every destination chunk of it is fill
         key, data = item
@@ -211,7 +223,7 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
         """Add a layer's destination rows to the shard, in C order."""
         first = max(sz * per[0], lo[0])
         rows = min((sz + 1) * per[0], hi[0]) - first
-        layer: list[object] = [None] * (rows * row)
+        layer: list[bytes | memoryview | None] = [None] * (rows * row)
         for fut in futures:
             for flat, chunk in fut.result():
                 layer[flat] = chunk
@@ -226,6 +238,7 @@ def copy_shard(reader: RegionReader, target: ArrayMeta, shard: Coords, mode: str
             if layers else None
         try:
             for i, sz in enumerate(layers):
+                assert fetching is not None  # submitted for this layer (there is one)
                 stored = fetching.result()
                 fetching = ahead.submit(reader.stored_chunks, layer_coords(layers[i + 1])) \
                     if i + 1 < len(layers) else None

@@ -135,7 +135,7 @@ class ReshardPlan:
 
 def _level_layouts(levels: Sequence[LevelLayout | None] | None
                    ) -> list[tuple[Shape | None, Shape | None] | None]:
-    out = []
+    out: list[tuple[Shape | None, Shape | None] | None] = []
     for i, entry in enumerate(levels or []):
         if entry is None:
             out.append(None)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .run import ReshardSummary
 
 _LABEL, _COLUMN = 26, 26
-_HOW = {"copy": "copied as stored", "add-crc32c": "copied + crc32c",
+_HOW: dict[str | None, str] = {"copy": "copied as stored", "add-crc32c": "copied + crc32c",
         "transcode": "re-encoded one by one", "split": "cut from each decoded chunk"}
 
 

@@ -107,9 +107,9 @@ def run_reshard(plan: ReshardPlan, *, verify: str = "sample", on_corrupt: str = 
     todo = []
     for a in plan.arrays:
         ref = SourceRef.of(a.source)
-        done = done_shards(store, a.path) if state.kind == "resume" else set()
+        journaled = done_shards(store, a.path) if state.kind == "resume" else set()
         for shard in iter_shards(a.target):
-            if state.kind == "complete" or a.target.object_key(shard) in done:
+            if state.kind == "complete" or a.target.object_key(shard) in journaled:
                 summary.resumed += 1
             else:
                 todo.append((ref, store, a.path, a.target, shard, a.depth, a.passthrough))

@@ -88,10 +88,11 @@ def open_source(url: str | os.PathLike, storage_options: dict[str, Any] | None =
     found = []
     for node in nodes:
         for image in [node, *node.labels]:
-            names = tuple(a.name for a in image.axes)
+            axis_names = tuple(a.name for a in image.axes)
             for level, arr in enumerate(image.arrays):
                 grouped = image.url.rstrip("/") != arr.store.url.rstrip("/")
-                found.append((_relative(store, arr.store), level, arr, names if grouped else None))
+                found.append((_relative(store, arr.store), level, arr,
+                              axis_names if grouped else None))
     groups: dict[str, dict[str, Any]] = {}
     parents = {p for path, *_ in found if path for p in _parents(path)}
     for path in sorted(parents, key=lambda p: (-p.count("/"), p)):  # deepest first, root last

@@ -84,12 +84,13 @@ class Store(ABC):
 
     def read(self, key: str) -> bytes | None:
         """The whole object ``key``, or None when it does not exist."""
-        return self.read_many([FullRequest(key)])[0].data
+        return self.read_many([FullRequest(key)])[0].whole
 
     # -- writing ---------------------------------------------------------------------------
     @abstractmethod
-    def write(self, key: str, data: bytes) -> None:
-        """Replace ``key`` with ``data`` atomically: readers see the old or the new bytes."""
+    def write(self, key: str, data: bytes | bytearray) -> None:
+        """Replace ``key`` with ``data`` atomically: readers see the old or the new bytes.
+        (A bytearray too: :class:`BufferedWriter` hands over the one it gathered, uncopied.)"""
 
     def writer(self, key: str) -> ObjectWriter:
         """A new object for ``key``, written piece by piece and committed atomically as
@@ -163,8 +164,8 @@ class Store(ABC):
         for attempt in range(tries):
             began = time.perf_counter()
             result = self._update_once(key, modify)
-            if result is not CONFLICT:
-                return result  # type: ignore[return-value]
+            if not isinstance(result, _Conflict):
+                return result
             log.debug("%s/%s: another writer committed first (try %d of %d)", self.url, key,
                       attempt + 1, tries)
             if attempt + 1 < tries:

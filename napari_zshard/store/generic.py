@@ -122,7 +122,7 @@ class FsspecStore(RemoteStore):
         data = await self._call("cat_file", path, start=-length)
         return data[-length:], (len(data) if len(data) != length else None)
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:

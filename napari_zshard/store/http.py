@@ -220,7 +220,7 @@ class HTTPStore(RemoteStore):
                                      f"({type(e).__name__})") from e
             raise TransientError(f"{url}: {type(e).__name__}: {e}") from e
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes | bytearray) -> None:
         raise StoreError(f"{self.url}: plain HTTP stores are read-only")
 
     def _describe(self, error: BaseException | None) -> str:

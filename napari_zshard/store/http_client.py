@@ -69,13 +69,16 @@ class Response:
 
     def __init__(self, client: Client, conn: Connection, status: int, headers: Headers,
                  url: yarl.URL):
-        self._client, self._conn = client, conn
+        self._client = client
+        self._conn: Connection | None = conn  # None once the body was read or dropped
         self.status, self.headers, self.url = status, headers, url
 
     async def read(self, progress: Callable[[memoryview, int], None] | None = None, *,
                    limit: int) -> bytes | memoryview:
         """The body, at most ``limit`` bytes (see :meth:`Connection.body`)."""
         conn = self._conn
+        if conn is None:
+            raise RuntimeError(f"{self.url}: the body of this answer was already read")
         try:
             body = await conn.body(progress, limit=limit)
         except BaseException:

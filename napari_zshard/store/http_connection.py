@@ -41,7 +41,7 @@ class StalledConnection(TimeoutError):
 class Headers(dict):
     """Response headers by lower-case name; a repeated header's values joined by ``", "``."""
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
 
 
@@ -118,7 +118,7 @@ class Connection(asyncio.BufferedProtocol):
         body, readonly = self._body, self._readonly
         self._body = self._view = self._readonly = self._progress = None
         if isinstance(body, np.ndarray):
-            return readonly if readonly is not None else memoryview(body).toreadonly()
+            return readonly if readonly is not None else body.data.toreadonly()
         return bytes(body) if body is not None else b""
 
     @property
@@ -175,8 +175,14 @@ class Connection(asyncio.BufferedProtocol):
                                         "bytes asked for"))
                 return
             self._length = n
-            self._body = np.empty(n, np.uint8) if n >= BIG_BODY else bytearray(n)
-            self._view = memoryview(self._body).cast("B")
+            if n >= BIG_BODY:
+                # ndarray.data is memoryview(array); numpy's stubs declare an ndarray a buffer
+                # only from Python 3.12 on (numpy#26783)
+                big = np.empty(n, np.uint8)
+                self._body, self._view = big, big.data.cast("B")
+            else:
+                small = bytearray(n)
+                self._body, self._view = small, memoryview(small).cast("B")
             if self._progress is not None and n >= BIG_BODY:
                 self._readonly = self._view.toreadonly()
             self._state = "body"
@@ -194,6 +200,7 @@ class Connection(asyncio.BufferedProtocol):
         state = self._state
         if state == "body":
             n = min(len(data), self._length - self._got)
+            # state "body": _start_body set _view
             self._view[self._got:self._got + n] = data[:n]  # type: ignore[index]
             self._got += n
             if n < len(data):
@@ -205,11 +212,11 @@ class Connection(asyncio.BufferedProtocol):
         elif state == "chunked":
             self._feed_chunked(data)
         elif state == "until-close":
-            self._body.extend(data)  # type: ignore[union-attr]
+            self._body.extend(data)  # type: ignore[union-attr]  # until-close: a bytearray
             self._check_limit()
 
     def _check_limit(self) -> None:
-        if len(self._body) > self._limit:  # type: ignore[arg-type]
+        if len(self._body) > self._limit:  # type: ignore[arg-type]  # set while reading a body
             self._fail(BodyTooLarge(f"the body runs past the {self._limit} bytes asked for"))
 
     def _feed_chunked(self, data) -> None:
@@ -219,7 +226,7 @@ class Connection(asyncio.BufferedProtocol):
         while pos < len(raw) and self._state == "chunked":
             if self._chunk_left > 0:  # chunk data
                 n = min(self._chunk_left, len(raw) - pos)
-                self._body.extend(view[pos:pos + n])  # type: ignore[union-attr]
+                self._body.extend(view[pos:pos + n])  # type: ignore[union-attr]  # a bytearray
                 self._chunk_left -= n
                 pos += n
                 self._check_limit()
@@ -265,6 +272,7 @@ class Connection(asyncio.BufferedProtocol):
         """Tell the reader of a big body how far it has arrived."""
         if self._readonly is not None:
             try:
+                # _readonly is only set together with _progress (_start_body)
                 self._progress(self._readonly, self._got)  # type: ignore[misc]
             except BaseException as e:  # the reader's error ends this answer
                 self._fail(e)
@@ -306,7 +314,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._state == "body":
-            return self._view[self._got:]  # type: ignore[index]
+            return self._view[self._got:]  # type: ignore[index]  # "body": _view is set
         return self._staging
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -49,9 +49,10 @@ def _pread(fd: int, length: int, start: int, big: bool) -> bytes | memoryview:
         return b""
     if not big or length < BIG_READ or not hasattr(os, "preadv"):
         return os.pread(fd, length, start)
-    buffer = np.empty(length, np.uint8)
+    # ndarray.data is memoryview(array) (numpy types an ndarray as a buffer from Python 3.12)
+    buffer = np.empty(length, np.uint8).data
     got = os.preadv(fd, [buffer], start)
-    return memoryview(buffer).toreadonly()[:got]
+    return buffer.toreadonly()[:got]
 
 
 def file_identity(info: os.stat_result) -> str:
@@ -215,7 +216,7 @@ class LocalStore(Store):
                 0, len(items), per)]) for d in part]
         for i, res in done:
             results[i] = res
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every request's slot is filled now
 
     def _temp_for(self, key: str) -> tuple[Path, int, str]:
         """Where ``key`` goes, and a new temporary file beside it (checked to be inside the
@@ -230,7 +231,7 @@ class LocalStore(Store):
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
         return path, fd, tmp
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes | bytearray) -> None:
         path, fd, tmp = self._temp_for(key)
         try:
             try:

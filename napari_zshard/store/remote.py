@@ -129,7 +129,7 @@ class RemoteStore(Store):
         """The options for the fsspec file system: all but the engine's own."""
         return {k: v for k, v in self.options.items() if k not in ENGINE_OPTIONS}
 
-    fs: object  # the fsspec file system; its I/O loop runs every request of this store
+    fs: Any  # the fsspec file system (untyped); its I/O loop runs every request of this store
 
     def run(self, coro):
         """Run ``coro`` on the file system's I/O loop from synchronous code; return its result."""

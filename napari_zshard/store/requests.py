@@ -49,3 +49,11 @@ class ByteResult:
     data: bytes | memoryview | None
     object_size: int | None = None
     etag: str | None = None
+
+    @property
+    def whole(self) -> bytes | None:
+        """``data`` of a whole-object read (:class:`FullRequest`), which stores give as
+        ``bytes`` (or None): what JSON parsers and ``.decode()`` take. A view, which no store
+        returns for a whole object, would be copied rather than passed on."""
+        data = self.data
+        return bytes(data) if isinstance(data, memoryview) else data

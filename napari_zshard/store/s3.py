@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import RemoteReadError, ShortReadError, StoreError, UnsupportedURLError
 from ..keys import validate_key
-from .base import CONFLICT, Modify
+from .base import CONFLICT, Modify, _Conflict
 from .http import range_header
 from .remote import RemoteStore, check_range_result, expected_length
 from .requests import ByteRequest, ByteResult, FullRequest, SuffixRequest
@@ -139,7 +139,7 @@ class S3Store(RemoteStore):
         result = check_range_result(self, req, data, content_range)
         return ByteResult(result.data, result.object_size, etag)
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes | bytearray) -> None:
         # One PUT is atomic on S3: readers see the old object or the new one.
         self.fs.pipe_file(f"{self.bucket}/{self.object_key(key)}", data)
 
@@ -166,9 +166,9 @@ class S3Store(RemoteStore):
         """
         return super().update(key, modify, tries=tries)
 
-    def _update_once(self, key: str, modify: Modify):
+    def _update_once(self, key: str, modify: Modify) -> bytes | _Conflict | None:
         found = self.read_many([FullRequest(key)])[0]  # retries transient failures
-        current = found.data
+        current = found.whole
         if current is not None and not found.etag:
             raise StoreError(f"{self.url}/{key}: the server sent no ETag, so a concurrent "
                              "write could not be detected; refusing to update")

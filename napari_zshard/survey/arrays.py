@@ -198,7 +198,7 @@ def _array_paths_from_listing(store: Store, keys: list[str]) -> list[str]:
     for key, result in zip(v3, results, strict=True):
         path = key.rsplit("/", 1)[0]
         try:
-            doc = parse_json(result.data or b"", f"{store.url}/{key}")
+            doc = parse_json(result.whole or b"", f"{store.url}/{key}")
         except MetadataError:
             paths.add(path)  # reported as an array with bad metadata
             continue

@@ -183,7 +183,7 @@ def run_fsck(plan: FsckPlan, *, batch_bytes: int = 256 << 20, batch_objects: int
     for node, method in plan.targets:
         assert node.meta is not None
         listed = node.objects is not None
-        objects = node.objects if listed else all_objects(node.meta)
+        objects = node.objects if node.objects is not None else all_objects(node.meta)
         limit = batch_objects if listed else max(1, batch_objects // 4)
         for batch in _batches(objects, batch_bytes, limit):
             pending: list[ObjectCheck | Future] = []
@@ -331,7 +331,7 @@ def _read_batch(node: ArrayNode, batch: list[StoredObject], *, listed: bool
                 ) -> list[bytes | ObjectCheck]:
     """Whole objects, or for each one that cannot be read an ObjectCheck saying why."""
     try:
-        datas = [r.data for r in node.store.read_many([FullRequest(o.key) for o in batch])]
+        datas = [r.whole for r in node.store.read_many([FullRequest(o.key) for o in batch])]
     except (ZShardError, OSError) as e:
         if len(batch) > 1:  # find out which object fails
             return [r for o in batch for r in _read_batch(node, [o], listed=listed)]
@@ -373,9 +373,9 @@ def verify_object(node: ArrayNode, obj: StoredObject, data: bytes, method: str) 
     where = f"{node.url}/{obj.key}"
     if meta.sharding is None:
         reason = verify_chunk(meta, memoryview(data), method)
-        problems = () if reason is None else (
+        found = () if reason is None else (
             Problem(node.path, obj.key, "chunk", f"{where}: chunk {obj.coords}: {reason}"),)
-        return ObjectCheck(node.path, obj.key, True, 1, problems)
+        return ObjectCheck(node.path, obj.key, True, 1, found)
     spec = meta.sharding
     cps = meta.chunks_per_object
     size = spec.index_nbytes(meta.grid_shape)

@@ -37,9 +37,8 @@ class ForwardingProxy:
         self._thread: threading.Thread | None = None
 
     def start(self) -> ForwardingProxy:
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
-        httpd.daemon_threads = True
-        httpd.owner = self  # type: ignore[attr-defined]
+        httpd = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+        httpd.owner = self
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="ForwardingProxy", daemon=True)
@@ -68,7 +67,13 @@ class ForwardingProxy:
             return sum(1 for url in self.forwarded if contains is None or contains in url)
 
 
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: ForwardingProxy
+
+
 class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _ProxyServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     timeout = 30
@@ -81,7 +86,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if target.scheme != "http" or target.hostname != "127.0.0.1":
             self._answer(400, {}, b"this proxy forwards http://127.0.0.1 only")
             return
-        owner: ForwardingProxy = self.server.owner  # type: ignore[attr-defined]
+        owner = self.server.owner
         with owner._lock:
             owner.forwarded.append(self.path)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}

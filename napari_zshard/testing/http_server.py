@@ -322,9 +322,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         stat = file.stat()
         size = stat.st_size
-        use_range = bool(range_header) and not owner.ignore_range
+        wanted = None if owner.ignore_range else range_header  # None or "": the whole file
         try:
-            span = _parse_range(range_header, size) if use_range else None
+            span = _parse_range(wanted, size) if wanted else None
         except _Unsatisfiable:
             record(416)
             self._send_empty(416, {"Content-Range": f"bytes */{size}"})

@@ -30,6 +30,7 @@ def join_best_first(nodes: Sequence[Node], pairs: Iterable[tuple[Node, Node]],
         ra, rb = find(a), find(b)
         if ra == rb or owners[ra] & owners[rb]:
             continue
+        # nodes are ints or tuples of ints, so ordered; Hashable (the bound) does not say so
         root, other = (ra, rb) if ra < rb else (rb, ra)  # type: ignore[operator]
         parent[other] = root
         owners[root] |= owners.pop(other)

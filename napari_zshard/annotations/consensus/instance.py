@@ -124,10 +124,10 @@ def plan(k: int, stats: list[Stats], pairs: dict[tuple[int, int], PairTable], *,
         # several annotators have apart what X's annotator joined: a merge; else one
         # annotator cut what the others have as one: a split
         key = ("merge", (one,)) if seen_by[one] >= 2 else ("split", others)
-        c = conflicts.setdefault(key, Conflict(key[0], ()))
-        c.members = tuple(sorted({*c.members, one, *others}))
-        c.ious = c.ious + tuple(iou for _, iou in sorted(ys))
-        involved.update(c.members)
+        cf = conflicts.setdefault(key, Conflict(key[0], ()))
+        cf.members = tuple(sorted({*cf.members, one, *others}))
+        cf.ious = cf.ious + tuple(iou for _, iou in sorted(ys))
+        involved.update(cf.members)
     cons_class: list[int | None] = []
     for c in quorate:
         if classes is None:
@@ -143,8 +143,8 @@ def plan(k: int, stats: list[Stats], pairs: dict[tuple[int, int], PairTable], *,
         if c[0] not in in_consensus and not set(c) & involved:
             conflicts[("no_quorum", c)] = Conflict("no_quorum", c)
     ordered = sorted(conflicts.values(), key=lambda cf: (RANK[cf.kind], cf.members))
-    for n, cf in enumerate(ordered, 1):
-        cf.id = n
+    for number, cf in enumerate(ordered, 1):
+        cf.id = number
     code: dict[Member, int] = {}
     for cf in ordered:
         for m in cf.members:

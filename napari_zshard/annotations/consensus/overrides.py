@@ -60,7 +60,7 @@ def resolve(url: str, conflict_id: int, *, value: int, by: str | None = None,
         raise ValueError(f"value must be a label (>= 0), not {value}")
     entry = {"key": rows[conflict_id]["key"], "value": int(value), "conflict_id": conflict_id,
              "by": by or os.environ.get("USER", "?"),
-             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+             "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
     def append(current: bytes | None) -> bytes:
         doc = json.loads(current) if current else {"overrides": []}

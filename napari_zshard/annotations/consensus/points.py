@@ -64,7 +64,10 @@ def merge_points(url: str, *, name: str, tolerance: float, quorum: int | None = 
     pairs.sort()
     groups = join_best_first(list(range(len(ids))), ((i, j) for _, _, _, i, j in pairs),
                              owner=lambda i: authors[i])
-    data, counts, sources, unmatched = [], [], [], []
+    data: list[np.ndarray] = []
+    counts: list[int] = []
+    sources: list[list[str]] = []
+    unmatched: list[str] = []
     for idx in groups:
         if len(idx) >= quorum:
             data.append(pts[idx].mean(axis=0))

@@ -154,7 +154,8 @@ def merge_steps(url: str, *, inputs: list[str] | str = "all", output: str = "con
     return report
 
 
-def _apply_overrides(cons, conf, ov: dict[int, int]) -> dict[str, int]:
+def _apply_overrides(cons, conf, ov: dict[int, tuple[int, str]]) -> dict[str, int]:
+    """Paint each overridden conflict (``ov``: conflict id → (value, override key))."""
     applied: dict[str, int] = {}
     for cid, (value, key) in ov.items():
         hit = conf == cid
@@ -194,8 +195,8 @@ class _Semantic:
         cons = np.zeros(values.shape[1:], np.uint32)
         ids = np.zeros(values.shape[1:], np.uint32)
         for local, sub in slabs(region):
-            c, kind = semantic.vote(values[(slice(None), *local)],
-                                    covered[(slice(None), *local)], quorum=self.quorum)
+            slab = (slice(None), *local)  # the slab in every input
+            c, kind = semantic.vote(values[slab], covered[slab], quorum=self.quorum)
             cons[local] = c
             ids[local] = semantic.conflict_ids(kind, sub, self.src.meta.chunk_shape,
                                                self.grid)
@@ -216,7 +217,8 @@ class _Semantic:
         return csv_bytes(["value", "voxels"], rows)
 
     def conflict_table(self, stats: Stats, li):
-        rows, kinds = [], {}
+        rows: list[list[Any]] = []
+        kinds: dict[str, int] = {}
         for r, cid in enumerate(stats.ids.tolist()):
             kind = semantic.KIND_NAMES[cid % 2 or 2]
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -242,7 +244,8 @@ def _conflict_row(cid, key, kind, names, sources, ious, stats: Stats | None, r, 
 
 class _Instance:
     def __init__(self, src: Inputs, quorum, classes):
-        self.src, self.overlap_ids = src, {}
+        self.src = src
+        self.overlap_ids: dict[tuple[int, int], int] = {}  # consensus pair → conflict id
         missing = set(classes or {}) - set(src.names)
         if missing:
             raise MergeInputError(f"classes given for label images that are not inputs: "
@@ -261,7 +264,8 @@ class _Instance:
             objs: list[list[Stats]] = [[] for _ in range(k)]
             prs: dict = {(i, j): [] for i in range(k) for j in range(i + 1, k)}
             for local, sub in slabs(region):
-                v, c = values[(slice(None), *local)], covered[(slice(None), *local)]
+                slab = (slice(None), *local)  # the slab in every input
+                v, c = values[slab], covered[slab]
                 for i in range(k):
                     objs[i].append(block_stats(v[i], sub))
                 for (i, j), parts in prs.items():
@@ -311,6 +315,7 @@ class _Instance:
         return "overlap:" + "|".join(self._cluster_key(c) for c in pair)
 
     def _pair_ids(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        assert self._pair_base is not None  # (called only when pairs have ids up front)
         first, width = self._pair_base
         return first + lo.astype(np.int64) * width + hi
 
@@ -319,8 +324,9 @@ class _Instance:
         objects of this merge)."""
         if not key.startswith("overlap:"):
             return None
-        parts = [self._cluster_of.get(d) for d in key[len("overlap:"):].split("|")]
-        if len(parts) != 2 or None in parts:
+        named = key[len("overlap:"):].split("|")
+        parts = [c for c in map(self._cluster_of.get, named) if c is not None]
+        if len(named) != 2 or len(parts) != 2:
             return None
         a, b = sorted(parts)
         return a, b
@@ -339,8 +345,8 @@ class _Instance:
         codes = np.zeros(values.shape[1:], np.uint32)
         pairs: dict = {}
         for local, _ in slabs(region):
-            c, x, p = instance.paint(self.plan, values[(slice(None), *local)],
-                                     covered[(slice(None), *local)], overlap_ids)
+            slab = (slice(None), *local)  # the slab in every input
+            c, x, p = instance.paint(self.plan, values[slab], covered[slab], overlap_ids)
             cons[local], codes[local] = c, x
             for key, n in p.items():
                 pairs[key] = pairs.get(key, 0) + n
@@ -375,7 +381,9 @@ class _Instance:
                           "centroid"], rows)
 
     def conflict_table(self, stats: Stats, li):
-        names, rows, kinds = self.src.names, [], {}
+        names = self.src.names
+        rows: list[list[Any]] = []
+        kinds: dict[str, int] = {}
         listed = [(cf.id, cf.key(names), cf.kind, cf.members, cf.ious)
                   for cf in self.plan.conflicts]
         listed += [(i, self._overlap_key(p), "overlap",

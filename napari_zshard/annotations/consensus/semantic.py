@@ -54,7 +54,7 @@ def vote(values: np.ndarray, covered: np.ndarray, *, quorum: int | None
 def conflict_ids(kind: np.ndarray, region: tuple[slice, ...], chunk_shape: tuple[int, ...],
                  grid: tuple[int, ...]) -> np.ndarray:
     """Conflict id per voxel (0: none): ``2 * global chunk index + kind``."""
-    idx = np.indices(kind.shape, sparse=True)
+    idx: tuple[np.ndarray, ...] = np.indices(kind.shape, sparse=True)
     chunk = [(ix + s.start) // c for ix, s, c in zip(idx, region, chunk_shape, strict=True)]
     flat = np.ravel_multi_index(np.broadcast_arrays(*chunk), grid).astype(np.uint64)
     return np.where(kind > 0, 2 * flat + kind, 0).astype(np.uint32)

@@ -3,7 +3,7 @@ with their coverage applied."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,7 +140,8 @@ def open_inputs(store: Store, inputs: Sequence[str] | str, *, output: str) -> In
 SLAB_VOXELS = 1 << 18
 
 
-def slabs(region: tuple[slice, ...]):
+def slabs(region: tuple[slice, ...]
+          ) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """(local, global) slices of ``region`` in slabs along axis 0 of about
     :data:`SLAB_VOXELS` voxels: the temporaries of a vote stay a few MiB per thread."""
     plane = int(np.prod([s.stop - s.start for s in region[1:]]))

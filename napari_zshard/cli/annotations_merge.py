@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import EXIT_OK
+from .output import EXIT_OK
 
 
 def cmd_annotations_merge(args: argparse.Namespace) -> int:

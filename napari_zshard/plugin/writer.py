@@ -12,18 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from ._convert import LABELS_SUFFIX
-from .errors import MetadataError, StoreError
-from .multiscale.staging import check_destination, holds_zarr_store
-from .multiscale.write import (
+from ..errors import MetadataError, StoreError
+from ..multiscale.staging import check_destination, holds_zarr_store
+from ..multiscale.write import (
     DEFAULT_AXIS_NAMES,
     ImageSpec,
     WriteOptions,
     save_image,
     write_image,
 )
-from .ome import Axis, Channel, ImageLabel
-from .ome.omero import GRAY
+from ..ome import Axis, Channel, ImageLabel
+from ..ome.omero import GRAY
+from .layer_data import LABELS_SUFFIX
 
 LayerTuple = tuple[Any, dict[str, Any], str]
 SAVABLE = ("image", "labels")

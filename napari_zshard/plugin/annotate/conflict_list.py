@@ -9,7 +9,7 @@ from typing import Any
 
 from magicgui.widgets import Container, PushButton, Select
 
-from ._annotate_view import focus, world_of
+from .view import focus, world_of
 
 
 def conflict_text(c) -> str:

@@ -6,10 +6,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._convert import layer_data, too_big_warning
-from .errors import MetadataError, ZShardError
-from .multiscale import open_nodes, probe
-from .store.url import carries_credentials, redact_text, redact_url
+from ..errors import MetadataError, ZShardError
+from ..multiscale import open_nodes, probe
+from ..store.url import carries_credentials, redact_text, redact_url
+from .layer_data import layer_data, too_big_warning
 
 log = logging.getLogger(__name__)
 

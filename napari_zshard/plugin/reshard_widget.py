@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 
-from ._widgets import LocationEdit
-from .reshard import parse_level_layouts, parse_shape
-from .store import normalize_url
+from ..reshard import parse_level_layouts, parse_shape
+from ..store import normalize_url
+from .save_widget import LocationEdit
 
 if TYPE_CHECKING:
     import napari
@@ -44,8 +44,8 @@ def layer_store(layer: Any) -> str:
 
 def _suggestion(source: str) -> tuple[str, str]:
     """The suggested layout of the source's full-resolution array, as form text."""
-    from .reshard import suggest_layout
-    from .reshard.source import open_source
+    from ..reshard import suggest_layout
+    from ..reshard.source import open_source
 
     first = open_source(source).arrays[0].array
     chunks, shards = suggest_layout(first.shape, first.dtype)
@@ -167,7 +167,7 @@ class ReshardWidget(Container):
         """Plan in a worker thread and show the plan's table."""
         from napari.qt.threading import create_worker
 
-        from .reshard import plan_reshard
+        from ..reshard import plan_reshard
 
         try:
             form = self.form()
@@ -214,7 +214,7 @@ class ReshardWidget(Container):
         """The worker: plan, run, feed the activity dock; stop cleanly when cancelled."""
         from napari.utils import progress
 
-        from .reshard import plan_reshard
+        from ..reshard import plan_reshard
 
         plan = plan_reshard(**form, measure=False)
         steps = plan.run(verify=verify, on_corrupt=on_corrupt)

@@ -1,8 +1,8 @@
 """The ``zshard`` command: ``info``, ``fsck``, ``convert``, ``reshard``, ``view``, ``demo``,
 ``annotations``.
 
-This module parses the command line and runs the command (:mod:`napari_zshard.commands` holds
-them: thin shells over the library that print and return exit codes). Exit codes: 0 clean,
+This module parses the command line and runs the command; its siblings in ``cli/`` hold the
+commands (thin shells over the library that print and return exit codes). Exit codes: 0 clean,
 1 problems found, 2 usage error or the URL cannot be opened, 3 (fsck) something could not be
 checked, 130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback).
 """
@@ -17,11 +17,11 @@ import sys
 import threading
 from typing import Any
 
-from . import __version__
-from .commands.annotations import add_parsers as add_annotation_parsers
-from .commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line, redact_for
-from .commands.survey import cmd_fsck, cmd_info
-from .commands.write import cmd_convert, cmd_reshard
+from .. import __version__
+from .annotations import add_parsers as add_annotation_parsers
+from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, one_line, redact_for
+from .survey import cmd_fsck, cmd_info
+from .write import cmd_convert, cmd_reshard
 
 
 def _storage_option(text: str) -> tuple[str, Any]:
@@ -174,12 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from ._launch import main as launch  # napari is imported only for this command
+    from ..plugin.viewer import show_store  # napari is imported only for this command
 
-    argv = [args.url] if args.url else []
+    shown = show_store(args.url, ndisplay=args.ndisplay, screenshot=args.screenshot)
     if args.screenshot:
-        argv += ["--screenshot", args.screenshot]
-    return launch([*argv, "--ndisplay", str(args.ndisplay)])
+        print(shown)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -224,6 +224,3 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

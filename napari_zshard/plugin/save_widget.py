@@ -1,4 +1,4 @@
-"""Dock widgets. "Save as sharded zarr…": the same save as File ▸ Save Layers, but in the
+"""The "Save as sharded zarr…" dock widget: the same save as File ▸ Save Layers, but in the
 background, with a progress bar in napari's activity dock and a working Cancel."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .multiscale.write import WriteOptions
+from ..multiscale.write import WriteOptions
 
 if TYPE_CHECKING:
     import napari
@@ -132,7 +132,7 @@ class SaveShardedWidget(Container):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
-        from ._writer import save_steps
+        from .writer import save_steps
 
         layers = list(self.layer_select.value) or [
             layer for _, layer in self._layer_choices()][:1]

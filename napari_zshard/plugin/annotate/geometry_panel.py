@@ -25,7 +25,7 @@ def _features(layer) -> dict[str, list]:
 def export_layer(url: str, *, kind: str, name: str, data: Any, shape_types, features, base,
                  scale, translate, annotator: str):
     """The worker: export, then read back what the store now holds (the next base)."""
-    from .annotations.geometry import export_geometry, load_geometry
+    from ...annotations.geometry import export_geometry, load_geometry
 
     report = export_geometry(url, name=name, kind=kind, data=data, annotator=annotator,
                              shape_types=shape_types, features=features, base=base,
@@ -112,7 +112,7 @@ class GeometryPanel(Container):
     def open_stored(self) -> None:
         """Every stored geometry layer of the image, as a layer (one already open is
         reloaded in place of the old one)."""
-        from .annotations.geometry import geometry_layers, load_geometry
+        from ...annotations.geometry import geometry_layers, load_geometry
 
         url = self._url()
         if url is None:

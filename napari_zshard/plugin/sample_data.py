@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._convert import layer_data
-from .multiscale import open_nodes
-from .sample import make_sample
+from ..multiscale import open_nodes
+from ..sample import make_sample
+from .layer_data import layer_data
 
 
 def cells_sample() -> list:

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ._consensus_layers import arrange
-from .multiscale import ImageNode
-from .multiscale.downsample import level_factors
+from ..multiscale import ImageNode
+from ..multiscale.downsample import level_factors
+from .consensus_layers import arrange
 
 #: The coarsest level napari may have to render whole in 3D view (bytes of one volume).
 MAX_3D_BYTES = 512 * 1024 * 1024

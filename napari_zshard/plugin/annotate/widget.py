@@ -5,7 +5,7 @@ The same core as a notebook (:mod:`napari_zshard.annotations`): ``checkout`` giv
 ``data`` napari paints into and whose ``scale``/``translate`` place it over the image; Export
 runs ``edit.commit_steps`` in a worker (activity-dock progress, Cancel while nothing is written,
 painting goes on), then lists the conflicts, each a click away, with "keep mine"/"take theirs".
-Points and Shapes layers export and re-open too (:mod:`._annotate_geometry`).
+Points and Shapes layers export and re-open too (:mod:`.geometry_panel`).
 
 Inside the region the read-only multiscale labels are blanked (:func:`masked_levels`) rather
 than hidden by an overlay or opacity: label 0 is transparent, so without the blanking an erased
@@ -30,10 +30,10 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QObject, Signal
 
-from ._annotate_conflicts import ConflictList
-from ._annotate_export import ExportPanel
-from ._annotate_geometry import GeometryPanel
-from ._annotate_view import (
+from .conflict_list import ConflictList
+from .export_panel import ExportPanel
+from .geometry_panel import GeometryPanel
+from .view import (
     MAX_EDIT_3D_BYTES,
     MAX_EDIT_VOXELS,
     RegionError,
@@ -58,7 +58,7 @@ OWN_LABELS = "(my own label image)"
 
 
 def _settings_file():
-    from .store.config import config_path
+    from ...store.config import config_path
 
     return config_path().with_name("annotate.json")
 
@@ -174,7 +174,7 @@ class AnnotateWidget(Container):
         return _store_url(self.image.value) if self.image.value is not None else None
 
     def _label_choices(self, _widget=None) -> list[str]:
-        from .annotations import label_images
+        from ...annotations import label_images
 
         layer = self.image.value if hasattr(self, "image") else None
         names: list[str] = []
@@ -227,7 +227,7 @@ class AnnotateWidget(Container):
         """Check the region out in a worker; :meth:`_checked_out` places the layer."""
         from napari.qt.threading import create_worker
 
-        from . import annotations as ann
+        from ... import annotations as ann
 
         if self.edit is not None:
             self._say("an edit is open: export it, or close it, before editing another region")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..store.url import redact_url
-from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, follow, one_line, redact_for
+from .output import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, follow, one_line, redact_for
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

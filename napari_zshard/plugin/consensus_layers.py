@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .annotations.consensus.tables import CONFLICT_TABLE, CONSENSUS_TABLE, read_table
-from .store import open_store
+from ..annotations.consensus.tables import CONFLICT_TABLE, CONSENSUS_TABLE, read_table
+from ..store import open_store
 
 log = logging.getLogger(__name__)
 

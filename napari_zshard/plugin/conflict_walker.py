@@ -3,7 +3,7 @@
 
 * **Merge** runs :func:`napari_zshard.annotations.merge` in a napari worker, shown in the
   activity dock as a busy bar; the label layers of the store are then replaced by the new
-  ones (conflicts on top, see :mod:`._consensus_layers`), with its progress in the activity
+  ones (conflicts on top, see :mod:`.consensus_layers`), with its progress in the activity
   dock; **Cancel** stops it between two shards: a merge stopped halfway leaves
   nothing that looks complete, and a rerun redoes it.
 * The table lists the conflicts (from the conflicts layer's ``features``, i.e. the merge's
@@ -37,10 +37,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._annotate_view import focus
-from ._annotate_widget import _store_url, remembered_annotator
-from ._consensus_layers import CONFLICTS, ROLE
-from .annotations.consensus.tables import vector
+from ..annotations.consensus.tables import vector
+from .annotate.view import focus
+from .annotate.widget import _store_url, remembered_annotator
+from .consensus_layers import CONFLICTS, ROLE
 
 if TYPE_CHECKING:
     import napari
@@ -65,9 +65,9 @@ def merge_and_open(url: str, *, mode: str):
     """The worker: merge step by step (yielding its progress, so that it can be cancelled
     between shards), then the layer data of the store's label images (read here, off the Qt
     thread)."""
-    from . import annotations as ann
-    from ._convert import layer_data
-    from .multiscale import open_nodes
+    from .. import annotations as ann
+    from ..multiscale import open_nodes
+    from .layer_data import layer_data
 
     report = yield from ann.merge_steps(url, mode=mode)
     layers = [t for t in layer_data(open_nodes(url)) if t[2] == "labels"]
@@ -306,8 +306,8 @@ class ConflictWalker(QWidget):
 
     def open_in_annotate(self) -> None:
         """Check the current conflict's box of ``consensus`` out in the Annotate widget."""
-        from ._annotate_view import region_text
-        from ._annotate_widget import NUMBERS, AnnotateWidget
+        from .annotate.view import region_text
+        from .annotate.widget import NUMBERS, AnnotateWidget
 
         if self.current < 0:
             self._say("pick a conflict first (Next, or a click in the table)")
@@ -349,7 +349,7 @@ class ConflictWalker(QWidget):
 
     def record_value(self) -> None:
         """Record the resolution (logged; re-applied by every later merge)."""
-        from . import annotations as ann
+        from .. import annotations as ann
 
         if self.current < 0:
             self._say("pick a conflict first (Next, or a click in the table)")

@@ -1,13 +1,12 @@
-"""The README's main job (until the napari reader lands): make the sample, read it, report."""
+"""``zshard demo``: make the sample, read its middle plane cold and warm, report what the engine
+read (the first half of ``make demo``)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
-from .engine import EngineCache, open_array
-from .sample import make_sample
+from ..engine import EngineCache, open_array
+from ..sample import make_sample
 
 
 def run(path: str | None = None) -> str:
@@ -30,14 +29,3 @@ def run(path: str | None = None) -> str:
             f"{s['bytes'] / 1e6:.2f} MB read, {c['chunks_decoded']} chunks decoded")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="napari-zshard-demo", description=__doc__)
-    parser.add_argument("path", nargs="?", help="where to write the sample (default: cache)")
-    args = parser.parse_args(argv)
-    print(run(args.path))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@ rectangle or typed numbers mean; whether a region is small enough to edit (and t
 and how the read-only multiscale labels are masked inside the region being edited.
 
 Everything here works on napari layers and the viewer's camera and dims, never on the store:
-the widget (:mod:`napari_zshard._annotate_widget`) turns the region into an
+the widget (:mod:`napari_zshard.plugin.annotate.widget`) turns the region into an
 ``annotations.checkout`` and places the editable layer with the edit's own scale/translate.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AnnotationError
+from ...errors import AnnotationError
 
 Region = tuple[slice, ...]
 

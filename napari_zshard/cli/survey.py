@@ -20,7 +20,7 @@ from ..survey import (
     survey,
 )
 from ..survey.fsck import annotation_state, survey_interrupted
-from .common import EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
+from .output import EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
 _METHODS = {
     "crc32c": "crc32c of every chunk, no decompression",

@@ -1,8 +1,10 @@
-"""Notebook one-liner: what ``napari.view_path`` used to be, opening with this plugin."""
+"""napari viewers on stores: the notebook one-liner (what ``napari.view_path`` used to be,
+opening with this plugin), refreshing what others committed, and ``zshard view``."""
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 LAYER_KEYS = {"name", "contrast_limits", "colormap", "opacity", "blending", "visible",
@@ -52,3 +54,30 @@ def refresh_layers(viewer_or_layers) -> int:
             layer.refresh()
             refreshed += 1
     return refreshed
+
+
+def show_store(path: str | None, *, ndisplay: int = 2, screenshot: str | None = None) -> str:
+    """``zshard view``: open napari on ``path`` (default: the generated sample) and run it
+    until the window closes; with ``screenshot``, save what the canvas shows to that file and
+    close instead (for machines without a display, under ``xvfb-run``). Returns what was shown.
+    """
+    from ..sample import make_sample
+
+    t0 = time.perf_counter()
+    path = path or str(make_sample())
+    import napari
+
+    viewer = view_path(path, ndisplay=ndisplay, show=True, title=f"napari-zshard — {path}")
+    if not screenshot:
+        napari.run()
+        return path
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(20):  # let the canvas draw the first picture
+        QApplication.processEvents()
+        time.sleep(0.05)
+    viewer.screenshot(screenshot, canvas_only=True)
+    layers = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in viewer.layers)
+    viewer.close()
+    return (f"{path}: {layers}; screenshot {screenshot} after "
+            f"{time.perf_counter() - t0:.1f} s")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .annotations_merge import add_merge_parser
-from .common import EXIT_OK
+from .output import EXIT_OK
 
 
 def cmd_annotations_log(args: argparse.Namespace) -> int:
