@@ -10,7 +10,7 @@ default synchronous slicing): napari-zshard and napari-ome-zarr opening the same
 loopback HTTP server that waits before each response, and from local disk), and the same pyramid
 held in memory as numpy arrays (napari's own floor). Figures: open -> first picture, a cold
 z-step into an unread chunk row, the consecutive steps inside that row, seeded random jumps;
-with the level napari shows and the requests per phase. Prints a table and issue 3's targets.
+with the level napari shows and the requests per phase. Prints a table and issue 16's targets.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ CONTENDERS = {
     # experiment, not run by default: the engine's arrays handed to napari without dask
     "zshard-arrays": ("napari-zshard, no dask (exp.)", None),
 }
-TARGETS_TEXT = ("first picture <= 1 s (HTTP); cold step <= 0.3 s at the HTTP latency and "
-                "<= 0.15 s from local disk; median consecutive step <= 1.25x the in-memory floor")
+TARGETS_TEXT = ("issue 16: at the HTTP latency first picture <= 1.2 s, cold step <= 0.3 s, median "
+                "random jump <= 0.25 s; from local disk first picture <= 0.8 s, cold step "
+                "<= 0.15 s; median consecutive step <= 1.2x the in-memory floor (napari's own "
+                "first picture of an in-memory plane printed beside them)")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -206,23 +208,29 @@ def evaluate_targets(results: list[dict], latency_ms: float) -> list[dict]:
     zh, zl = find(results, "zshard", "http"), find(results, "zshard", "local")
     floor = find(results, "memory", None)
     lat = f"http+{latency_ms:g}ms"
-    add(f"first picture, {lat}", zh and zh["open"]["first_picture_s"], 1.0)
-    add("first picture, local disk", zl and zl["open"]["first_picture_s"], 1.0)
+    add(f"first picture, {lat}", zh and zh["open"]["first_picture_s"], 1.2)
     add(f"cold step, {lat}", zh and zh["cold_step"]["seconds"], 0.3)
+    add(f"median random jump, {lat}", zh and zh["random_jumps"]["median"], 0.25)
+    add("first picture, local disk", zl and zl["open"]["first_picture_s"], 0.8)
     add("cold step, local disk", zl and zl["cold_step"]["seconds"], 0.15)
     fmed = floor["row_steps"]["median"] if floor else None
     for name, r in ((lat, zh), ("local disk", zl)):
         ratio = r["row_steps"]["median"] / fmed if (r and fmed) else None
-        add(f"median consecutive step / floor, {name}", ratio, 1.25, "x")
+        add(f"median consecutive step / floor, {name}", ratio, 1.2, "x")
+    if floor:  # not a target: what napari itself takes to show an in-memory plane
+        out.append({"target": "napari's first picture, in-memory plane (reference)",
+                    "value": floor["open"]["first_picture_s"], "limit": None, "unit": "s",
+                    "status": ""})
     return out
 
 
 def print_targets(targets: list[dict]) -> None:
-    print("\n== Targets of issue 3 (napari-zshard) ==")
+    print("\n== Targets of issue 16 (napari-zshard) ==")
     for t in targets:
         value = "n/a" if t["value"] is None else (
             fmt_s(t["value"]) if t["unit"] == "s" else f"{t['value']:.2f}x")
-        limit = fmt_s(t["limit"]) if t["unit"] == "s" else f"{t['limit']:.2f}x"
+        limit = ("-" if t["limit"] is None else
+                 fmt_s(t["limit"]) if t["unit"] == "s" else f"{t['limit']:.2f}x")
         print(f"  {t['target']:<46} {value:>9}  target <= {limit:<7} {t['status']}")
 
 

@@ -5,7 +5,7 @@ level and for the life of the process, the calls that make up a read:
 
 * ``RegionReader.read``        one call per dask block napari computes (on dask's threads);
 * ``Store.read_many``          one batch of byte requests (index or data), waited for;
-* ``ChunkDecoder.decode_one`` one inner chunk decompressed (on the engine's decode pool);
+* ``ChunkDecoder.decode`` one inner chunk decompressed (on the engine's decode pool);
 
 The report gives, for the traced step: wall time, time in napari's slicing call, how long any
 block read / any I/O batch / any decode was running (union of intervals: wall-clock coverage),
@@ -40,7 +40,7 @@ class Tracer:
         self.events: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
         self._lock = threading.Lock()
         targets = [(reader_mod.RegionReader, "read", "block_read"),
-                   (chunk_decode.ChunkDecoder, "decode_one", "decode"),
+                   (chunk_decode.ChunkDecoder, "decode", "decode"),
                    (fetch_plan.FetchPlanner, "_read_indexes", "index_lookup")]
         for module in (base, local, remote):
             for cls in vars(module).values():
