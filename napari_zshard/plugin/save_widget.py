@@ -176,12 +176,13 @@ class SaveShardedWidget(Container):
 
     def _progress(self, step) -> None:
         """Feed napari's activity dock from the Qt thread (see :meth:`start`)."""
-        if self._bar is None:
+        bar = self._bar  # updating the bar processes events: the save may finish meanwhile
+        if bar is None:
             return
-        if self._bar.total != step.total:
-            self._bar.total = step.total
-        self._bar.update(step.done - self._bar.n)
-        self._bar.set_description(f"saving {step.message}")
+        if bar.total != step.total:
+            bar.total = step.total
+        bar.update(step.done - bar.n)
+        bar.set_description(f"saving {step.message}")
 
     def cancel(self) -> None:
         if self.worker is not None:
