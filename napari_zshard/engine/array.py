@@ -32,7 +32,7 @@ def read_array_meta(store: Store, *, zarr_json: bytes | None = None) -> ArrayMet
         where = f"{store.url}/zarr.json"
         with _malformed_is_metadata_error(where):
             return parse_v3(parse_json(raw, where), where)
-    raw, attrs_raw = (r.data for r in store.read_many([FullRequest(".zarray"),
+    raw, attrs_raw = (r.whole for r in store.read_many([FullRequest(".zarray"),
                                                        FullRequest(".zattrs")]))
     if raw is not None:
         where = f"{store.url}/.zarray"
@@ -205,7 +205,9 @@ def _plan_selection(key, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tup
     if len(key) > len(shape):
         raise IndexError(f"too many indices: {len(key)} for an array of rank {len(shape)}")
     key = key + (slice(None),) * (len(shape) - len(key))
-    region, post, trivial = [], [], True
+    region: list[slice] = []
+    post: list[int | slice] = []
+    trivial = True
     for k, n in zip(key, shape, strict=True):
         if isinstance(k, (int, np.integer)):
             i = int(k) + n if k < 0 else int(k)
@@ -288,7 +290,7 @@ def open_arrays(store: Store, paths: Sequence[str], *,
     ``zarr_jsons`` when the caller fetched them in a batch of its own)."""
     paths = [p.strip("/") for p in paths]
     if zarr_jsons is None:
-        zarr_jsons = [r.data for r in store.read_many(
+        zarr_jsons = [r.whole for r in store.read_many(
             [FullRequest(f"{p}/zarr.json" if p else "zarr.json") for p in paths])]
     return [_open(store.child(p) if p else store, raw, **options)
             for p, raw in zip(paths, zarr_jsons, strict=True)]

@@ -15,11 +15,11 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 from . import buffers
-from .cache_keys import CacheToken, tokens_of
-from .inflight import InFlight
+from .cache_keys import CacheToken, ChunkKey, IndexKey, tokens_of
+from .inflight import InFlight, K
 
 
 @dataclass
@@ -30,44 +30,44 @@ class _Entry:
     group: Hashable | None = None  # entries that share memory (engine/slab.py): evicted together
 
 
-class _Group:
+class _Group(Generic[K]):
     """The cached entries of one group, and when the first of them was cached."""
 
     __slots__ = ("members", "stamp")
 
     def __init__(self, stamp: float):
-        self.members: set[Hashable] = set()
+        self.members: set[K] = set()
         self.stamp = stamp
 
 
-class ClaimingLRU:
+class ClaimingLRU(Generic[K]):
     """An LRU bounded by bytes, whose misses can be claimed by exactly one fetcher.
 
     Entries fulfilled with the same ``group`` share one block of memory, which is freed only
     when all of them are gone: evicting one evicts them all, so that the bytes counted are
     the bytes held. A group object with a ``size`` is *complete* when that many of its entries
-    are cached (:meth:`get_groups`).
+    are cached (:meth:`get_groups`). ``K``: the type of its keys.
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
-        self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._groups: dict[Hashable, _Group] = {}
-        self._inflight: dict[Hashable, InFlight] = {}
+        self._data: OrderedDict[K, _Entry] = OrderedDict()
+        self._groups: dict[Hashable, _Group[K]] = {}
+        self._inflight: dict[K, InFlight[K]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def claim(self, keys: Iterable[Hashable], unit: InFlight | None = None, *,
+    def claim(self, keys: Iterable[K], unit: InFlight[K] | None = None, *,
               max_age: float | None = None
-              ) -> tuple[dict[Hashable, Any], dict[Hashable, InFlight], list[Hashable]]:
+              ) -> tuple[dict[K, Any], dict[K, InFlight[K]], list[K]]:
         """Split ``keys`` into cached values, the units others fetch them in (to wait on), and
         the keys the caller must fetch, now claimed for its ``unit``."""
-        hits: dict[Hashable, Any] = {}
-        waits: dict[Hashable, InFlight] = {}
+        hits: dict[K, Any] = {}
+        waits: dict[K, InFlight[K]] = {}
         unit = InFlight() if unit is None else unit
-        claimed: list[Hashable] = []
+        claimed: list[K] = []
         now = time.monotonic()
         with self._lock:
             for key in keys:
@@ -86,7 +86,7 @@ class ClaimingLRU:
                 self.misses += 1
         return hits, waits, claimed
 
-    def get_all(self, keys: Sequence[Hashable], *, max_age: float | None = None
+    def get_all(self, keys: Sequence[K], *, max_age: float | None = None
                 ) -> list[Any] | None:
         """The cached values of all ``keys``, now the most recently used; None (and nothing
         claimed, nothing counted) when any of them is missing or older than ``max_age``."""
@@ -104,7 +104,7 @@ class ClaimingLRU:
             self.hits += len(values)
         return values
 
-    def get_groups(self, keys: Sequence[Hashable], accept: Callable[[Any], bool], *,
+    def get_groups(self, keys: Sequence[K], accept: Callable[[Any], bool], *,
                    hits: int, max_age: float | None = None) -> list[Any] | None:
         """The groups of ``keys``' entries, each complete (as many entries cached as its
         ``size``), none older than ``max_age``, and each ``accept``-ed; their entries are now
@@ -129,7 +129,7 @@ class ClaimingLRU:
             self.hits += hits
         return groups
 
-    def fulfil(self, key: Hashable, value: Any, nbytes: int, group: Hashable | None = None
+    def fulfil(self, key: K, value: Any, nbytes: int, group: Hashable | None = None
                ) -> None:
         with self._lock:
             self._inflight.pop(key, None)
@@ -152,7 +152,7 @@ class ClaimingLRU:
                         for k in list(record.members) if record is not None else ():
                             self._remove(k)
 
-    def inflight(self, key: Hashable) -> InFlight | None:
+    def inflight(self, key: K) -> InFlight[K] | None:
         """The unit ``key`` is being fetched in, if any."""
         return self._inflight.get(key)
 
@@ -160,7 +160,7 @@ class ClaimingLRU:
         """How many keys are being fetched (0: nothing is left to decode in the background)."""
         return len(self._inflight)
 
-    def _remove(self, key: Hashable) -> None:
+    def _remove(self, key: K) -> None:
         """Drop ``key``'s entry, if any (the lock held)."""
         entry = self._data.pop(key, None)
         if entry is None:
@@ -173,10 +173,10 @@ class ClaimingLRU:
                 if not record.members:
                     del self._groups[entry.group]
 
-    def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:
+    def fail(self, keys: Iterable[K], error: BaseException) -> None:
         """The fetch of claimed ``keys`` failed: their claims go, and their unit's waiters get
         ``error``."""
-        units: dict[InFlight, list[Hashable]] = {}
+        units: dict[InFlight[K], list[K]] = {}
         with self._lock:
             for key in keys:
                 unit = self._inflight.pop(key, None)
@@ -185,13 +185,13 @@ class ClaimingLRU:
         for unit, failed in units.items():
             unit.fail(failed, error)
 
-    def remove(self, keys: Iterable[Hashable]) -> None:
+    def remove(self, keys: Iterable[K]) -> None:
         """Drop the cached entries of ``keys`` (those not cached are passed over)."""
         with self._lock:
             for key in keys:
                 self._remove(key)
 
-    def discard(self, predicate) -> None:
+    def discard(self, predicate: Callable[[K], bool]) -> None:
         """Drop every cached entry whose key satisfies ``predicate`` (used by ``refresh()``)."""
         with self._lock:
             for key in [k for k in self._data if predicate(k)]:
@@ -237,8 +237,9 @@ class EngineCache:
     def __init__(self, budget_bytes: int = DEFAULT_BUDGET):
         self.budget_bytes = int(budget_bytes)
         index_bytes = min(64 * 1024 * 1024, self.budget_bytes // 16) if budget_bytes else 0
-        self.indexes = ClaimingLRU(max(index_bytes, 1 << 20))  # indexes are always cached a bit
-        self.chunks = ClaimingLRU(self.budget_bytes - index_bytes)
+        # indexes are always cached a bit
+        self.indexes: ClaimingLRU[IndexKey] = ClaimingLRU(max(index_bytes, 1 << 20))
+        self.chunks: ClaimingLRU[ChunkKey] = ClaimingLRU(self.budget_bytes - index_bytes)
         # (token, shard) -> identity of the object its cached index and chunks came from (an
         # ETag, inode-size-mtime locally, ABSENT): a chunk is only valid for the object it was
         # decoded from. One small entry per shard read through this cache.
@@ -250,7 +251,7 @@ class EngineCache:
         prefix = url_prefix.rstrip("/")
         bump_generation(prefix)
 
-        def below(key) -> bool:
+        def below(key: IndexKey | ChunkKey) -> bool:
             url = getattr(key[0], "url", key[0])
             return isinstance(url, str) and (url == prefix or url.startswith(prefix + "/"))
 

@@ -28,6 +28,12 @@ class CacheToken(int):
     chunks_per_object: tuple[int, ...]
 
 
+Coords = tuple[int, ...]
+#: A decoded inner chunk's key in :class:`~.cache.EngineCache`: ``(token, chunk coords)``.
+ChunkKey = tuple[CacheToken, Coords]
+#: A shard index's key in :class:`~.cache.EngineCache`: ``(token, "index", shard coords)``.
+IndexKey = tuple[CacheToken, str, Coords]
+
 _tokens: dict[tuple, CacheToken] = {}
 _tokens_lock = threading.Lock()
 

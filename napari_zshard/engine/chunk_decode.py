@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import CorruptDataError
 from .cache import EngineCache
-from .cache_keys import CacheToken
+from .cache_keys import CacheToken, ChunkKey
 from .counters import ReadCounters
 from .inflight import COMPLETE, InFlight
 from .metadata import ArrayMeta
@@ -61,7 +61,7 @@ class ChunkDecoder:
         return (self.progressive is not None
                 and need <= MAX_PREFIX_SHARE * self.chunk_nbytes)
 
-    def fill(self, unit: InFlight, coords: Coords) -> None:
+    def fill(self, unit: InFlight[ChunkKey], coords: Coords) -> None:
         """The chunk is not stored: it reads as the fill value."""
         key = (self.token, coords)
         unit.publish(key, FILL)
@@ -71,8 +71,9 @@ class ChunkDecoder:
         """The fetch of ``coords`` failed: their claims and waiters say so."""
         self.cache.chunks.fail([(self.token, c) for c in coords], error)
 
-    def decode(self, unit: InFlight, coords: Coords, src: Source, slab: Slab | None = None,
-               *, decode: Callable[[], np.ndarray] | None = None, count: bool = True) -> None:
+    def decode(self, unit: InFlight[ChunkKey], coords: Coords, src: Source,
+               slab: Slab | None = None, *, decode: Callable[[], np.ndarray] | None = None,
+               count: bool = True) -> None:
         """Decode the chunk whole (into its slot of ``slab``, if any) into the cache and the
         unit, or fail it there. ``decode``: how, instead of the codec chain's one-shot decode."""
         key, entry, data = src
@@ -98,14 +99,16 @@ class ChunkDecoder:
         unit.publish(ckey, arr)
         self.cache.chunks.fulfil(ckey, arr, arr.nbytes, group)
 
-    def decode_prefix_first(self, unit: InFlight, coords: Coords, src: Source, need: int,
+    def decode_prefix_first(self, unit: InFlight[ChunkKey], coords: Coords, src: Source, need: int,
                             slab: Slab | None = None) -> None:
         """Decode the first ``need`` bytes of a chunk for the read waiting on them; the rest
         later, at low priority (a failure is reported by then, at once)."""
         meta = self.meta
+        codecs = self.progressive
+        assert codecs is not None  # only posted when prefix_pays(), which needs them
         out = None if slab is None else slab.slot(coords)
         try:
-            prefix = decode_prefix(self.progressive, src[2], meta.chunk_shape, meta.dtype,
+            prefix = decode_prefix(codecs, src[2], meta.chunk_shape, meta.dtype,
                                    need, out=out)
         except Exception:  # decoded whole instead, which reports the error with its location
             self.decode(unit, coords, src, slab)
@@ -114,7 +117,7 @@ class ChunkDecoder:
         unit.publish((self.token, coords), prefix.array, prefix.done)
         decode_pool().post(self._finish, unit, coords, src, prefix, slab, priority=LATER)
 
-    def _finish(self, unit: InFlight, coords: Coords, src: Source, prefix: Prefix,
+    def _finish(self, unit: InFlight[ChunkKey], coords: Coords, src: Source, prefix: Prefix,
                 slab: Slab | None) -> None:
         """Decode the rest of a chunk whose prefix was decoded first, into the same array."""
         meta, before = self.meta, prefix.done

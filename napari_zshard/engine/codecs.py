@@ -14,7 +14,7 @@ import sys
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -136,7 +136,8 @@ def _decode_into(decode, data, size: int, out: np.ndarray | None, *, exact: bool
     ``out`` when it has ``size`` bytes, else into a new buffer of ``size`` bytes. ``exact``:
     the output must be ``size`` bytes; else ``size`` is only a bound (the result is cut)."""
     into_out = out is not None and out.nbytes == size
-    target = out.reshape(-1).view("B") if into_out else np.empty(size, dtype="B")
+    target = (out.reshape(-1).view("B") if out is not None and into_out
+              else np.empty(size, dtype="B"))
     try:
         written = decode(data, target)
     except (ValueError, RuntimeError) as e:
@@ -199,7 +200,7 @@ def _zstd_decompress(data, target: np.ndarray) -> int | None:
         # numcodecs' module function, which its codec's decode calls after argument checks
         _numcodecs_zstd().decompress(data, target)
         return None
-    view = memoryview(target)
+    view = target.data
     written = 0
     try:
         with decompressor.stream_reader(data, read_across_frames=True) as reader:
@@ -364,7 +365,7 @@ class ChunkCodecs:
     def stored_dtype(self, dtype: np.dtype) -> np.dtype:
         if dtype.itemsize == 1:
             return dtype
-        order = "<" if self.endian == "little" else ">"
+        order: Literal["<", ">"] = "<" if self.endian == "little" else ">"
         if dtype.byteorder == order or (dtype.byteorder == "=" and self.endian == _NATIVE):
             return dtype  # (already so: no new dtype object per chunk)
         return dtype.newbyteorder(order)
@@ -386,9 +387,8 @@ class ChunkCodecs:
         out = (given if given is not None else np.empty(chunk_shape, dtype)) if direct else given
         sizes: list[int | None] = [n]
         for codec in self.bytes_codecs:
-            prev = sizes[-1]
-            known = prev is not None and codec.size_delta is not None
-            sizes.append(prev + codec.size_delta if known else None)
+            prev, delta = sizes[-1], codec.size_delta
+            sizes.append(prev + delta if prev is not None and delta is not None else None)
         buf = data
         if self.filters:
             sizes[0] = None  # v2 filters may change the size (e.g. a packing filter)

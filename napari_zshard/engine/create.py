@@ -52,7 +52,7 @@ def default_layout(shape: Sequence[int], dtype: np.dtype) -> tuple[tuple[int, ..
 def array_metadata(*, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
                    shards: Sequence[int] | None, compressor: str = "zstd", level: int = 3,
                    checksum: bool = True, fill_value: Any = 0,
-                   dimension_names: Sequence[str] | None = None,
+                   dimension_names: Sequence[str | None] | None = None,
                    attributes: dict[str, Any] | None = None) -> bytes:
     """The ``zarr.json`` bytes of a new array, produced by zarr-python (the reference)."""
     import zarr

@@ -133,8 +133,8 @@ def _bounded_store_class():
             # offset -> index entry, of the shards whose index went by lately (for messages)
             self._entries: dict[str, dict[int, int]] = {}
 
-        def _remember_index(self, key: str, index) -> None:
-            entries = np.frombuffer(bytes(index[:16 * self.shard["entries"]]), "<u8")
+        def _remember_index(self, key: str, index, n_entries: int) -> None:
+            entries = np.frombuffer(bytes(index[:16 * n_entries]), "<u8")
             if len(self._entries) >= 64:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[key] = {int(o): i for i, o in enumerate(entries[0::2]) if o != _EMPTY}
@@ -164,10 +164,11 @@ def _bounded_store_class():
             elif ((isinstance(byte_range, SuffixByteRequest) and byte_range.suffix == size)
                   or (isinstance(byte_range, RangeByteRequest) and self.shard["start"]
                       and (byte_range.start, byte_range.end) == (0, size))):
-                self._remember_index(key, data)  # the index: nothing to decompress
+                # the index: nothing to decompress
+                self._remember_index(key, data, self.shard["entries"])
             else:
                 start = getattr(byte_range, "start", None)
-                entry = self._entries.get(key, {}).get(start)
+                entry = None if start is None else self._entries.get(key, {}).get(start)
                 which = f"index entry {entry}" if entry is not None else f"bytes {start}-"
                 check_chunk_bytes(data, self.bound, f"{where}: inner chunk at {which} (read "
                                   "through zarr-python)")

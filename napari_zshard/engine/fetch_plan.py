@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
 from ..store import FullRequest, RangeRequest, Store, SuffixRequest
 from .cache import ABSENT, EngineCache
-from .cache_keys import CacheToken
+from .cache_keys import CacheToken, IndexKey
 from .coalesce import CoalescePolicy, coalesce_ranges
 from .counters import ReadCounters
 from .inflight import InFlight
@@ -37,7 +38,7 @@ class FetchPlanner:
         self.index_max_age = index_max_age
         self.validated: set[Coords] = set()  # shards checked since the open (validate())
 
-    def plan(self, chunks: list[Coords], optional: set[Coords] = frozenset()):
+    def plan(self, chunks: list[Coords], optional: AbstractSet[Coords] = frozenset()):
         """What to fetch for ``chunks``: the chunks that read as fill value, the byte requests
         (coalesced per shard), and per request the ``((coords, index entry), offset, nbytes)``
         of each chunk inside it (nbytes None: the whole object).
@@ -118,7 +119,8 @@ class FetchPlanner:
         if todo:
             self._read_indexes(todo, frozenset(), fresh=True)
 
-    def _read_indexes(self, shards: list[Coords], optional: set[Coords], *, fresh: bool = False
+    def _read_indexes(self, shards: list[Coords], optional: AbstractSet[Coords], *,
+                      fresh: bool = False
                       ) -> tuple[dict[Coords, ShardIndex | None], dict[Coords, CorruptDataError]]:
         """Indexes of ``shards`` and, for ``optional`` shards only, the corruption errors that
         left them out; a corrupt index of any other shard raises. ``fresh``: read them from
@@ -128,7 +130,7 @@ class FetchPlanner:
         assert spec is not None
         n_chunks = math.prod(meta.chunks_per_object)
         size = spec.index_nbytes(meta.grid_shape)
-        unit = InFlight()
+        unit: InFlight[IndexKey] = InFlight()
         hits, waits, claimed = self.cache.indexes.claim(
             ((self.token, "index", s) for s in shards), unit,
             max_age=-1.0 if fresh else self.index_max_age)
@@ -186,7 +188,7 @@ class FetchPlanner:
                 continue
             found[k[2]] = None if v is _MISSING_SHARD else v
             self.validated.add(k[2])  # another reader's fetch of it, under way after our open
-        for shard, error in errors.items():
+        for shard, corrupt in errors.items():
             if shard not in optional:
-                raise error
+                raise corrupt
         return found, errors

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+#: The key type of a unit (the cache's: engine/cache_keys.py).
+K = TypeVar("K", bound=Hashable)
 
 #: ``done`` of a value that is whole.
 COMPLETE = float("inf")
 
 
-class InFlight:
+class InFlight(Generic[K]):
     """Keys being fetched together: per key the value so far, how many bytes of it are ready,
     or the error. Each key is published at most once whole; progress only grows."""
 
@@ -31,13 +34,13 @@ class InFlight:
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._values: dict[Hashable, Any] = {}
-        self._done: dict[Hashable, float] = {}
-        self._errors: dict[Hashable, BaseException] = {}
-        self._log: list[Hashable] = []  # keys in the order they progressed, failed or finished
+        self._values: dict[K, Any] = {}
+        self._done: dict[K, float] = {}
+        self._errors: dict[K, BaseException] = {}
+        self._log: list[K] = []  # keys in the order they progressed, failed or finished
 
     # -- the fetching side -----------------------------------------------------------------
-    def publish(self, key: Hashable, value: Any, done: float = COMPLETE) -> None:
+    def publish(self, key: K, value: Any, done: float = COMPLETE) -> None:
         """``value`` of ``key`` has its first ``done`` bytes ready (:data:`COMPLETE`: all of
         it)."""
         with self._cond:
@@ -48,7 +51,7 @@ class InFlight:
             self._log.append(key)
             self._cond.notify_all()
 
-    def fail(self, keys: Iterable[Hashable], error: BaseException) -> None:
+    def fail(self, keys: Iterable[K], error: BaseException) -> None:
         """``keys`` (those not whole yet) end with ``error``."""
         with self._cond:
             for key in keys:
@@ -59,7 +62,7 @@ class InFlight:
             self._cond.notify_all()
 
     # -- the waiting side ------------------------------------------------------------------
-    def get(self, key: Hashable, need: float = COMPLETE) -> Any:
+    def get(self, key: K, need: float = COMPLETE) -> Any:
         """The value of ``key`` if at least ``need`` bytes of it are ready (even when its
         decoding failed further on), else None; raises its error."""
         if self._done.get(key, -1) >= need:  # decoded far enough before any damage showed
@@ -69,7 +72,7 @@ class InFlight:
             raise error
         return None
 
-    def wait(self, key: Hashable, need: float = COMPLETE, timeout: float | None = None) -> Any:
+    def wait(self, key: K, need: float = COMPLETE, timeout: float | None = None) -> Any:
         """The value of ``key`` once ``need`` bytes of it are ready (raises its error)."""
         with self._cond:
             if not self._cond.wait_for(
@@ -77,8 +80,7 @@ class InFlight:
                 raise TimeoutError(f"{key!r} was not ready in time")
         return self.get(key, need)
 
-    def collect(self, needs: Mapping[Hashable, float], since: int
-                ) -> tuple[list[tuple[Hashable, Any]], int]:
+    def collect(self, needs: Mapping[K, float], since: int) -> tuple[list[tuple[K, Any]], int]:
         """Wait until some of ``needs`` (key → bytes needed) became ready after position
         ``since`` of the log; returns them with their values and the position to go on from.
         Raises the error of any of them that failed."""

@@ -76,6 +76,8 @@ class ArrayMeta:
 
     @property
     def chunk_codecs(self) -> ChunkCodecs:
+        # codecs is None only for an array read through zarr-python (engine/array.py), which
+        # never decodes through the engine; no check here: every chunk decode asks for this
         return self.sharding.codecs if self.sharding else self.codecs  # type: ignore[return-value]
 
     @property

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import CorruptShardError, ShortReadError, StoreError
 from ..store import Store
 from .cache import EngineCache, bump_generation
-from .cache_keys import cache_token
+from .cache_keys import ChunkKey, cache_token
 from .chunk_decode import FILL, ChunkDecoder
 from .coalesce import CoalescePolicy
 from .counters import ReadCounters
@@ -98,7 +98,7 @@ class RegionReader:
             return out
         # 3. claim what nobody has or fetches, for this read's unit; fetch it
         places = list(self._placements(region, axes))
-        unit = InFlight()
+        unit: InFlight[ChunkKey] = InFlight()
         hits, waits, claimed = self.cache.chunks.claim(keys, unit, max_age=self.index_max_age)
         needs = {key: self._need(last) for key, (_, _, last) in zip(keys, places, strict=True)
                  if key not in hits}
@@ -215,7 +215,8 @@ class RegionReader:
                    itertools.product(*last_axes), strict=True)
 
     # -- fetching --------------------------------------------------------------------------
-    def _fetch(self, unit: InFlight, claimed: list[Coords], needs: dict[Coords, int]) -> None:
+    def _fetch(self, unit: InFlight[ChunkKey], claimed: list[Coords],
+               needs: dict[Coords, int]) -> None:
         """Fetch and decode the ``claimed`` chunks (``needs``: bytes of each the read needs)
         and read ahead the rest of their chunk rows: in the same requests within the shards
         fetched anyway, in the background after this read for other shards — it never delays
@@ -230,7 +231,7 @@ class RegionReader:
         if far:
             readahead_pool().post(self._fetch_in_background, unit, far)
 
-    def _readahead(self, unit: InFlight, claimed: list[Coords]) -> list[Coords]:
+    def _readahead(self, unit: InFlight[ChunkKey], claimed: list[Coords]) -> list[Coords]:
         """The rest of each claimed chunk's row (same leading coords, every (y, x) chunk),
         claimed for ``unit``: the whole row when the cache can hold it, else the part of it in
         the shards being fetched anyway (contiguous in C order: no extra request)."""
@@ -273,12 +274,13 @@ class RegionReader:
             return [], extra
         shard_of = self.layout.shard_of
         touched = {shard_of(c) for c in claimed}
-        near, far = [], []
+        near: list[Coords] = []
+        far: list[Coords] = []
         for c in extra:
             (near if shard_of(c) in touched else far).append(c)
         return near, far
 
-    def _fetch_in_background(self, unit: InFlight, chunks: list[Coords]) -> None:
+    def _fetch_in_background(self, unit: InFlight[ChunkKey], chunks: list[Coords]) -> None:
         """Read-ahead of ``chunks``: fetched and decoded at low priority, nobody waiting. A
         failure releases their claims (a read that needs them fetches them again and reports
         any error itself).
@@ -293,8 +295,8 @@ class RegionReader:
         except BaseException as e:  # nobody to report to; the claims were failed
             log.debug("read-ahead of %d chunks of %s failed: %s", len(chunks), self.store.url, e)
 
-    def _fetch_and_decode(self, unit: InFlight, claimed: list[Coords], extra: list[Coords],
-                          needs: dict[Coords, int]) -> None:
+    def _fetch_and_decode(self, unit: InFlight[ChunkKey], claimed: list[Coords],
+                          extra: list[Coords], needs: dict[Coords, int]) -> None:
         """Fetch every chunk of ``claimed`` and ``extra`` (read-ahead) in one concurrent batch;
         each chunk's decode starts as soon as its bytes arrive (pipelined with the rest of the
         batch), the chunks a read waits for (``needs``) before the read-ahead, and only the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,12 +21,14 @@ class ShardIndex:
     key: str
     entries: np.ndarray  # uint64 (offset, nbytes); EMPTY rows are missing chunks
     object_size: int | None
+    # ``entries`` flat, as a memoryview (set by __post_init__; not compared nor shown)
+    _items: memoryview = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The same numbers as Python ints on indexing: a plane looks up hundreds of entries, and
         # a memoryview item costs a tenth of a numpy row unpacked into ints.
         flat = np.ascontiguousarray(self.entries, dtype=np.uint64).reshape(-1)
-        object.__setattr__(self, "_items", memoryview(flat))
+        object.__setattr__(self, "_items", flat.data)
 
     def __reduce__(self):
         return (type(self), (self.key, self.entries, self.object_size))
@@ -44,8 +46,8 @@ class ShardIndex:
         return offset, items[2 * flat + 1]
 
 
-def decode_index(raw: bytes, *, spec: ShardingSpec, n_chunks: int, key: str, where: str,
-                 object_size: int | None) -> ShardIndex:
+def decode_index(raw: bytes | memoryview, *, spec: ShardingSpec, n_chunks: int, key: str,
+                 where: str, object_size: int | None) -> ShardIndex:
     """Parse and validate a shard index read from ``key``.
 
     Checks: the index has its exact size (a shorter shard is truncated, a 0-byte shard corrupt),

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ShardTaskRunner:
@@ -19,7 +21,7 @@ class ShardTaskRunner:
         self.workers = workers or os.cpu_count() or 1
         self.pool = None if client else ThreadPoolExecutor(self.workers, thread_name_prefix=name)
 
-    def run(self, fn, args_list: list[tuple]) -> Iterator[int]:
+    def run(self, fn: Callable[..., T], args_list: list[tuple]) -> Generator[T, None, None]:
         """Yield each finished task's result (in completion order); at most twice as many
         tasks as workers in flight."""
         pending: set[Future] = set()
@@ -56,6 +58,7 @@ class ShardTaskRunner:
     def _submit(self, fn, args):
         if self.client is not None:
             return self.client.submit(fn, *args, pure=False)
+        assert self.pool is not None  # made in __init__ whenever there is no client
         return self.pool.submit(fn, *args)
 
     def _wait(self, pending):

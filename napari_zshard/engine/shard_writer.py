@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -132,6 +132,7 @@ class ShardAssembly:
         """Write the chunks added since the last flush to ``out`` (streaming only)."""
         if self.pending:
             pending, self.pending = self.pending, []
+            assert self.out is not None  # chunks are only left pending when streaming to out
             self.out.write(pending)
 
     def finish(self) -> bytearray | int | None:
@@ -178,6 +179,14 @@ def write_array_data(store: Store, meta: ArrayMeta, source: Any, *,
         yield i
 
 
+@overload
+def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
+                           read: Callable[[tuple[slice, ...], np.ndarray], Any], *,
+                           depth: int | None = None, out: None = None) -> bytearray | None: ...
+@overload
+def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
+                           read: Callable[[tuple[slice, ...], np.ndarray], Any], *,
+                           depth: int | None = None, out: ObjectWriter) -> int | None: ...
 def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
                            read: Callable[[tuple[slice, ...], np.ndarray], Any], *,
                            depth: int | None = None, out: ObjectWriter | None = None
@@ -231,6 +240,7 @@ def encode_shard_by_layers(meta: ArrayMeta, shard: Coords,
                 for _ in range((rows // cs[0]) * math.prod(cps[1:])):
                     shard_bytes.add(None)
                 continue
+            assert pending is not None  # submitted for this layer (i < len(stored))
             block = pending.result()
             pending = ahead.submit(read_layer, i + 1) if i + 1 < len(stored) else None
             chunks = [block[tuple(slice(j * c, (j + 1) * c)

@@ -213,7 +213,8 @@ def gather(out: np.ndarray, slab: np.ndarray, ys: slice, xs: slice,
     and per partial chunk at an edge."""
     *lead_c, cy, cx = slab.shape[2:]
     k = len(lead_c)
-    src = slab[(slice(None), slice(None), *inner)]
+    index = (slice(None), slice(None), *inner)  # not inline: mypy (3.10) rejects [*x] there
+    src = slab[index]
     # (ny, nx, *lead, cy, cx) -> (*lead, ny, cy, nx, cx)
     src = src.transpose(*range(2, 2 + k), 0, 2 + k, 1, 3 + k)
     *s_lead, s_y, s_x = out.strides
@@ -222,8 +223,8 @@ def gather(out: np.ndarray, slab: np.ndarray, ys: slice, xs: slice,
     for gy, ny, y0, y1, dy in _runs(ys, cy):
         for gx, nx, x0, x1, dx in _runs(xs, cx):
             h, w = y1 - y0, x1 - x0
+            to = (*at, slice(dy, dy + ny * h), slice(dx, dx + nx * w))
             dst = np.lib.stride_tricks.as_strided(
-                out[(*at, slice(dy, dy + ny * h), slice(dx, dx + nx * w))],
-                (*lead_shape, ny, h, nx, w), (*s_lead, h * s_y, s_y, w * s_x, s_x))
-            dst[...] = src[(*at, slice(gy, gy + ny), slice(y0, y1), slice(gx, gx + nx),
-                            slice(x0, x1))]
+                out[to], (*lead_shape, ny, h, nx, w), (*s_lead, h * s_y, s_y, w * s_x, s_x))
+            frm = (*at, slice(gy, gy + ny), slice(y0, y1), slice(gx, gx + nx), slice(x0, x1))
+            dst[...] = src[frm]
