@@ -2,26 +2,30 @@
 
 A cold plane at the top of a chunk row needs the first plane (8 KiB) of each of the row's
 chunks. This bench decodes a row of 256 chunks of 64³ uint16 (the bench volume's image-like
-data, ``volume.StructuredField``) four ways, one thread, each option in a fresh process:
+data, ``volume.StructuredField``; zstd 3 without and with frame checksum, gzip 5) these ways,
+one thread, the options interleaved round by round:
 
-* ``old``    the removed block decoder (zstd's buffer-less API through ``zstandard``'s private
-             cffi module): prefix, then resumed. Loaded from git history (``--old-rev``), so
-             this file imports no private module; skipped when that revision is not there;
-* ``paused`` zstandard's public ``stream_reader``, one decompressor per chunk, paused after
-             the prefix and resumed later;
-* ``redo``   the prefix through a public streaming read, the decoder closed; later the chunk
-             decoded whole in one shot (the prefix decoded twice, nothing held in between);
-* ``whole``  no prefix: every chunk decoded whole before the plane is served;
+* ``whole``  (d) no prefix: every chunk decoded whole before the plane is served;
+* ``old``    (a) the removed block decoder (zstd's buffer-less API through ``zstandard``'s
+             private cffi module): prefix, then resumed. Loaded from git history
+             (``--old-rev``), so this file imports no private module; skipped when that
+             revision is not there;
+* ``paused`` (b) zstandard's public ``stream_reader``, one decompressor per chunk, paused
+             after the prefix and resumed later;
+* ``redo``   (c) the prefix through a public streaming read, the decoder closed; later the
+             chunk decoded whole in one shot (the prefix decoded twice, nothing held);
 * ``engine`` what napari_zshard.engine.progressive ships now (decode_prefix, Prefix.finish).
 
-Figures per option: the time until every chunk's prefix is decoded (what a cold napari step
-at the top of a row waits for, CPU of one thread), the CPU time of prefix + rest for the row,
-and the memory held while the 256 chunks are paused (RSS and tracemalloc growth after the
-prefixes). Then blosc (zstd, shuffle, level 5, numcodecs): how many blosc blocks a chunk has
-and what decoding only the first one would cost (``Blosc.decode_partial`` is gone from
-numcodecs 0.16; measured as a one-block buffer of the same data).
+Figures per option: the CPU time until every chunk's prefix is decoded (what a cold napari
+step at the top of a row waits for), the CPU time of prefix + rest for the row (and its ratio
+to the whole decode's in the same round), and the memory held while the 256 chunks are paused
+(RSS and tracemalloc growth after the prefixes, each option in a fresh process). Then blosc
+(zstd, shuffle, level 5, numcodecs): how many blosc blocks a chunk has and what decoding only
+the first one would cost (numcodecs 0.16 has no partial decode; measured as a one-block buffer
+of the same data).
 
-``python bench/bench_prefix.py`` (about two minutes); ``--repeats N``, ``--old-rev REV``.
+``python bench/bench_prefix.py`` (about two minutes); ``--repeats N``, ``--old-rev REV``,
+``--options whole,engine``.
 """
 
 from __future__ import annotations

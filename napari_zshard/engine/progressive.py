@@ -7,35 +7,42 @@ block. So for a cold read the engine decodes only that prefix of each chunk, str
 the chunk's final array, the read returns, and the rest is decoded later at low priority
 (:meth:`Prefix.finish`), ready for the next planes.
 
-zstd, through ``zstandard``'s public streaming reader: the prefix is read into the array
-(to the end of the zstd block that holds it, less a byte -- see :data:`ZSTD_BLOCK`: 15 of
-the 16 planes of a 64² uint16 block come at no extra cost) by this thread's decompressor, which is closed at once; :meth:`Prefix.finish` then
-decodes the chunk whole, the prefix again, by the ordinary one-shot path. The options,
-measured on a row of 256 64³ uint16 chunks of image-like data (zstd 3, without / with frame
-checksum; one thread; ``bench/bench_prefix.py``):
+zstd goes through ``zstandard``'s public streaming reader: this thread's decompressor reads
+the prefix into the array (to the end of the zstd block that holds it, less a byte, see
+:data:`ZSTD_BLOCK`: 15 of the 16 planes of a 64² uint16 block come at no extra cost) and is
+closed at once; :meth:`Prefix.finish` decodes the chunk whole by the ordinary one-shot path,
+the prefix again. Measured on a row of 256 64³ uint16 chunks of image-like data, zstd level 3
+without / with frame checksum, one thread, options interleaved, two runs on this 2-core machine
+under other load (``bench/bench_prefix.py``; CPU ms, the whole decode of the row 134-171 ms):
 
-=============================================  ===========  ================  ===============
-option                                         prefix (ms)  prefix+rest (ms)  held, 256 paused
-=============================================  ===========  ================  ===============
-whole decode, no prefix                        157 / 162    157 / 162 (1.0x)  --
-buffer-less block decoder (private cffi API;   49 / 54      172 / 182 (1.1x)  20 MiB RSS
-the previous version of this module)
-public stream reader paused, one per chunk     50 / 49      212 / 197 (1.3x)  54 MiB RSS
-prefix streamed, then whole decode (this one)  37 / 39      184 / 207 (1.2x)  0.5 MiB RSS
-=============================================  ===========  ================  ===============
+==========================================  ===========  ===============  ==================
+option                                      prefix (ms)  prefix + rest    held, 256 paused
+==========================================  ===========  ===============  ==================
+(d) whole decode, no prefix                 134-171      1.00x            --
+(a) buffer-less block decoder, resumed       42-47       1.04-1.14x       19 MiB RSS
+    (the private cffi module; the previous
+    version of this module)
+(b) public stream reader per chunk, paused   60-75       1.55-1.59x       53 MiB RSS
+(c) prefix streamed, then whole (this one)   35-46       1.20-1.35x       0.1 MiB
+==========================================  ===========  ===============  ==================
 
-The cold top-of-row plane waits for the prefix column: 4x sooner than a whole decode, and
-sooner than either paused decoder, which allocates a context per chunk. Decoding the prefix
-twice costs about a fifth more CPU for the rows read that way (the rest is decoded at low
-priority, behind the reads); a paused public decoder costs more still (each one page-faults
-its own window buffer, and copies through it) and holds its context and window until its
-chunk is finished. gzip/zlib streams are resumed where they stopped, through ``zlib``'s own
-decompressor object (a paused one holds its 32 KiB window). Without ``zstandard``, zstd chunks
-are decoded whole (:func:`progressive_codecs` says None).
+A cold plane at the top of a row waits for the prefix column: (c) is 3-4x sooner than a
+whole decode and as soon as (a) or sooner (no context allocated per chunk). Decoding the
+prefix twice costs a fifth to a third more CPU for the rows read that way (20-50 ms a row of
+256 chunks, at low priority behind the reads); (b) costs more still (each paused decoder
+page-faults its own window buffer and copies through it) and holds it until its chunk is
+finished. Without ``zstandard`` zstd chunks are decoded whole (:func:`progressive_codecs`
+says None).
+
+gzip/zlib streams are resumed where they stopped, through ``zlib``'s own decompressor object
+(each paused one holds its 32 KiB window and one input piece, :class:`_ZlibStream`): the row's
+prefixes in 15 ms (53 ms before, when each copied the rest of its input), 7.5 MiB held
+(77 MiB before), prefixes + rests 0.86x the whole decode (665 ms).
 
 blosc (the commonest codec in converted data) is decoded whole: numcodecs 0.16 has no partial
-decode, and a 64³ uint16 blosc-zstd chunk is two 256 KiB blosc blocks, so its first block
-costs half a whole decode (measured 52 of 102 ms for the row), against a quarter for zstd.
+decode (``Blosc.decode_partial`` is gone), and a 64³ uint16 blosc-zstd-shuffle chunk is two
+256 KiB blosc blocks, so decoding only the first would cost half the whole decode (42 of 84 ms
+for the row, measured as a one-block buffer), against a quarter for zstd.
 
 Integrity is unchanged: a crc32c over the stored bytes is verified before anything is decoded,
 and the rest is checked as the ordinary path checks it (zstd's frame checksum, the output size,
