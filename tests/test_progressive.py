@@ -457,3 +457,26 @@ def test_no_module_of_the_package_imports_another_librarys_private_module():
                 if any(p.startswith("_") for p in parts):
                     found.append(f"{path.relative_to(root)}:{node.lineno}: {name}")
     assert found == []
+
+
+
+@pytest.mark.parametrize("chain", ["zstd", "zstd+checksum", "gzip"])
+def test_finish_writes_only_what_follows_the_prefix(chain):
+    """Readers copy planes out of a prefix while its chunk is finished: finish() must leave
+    the prefix's bytes as they are (a zstd decoder writes its output area more than once:
+    literals first, then matches over them, and copies past a match's end)."""
+    from napari_zshard.engine.progressive import decode_prefix
+
+    codecs = engine_chains()[chain]
+    data = structured(BIG)
+    stored = codecs.encode(data)
+    raw = np.frombuffer(data.tobytes(), "B")
+    for nbytes in (8192, 131072, 200000):
+        prefix = decode_prefix(codecs, stored, BIG, U16, nbytes)
+        done = prefix.done
+        assert done < raw.nbytes  # a prefix, not the whole chunk
+        flat = prefix.array.reshape(-1).view("B")
+        flat[:done] = 0xAB  # stands for the bytes a reader is copying out
+        prefix.finish()
+        assert (flat[:done] == 0xAB).all(), nbytes
+        assert (flat[done:] == raw[done:]).all(), nbytes

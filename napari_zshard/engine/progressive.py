@@ -52,6 +52,7 @@ prefix fails :meth:`Prefix.finish`, and every read that needs more than the pref
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -136,19 +137,36 @@ def decode_prefix(codecs: ChunkCodecs, data, shape: tuple[int, ...], dtype: np.d
         stream = _ZlibStream(payload, flat, chain[0])
         stream.run(nbytes)
         return Prefix(array, stream.done, stream.finish)
-    want = min(flat.nbytes, (nbytes // ZSTD_BLOCK + 1) * ZSTD_BLOCK - 1)
-    if want >= flat.nbytes:  # the prefix is the whole chunk: the one-shot path, once
+    block_end = (nbytes // ZSTD_BLOCK + 1) * ZSTD_BLOCK
+    if block_end >= flat.nbytes:  # the prefix's block is the last: the one-shot path, once
         codecs.decode(data, shape, dtype, out=array, checksum_verified=True)
         return Prefix(array, flat.nbytes, None)
-    done = _zstd_prefix(payload, flat, want)
+    done = _zstd_prefix(payload, flat, block_end - 1)
     if done < nbytes:
         raise CorruptDataError(f"truncated stream: {done} of {flat.nbytes} bytes decoded")
 
-    def rest() -> bool:  # the whole chunk again, the prefix included (see the docstring)
-        codecs.decode(data, shape, dtype, out=array, checksum_verified=True)
+    def rest() -> bool:
+        """The whole chunk again, the prefix included (see the docstring), into this thread's
+        scratch buffer, and what follows the prefix copied into the array: readers copy the
+        prefix out of the array meanwhile, and a zstd decoder writes its output area more
+        than once (literals first, matches over them)."""
+        whole = _scratch(flat.nbytes).view(dtype).reshape(shape)
+        codecs.decode(data, shape, dtype, out=whole, checksum_verified=True)
+        flat[done:] = whole.reshape(-1).view("B")[done:]
         return True
 
     return Prefix(array, done, rest)
+
+
+_per_thread = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's scratch buffer of at least ``nbytes`` (kept: one per decode thread)."""
+    buf = getattr(_per_thread, "scratch", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _per_thread.scratch = np.empty(nbytes, "B")
+    return buf[:nbytes]
 
 
 def _zstd_prefix(payload: memoryview, out: np.ndarray, want: int) -> int:
