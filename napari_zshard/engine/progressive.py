@@ -11,24 +11,26 @@ zstd goes through ``zstandard``'s public streaming reader: this thread's decompr
 the prefix into the array (to the end of the zstd block that holds it, less a byte, see
 :data:`ZSTD_BLOCK`: 15 of the 16 planes of a 64² uint16 block come at no extra cost) and is
 closed at once; :meth:`Prefix.finish` decodes the chunk whole by the ordinary one-shot path,
-the prefix again. Measured on a row of 256 64³ uint16 chunks of image-like data, zstd level 3
-without / with frame checksum, one thread, options interleaved, two runs on this 2-core machine
-under other load (``bench/bench_prefix.py``; CPU ms, the whole decode of the row 134-171 ms):
+the prefix again, into this thread's scratch buffer, and copies what follows the prefix into
+the array (readers are copying the prefix out of it meanwhile). Measured on a row of 256 64³
+uint16 chunks of image-like data, zstd level 3 without / with frame checksum, one thread,
+options interleaved, three runs on this 2-core machine under other load
+(``bench/bench_prefix.py``; CPU ms; the whole decode of the row 134-171 ms):
 
 ==========================================  ===========  ===============  ==================
 option                                      prefix (ms)  prefix + rest    held, 256 paused
 ==========================================  ===========  ===============  ==================
-(d) whole decode, no prefix                 134-171      1.00x            --
-(a) buffer-less block decoder, resumed       42-47       1.04-1.14x       19 MiB RSS
+(d) whole decode, no prefix                 134-171      1.00x            0.1 MiB
+(a) buffer-less block decoder, resumed       42-69       1.04-1.25x       19 MiB RSS
     (the private cffi module; the previous
     version of this module)
-(b) public stream reader per chunk, paused   60-75       1.55-1.59x       53 MiB RSS
-(c) prefix streamed, then whole (this one)   35-46       1.20-1.35x       0.1 MiB
+(b) public stream reader per chunk, paused   60-75       1.41-1.59x       53 MiB RSS
+(c) prefix streamed, then whole (this one)   35-46       1.18-1.35x       0.2 MiB
 ==========================================  ===========  ===============  ==================
 
 A cold plane at the top of a row waits for the prefix column: (c) is 3-4x sooner than a
 whole decode and as soon as (a) or sooner (no context allocated per chunk). Decoding the
-prefix twice costs a fifth to a third more CPU for the rows read that way (20-50 ms a row of
+prefix twice costs a fifth to a third more CPU for the rows read that way (25-50 ms a row of
 256 chunks, at low priority behind the reads); (b) costs more still (each paused decoder
 page-faults its own window buffer and copies through it) and holds it until its chunk is
 finished. Without ``zstandard`` zstd chunks are decoded whole (:func:`progressive_codecs`
