@@ -5,6 +5,7 @@ is still reported, to the read that needs it."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -187,11 +188,12 @@ def test_progressive_false_decodes_every_chunk_whole_before_returning(tmp_path):
     assert pickle.loads(pickle.dumps(arr))._reader._progressive is None
 
 
-def test_the_rest_of_a_chunk_is_decoded_once_into_the_array_its_prefix_filled(
+def test_the_rest_of_a_chunk_is_decoded_once_behind_the_read_into_a_reused_buffer(
         tmp_path, monkeypatch):
     """Each chunk of a cold row read from its prefix is decoded whole once more, behind the
-    read, into the same array (no new buffer): the row ends up decoded exactly once in the
-    cache, and the planes below the prefix read back exactly."""
+    read, into a buffer the decode thread keeps (no new one per chunk), and what follows the
+    prefix is copied into the chunk's array: the row ends up decoded in the cache once, the
+    stored bytes fetched once, and the planes below the prefix read back exactly."""
     from napari_zshard.engine.codecs import ChunkCodecs
 
     data = structured(SHAPE)
@@ -205,6 +207,9 @@ def test_the_rest_of_a_chunk_is_decoded_once_into_the_array_its_prefix_filled(
     wait_until_decoded(arr)
     np.testing.assert_array_equal(arr[3:32], data[3:32])  # from the cache, whole
     assert len(rests) == ROW and all(out is not None for out in rests)
+    # one buffer per thread that decoded a rest: the decode pool's (one per core)
+    buffers = {out.__array_interface__["data"][0] for out in rests}
+    assert len(buffers) <= (os.cpu_count() or 1)
     assert arr.counters["chunks_decoded"] == ROW
     assert arr.counters["data_requests"] <= ROW  # nothing fetched again for the rest
 
