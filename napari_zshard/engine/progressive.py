@@ -2,42 +2,71 @@
 
 A z-step into a chunk row nobody has read needs one plane of every inner chunk in the row.
 In C order that plane lies at the same depth in each chunk, and a zstd or gzip stream yields
-its output in order: the planes at the top of a 64-deep chunk are in the stream's first block.
-So for a cold read the engine decodes only that prefix of each chunk, straight into the
-chunk's final array, the read returns, and the decoder is later resumed at low priority where
-it stopped (:meth:`Prefix.finish`), ready for the next planes. Nothing is decoded twice.
+its output in order: the planes at the top of a 64-deep chunk come out of the stream's first
+block. So for a cold read the engine decodes only that prefix of each chunk, straight into
+the chunk's final array, the read returns, and the rest is decoded later at low priority
+(:meth:`Prefix.finish`), ready for the next planes.
 
-zstd streams are decoded block by block with zstd's buffer-less API (through the cffi module
-that ships with ``zstandard``): each block goes from the stored bytes into the array, and its
-back-references point into the array itself, so a paused decoder holds no window buffer — only
-its context (96 KiB, re-used from a small pool). A cold row of 256 chunks keeps 256 of them
-until its chunks are finished: peak RSS of a 64-plane scroll 322 MiB, against 301 MiB when
-each chunk is decoded whole at once. Measured on a row of 256 64³ uint16 chunks
-(one thread): first blocks then the rest 1.11-1.14x the CPU time of one-shot decodes, where
-decoding the first block and then the whole chunk again cost 1.23-1.30x. What is left of the
-difference is the cache: resuming a chunk, its first block is no longer in the CPU's cache.
-gzip/zlib streams resume through ``zlib``'s own decompressor object.
+zstd goes through ``zstandard``'s public streaming reader: this thread's decompressor reads
+the prefix into the array (to the end of the zstd block that holds it, less a byte, see
+:data:`ZSTD_BLOCK`: 15 of the 16 planes of a 64² uint16 block come at no extra cost) and is
+closed at once; :meth:`Prefix.finish` decodes the chunk whole by the ordinary one-shot path,
+the prefix again, into this thread's scratch buffer, and copies what follows the prefix into
+the array (readers are copying the prefix out of it meanwhile). Measured on a row of 256 64³
+uint16 chunks of image-like data, zstd level 3 without / with frame checksum, one thread,
+options interleaved, three runs on this 2-core machine under other load
+(``bench/bench_prefix.py``; CPU ms; the whole decode of the row 134-171 ms):
+
+==========================================  ===========  ===============  ==================
+option                                      prefix (ms)  prefix + rest    held, 256 paused
+==========================================  ===========  ===============  ==================
+(d) whole decode, no prefix                 134-171      1.00x            0.1 MiB
+(a) buffer-less block decoder, resumed       42-69       1.04-1.25x       19 MiB RSS
+    (the private cffi module; the previous
+    version of this module)
+(b) public stream reader per chunk, paused   60-75       1.41-1.59x       53 MiB RSS
+(c) prefix streamed, then whole (this one)   35-46       1.18-1.35x       0.2 MiB
+==========================================  ===========  ===============  ==================
+
+A cold plane at the top of a row waits for the prefix column: (c) is 3-4x sooner than a
+whole decode and as soon as (a) or sooner (no context allocated per chunk). Decoding the
+prefix twice costs a fifth to a third more CPU for the rows read that way (25-50 ms a row of
+256 chunks, at low priority behind the reads); (b) costs more still (each paused decoder
+page-faults its own window buffer and copies through it) and holds it until its chunk is
+finished. Without ``zstandard`` zstd chunks are decoded whole (:func:`progressive_codecs`
+says None).
+
+gzip/zlib streams are resumed where they stopped, through ``zlib``'s own decompressor object
+(each paused one holds its 32 KiB window and one input piece, :class:`_ZlibStream`): the row's
+prefixes in 15 ms (53 ms before, when each copied the rest of its input), 7.5 MiB held
+(77 MiB before), prefixes + rests 0.86x the whole decode (665 ms).
+
+blosc (the commonest codec in converted data) is decoded whole: numcodecs 0.16 has no partial
+decode (``Blosc.decode_partial`` is gone), and a 64³ uint16 blosc-zstd-shuffle chunk is two
+256 KiB blosc blocks, so decoding only the first would cost half the whole decode (42 of 84 ms
+for the row, measured as a one-block buffer), against a quarter for zstd.
 
 Integrity is unchanged: a crc32c over the stored bytes is verified before anything is decoded,
 and the rest is checked as the ordinary path checks it (zstd's frame checksum, the output size,
 a stream that would overflow the chunk). A chunk without a checksum that is damaged past the
-prefix fails that decode, and every read that needs more than the prefix raises.
+prefix fails :meth:`Prefix.finish`, and every read that needs more than the prefix raises.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import CorruptDataError, DecompressionBombError
+from ..errors import CorruptDataError
 from .codecs import (
     ChunkCodecs,
     Crc32cCodec,
     ZlibCodec,
     ZstdCodec,
+    _zstd_decompressor,
     declared_size_error,
     zlib_overflow_error,
     zstd_frame_content_size,
@@ -45,6 +74,13 @@ from .codecs import (
 
 #: Above this share of a chunk, decoding a prefix first saves too little: decode it whole.
 MAX_PREFIX_SHARE = 0.5
+#: zstd's largest block (ZSTD_BLOCKSIZE_MAX). A prefix is read to one byte before the end of
+#: the block that holds it: that block is decoded whole anyway, and a read that ends exactly
+#: at a block's end makes zstd's streaming decoder go on to decode the next block too (its
+#: output buffer flushed, it reads on) -- twice the work for a 128 KiB prefix.
+ZSTD_BLOCK = 128 * 1024
+#: Stored bytes handed to ``zlib`` at a time while decoding a prefix (see :class:`_ZlibStream`).
+ZLIB_FEED = 16 * 1024
 
 
 def progressive_codecs(codecs: ChunkCodecs, dtype: np.dtype) -> ChunkCodecs | None:
@@ -58,33 +94,33 @@ def progressive_codecs(codecs: ChunkCodecs, dtype: np.dtype) -> ChunkCodecs | No
         chain = chain[:-1]
     if len(chain) != 1 or not isinstance(chain[0], ZstdCodec | ZlibCodec):
         return None
-    if isinstance(chain[0], ZstdCodec) and _zstd_lib() is None:
+    if isinstance(chain[0], ZstdCodec) and _zstd_decompressor() is None:
         return None
     return codecs
 
 
 class Prefix:
     """A chunk's array whose first ``done`` bytes (C order) are decoded; the rest is undefined
-    until :meth:`finish` decodes it, into the same array, from where the decoder stopped."""
+    until :meth:`finish` decodes it into the same array."""
 
-    __slots__ = ("_stream", "array", "done")
+    __slots__ = ("_rest", "array", "done")
 
-    def __init__(self, array: np.ndarray, done: int, stream):
-        self.array, self.done, self._stream = array, done, stream
+    def __init__(self, array: np.ndarray, done: int, rest: Callable[[], bool] | None):
+        self.array, self.done, self._rest = array, done, rest
 
     def finish(self) -> np.ndarray | None:
-        """Decode the rest; the whole array, or None when more bytes follow the stream (a
-        second stream, or garbage: the caller hands them to the one-shot decoder, which
-        tells). Raises what a whole decode raises."""
-        stream, self._stream = self._stream, None
-        if stream is None:
-            raise RuntimeError("chunk already finished")
-        try:
-            if not stream.run(stream.total):
-                return None
-        finally:
-            stream.close()
-        self.done = stream.total
+        """Decode the rest; the whole array, or None when more bytes follow the stream (the
+        caller hands them to the one-shot decoder, which tells). Raises what a whole decode
+        raises; a chunk already whole (decoded by :func:`decode_prefix`, or finished) is
+        returned as it is."""
+        rest, self._rest = self._rest, None
+        if rest is None:
+            if self.done == self.array.nbytes:
+                return self.array
+            raise RuntimeError("chunk already finished")  # its rest failed
+        if not rest():
+            return None
+        self.done = self.array.nbytes
         return self.array
 
 
@@ -98,173 +134,105 @@ def decode_prefix(codecs: ChunkCodecs, data, shape: tuple[int, ...], dtype: np.d
         payload = chain[-1].decode(payload, None)  # raises ChecksumError
         chain = chain[:-1]
     array = np.empty(shape, dtype) if out is None else out
-    out = array.reshape(-1).view("B")
-    codec = chain[0]
-    if isinstance(codec, ZstdCodec):
-        declared = zstd_frame_content_size(payload)
-        if declared is not None and declared != out.nbytes:
-            raise declared_size_error("zstd frame", declared, out.nbytes)
-        stream = _ZstdStream(payload, out)
-    else:
-        stream = _ZlibStream(payload, out, codec)
-    try:
+    flat = array.reshape(-1).view("B")
+    if isinstance(chain[0], ZlibCodec):
+        stream = _ZlibStream(payload, flat, chain[0])
         stream.run(nbytes)
-    except BaseException:
-        stream.close()
-        raise
-    if stream.done < nbytes:
-        stream.close()
-        raise CorruptDataError(f"truncated stream: {stream.done} of {out.nbytes} bytes decoded")
-    return Prefix(array, stream.done, stream)
+        return Prefix(array, stream.done, stream.finish)
+    block_end = (nbytes // ZSTD_BLOCK + 1) * ZSTD_BLOCK
+    if block_end >= flat.nbytes:  # the prefix's block is the last: the one-shot path, once
+        codecs.decode(data, shape, dtype, out=array, checksum_verified=True)
+        return Prefix(array, flat.nbytes, None)
+    done = _zstd_prefix(payload, flat, block_end - 1)
+    if done < nbytes:
+        raise CorruptDataError(f"truncated stream: {done} of {flat.nbytes} bytes decoded")
 
-
-class _ZstdStream:
-    """One zstd frame decoded block by block into ``out`` (zstd's buffer-less API)."""
-
-    def __init__(self, src: memoryview, out: np.ndarray):
-        ffi, lib = _zstd_lib()
-        self._ffi, self._lib = ffi, lib
-        self._dctx = _take_dctx()
-        if lib.ZSTD_isError(lib.ZSTD_decompressBegin(self._dctx)):
-            raise CorruptDataError("cannot start a zstd decoder")
-        # Raw addresses, the buffers kept alive here: a cffi buffer view of a memoryview
-        # crashes the garbage collector when both end up in one reference cycle.
-        self._keep = stored = np.frombuffer(src, "B"), out
-        self._src = ffi.cast("char *", _address(stored[0]))
-        self._out_address = _address(out)
-        self._dst = ffi.cast("char *", self._out_address)
-        self._src_len, self._in, self.total, self.done = len(src), 0, out.nbytes, 0
-        # zstd's error codes are the top values of size_t (what ZSTD_isError tests); a block
-        # decodes to at most 128 KiB: compared here, without another call into C per block
-        self._errors = 1 << (8 * ffi.sizeof("size_t") - 1)
-
-    def run(self, until: int) -> bool:
-        """Decode blocks until ``until`` bytes are out or the frame ends. Returns False when
-        stored bytes follow the finished frame (a second frame, or garbage: the one-shot
-        decoder tells which); raises on damage, truncation and overflow."""
-        lib, dctx, src, dst = self._lib, self._dctx, self._src, self._dst
-        if dctx is None:
-            raise RuntimeError("zstd stream already closed")
-        total, src_len, errors = self.total, self._src_len, self._errors
-        done, pos = self.done, self._in
-        if done:  # resumed: read the window back into the CPU cache in one sequential pass
-            _warm(self._out_address + max(0, done - _WINDOW), min(done, _WINDOW))
-        try:
-            while True:
-                n = lib.ZSTD_nextSrcSizeToDecompress(dctx)
-                if n == 0:  # the frame is complete (its checksum, if any, verified)
-                    break
-                if done >= until and until < total:
-                    break
-                if pos + n > src_len:
-                    raise CorruptDataError(
-                        f"truncated zstd stream: {done} of {total} bytes decoded")
-                r = lib.ZSTD_decompressContinue(dctx, dst + done, total - done, src + pos, n)
-                if r >= errors:
-                    name = self._ffi.string(lib.ZSTD_getErrorName(r)).decode()
-                    if "too small" in name:
-                        raise DecompressionBombError(
-                            f"compressed chunk expands beyond the {total} bytes the chunk holds")
-                    raise CorruptDataError(f"cannot decompress chunk: {name}")
-                pos += n
-                done += r
-        finally:
-            self.done, self._in = done, pos
-        if until >= total:
-            if pos < src_len:  # more after the frame: the one-shot decoder judges it
-                return False
-            if done < total:
-                raise CorruptDataError(f"chunk decompresses to {done} bytes, expected {total}")
+    def rest() -> bool:
+        """The whole chunk again, the prefix included (see the docstring), into this thread's
+        scratch buffer, and what follows the prefix copied into the array: readers copy the
+        prefix out of the array meanwhile, and a zstd decoder writes its output area more
+        than once (literals first, matches over them)."""
+        whole = _scratch(flat.nbytes).view(dtype).reshape(shape)
+        codecs.decode(data, shape, dtype, out=whole, checksum_verified=True)
+        flat[done:] = whole.reshape(-1).view("B")[done:]
         return True
 
-    def close(self) -> None:
-        dctx, self._dctx = self._dctx, None
-        self._keep = None
-        if dctx is not None:
-            _give_dctx(dctx)
+    return Prefix(array, done, rest)
 
 
-#: How much of a paused chunk's output is read back into the cache before its decoder
-#: resumes. The blocks after a chunk's first one copy matches from all of it: read
-#: sequentially first (a memmove, GIL released), the rest of a row of 256 64³ uint16 chunks
-#: decoded in 117-118 ms of CPU instead of 126-129 ms; a 64 KiB window or less gained nothing.
-_WINDOW = 128 * 1024
-_thread = threading.local()
+_per_thread = threading.local()
 
 
-def _warm(address: int, nbytes: int) -> None:
-    scratch = getattr(_thread, "scratch", None)
-    if scratch is None:
-        scratch = _thread.scratch = ctypes.create_string_buffer(_WINDOW)
-    ctypes.memmove(scratch, address, nbytes)
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's scratch buffer of at least ``nbytes`` (kept: one per decode thread)."""
+    buf = getattr(_per_thread, "scratch", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _per_thread.scratch = np.empty(nbytes, "B")
+    return buf[:nbytes]
 
 
-def _address(array: np.ndarray) -> int:
-    return array.__array_interface__["data"][0]
+def _zstd_prefix(payload: memoryview, out: np.ndarray, want: int) -> int:
+    """Decode the first ``want`` bytes of the zstd frame(s) in ``payload`` into ``out``;
+    how many were (fewer when the stream ends sooner)."""
+    import zstandard
+
+    declared = zstd_frame_content_size(payload)  # raises on a bad magic number
+    if declared is not None and declared != out.nbytes:
+        raise declared_size_error("zstd frame", declared, out.nbytes)
+    view, done = memoryview(out), 0
+    try:
+        with _zstd_decompressor().stream_reader(payload, read_across_frames=True) as reader:
+            while done < want:
+                n = reader.readinto(view[done:want])
+                if not n:
+                    break
+                done += n
+    except zstandard.ZstdError as e:
+        raise CorruptDataError(f"cannot decompress chunk: {e}") from e
+    return done
 
 
 class _ZlibStream:
-    """One gzip or zlib stream, decoded into ``out`` piece by piece (``zlib``'s own object)."""
+    """One gzip or zlib stream, decoded into ``out`` piece by piece (``zlib``'s own object).
+
+    The prefix is fed in pieces of :data:`ZLIB_FEED` stored bytes: ``zlib`` keeps a copy of
+    the input it did not consume (``unconsumed_tail``) for as long as the object lives, and
+    a whole chunk's worth of it per paused stream held 77 MiB for a row of 256 64³ uint16
+    chunks (``bench/bench_prefix.py``); now each holds its window and one piece.
+    """
 
     def __init__(self, src: memoryview, out: np.ndarray, codec: ZlibCodec):
         self._d = zlib.decompressobj(31 if codec.gzip else 15)
-        self._tail, self._out, self._name = src, out, codec.name
+        self._src, self._in, self._out, self._name = src, 0, out, codec.name
         self.total, self.done = out.nbytes, 0
 
-    def run(self, until: int) -> bool:
-        d, done, total = self._d, self.done, self.total
-        try:
-            # one byte more than the chunk holds when finishing: an overflowing stream shows
-            piece = d.decompress(self._tail, until - done if until < total else total - done + 1)
-        except zlib.error as e:
-            raise CorruptDataError(f"cannot decompress {self._name} chunk: {e}") from e
-        if done + len(piece) > total:
-            raise zlib_overflow_error(d, done + len(piece), total, f"{self._name} stream")
-        self._out[done:done + len(piece)] = np.frombuffer(piece, "B")
-        self.done, self._tail = done + len(piece), d.unconsumed_tail
-        if until >= total and (not d.eof or self.done != total):
+    def run(self, until: int) -> None:
+        """Decode until ``until`` bytes are out (all of them: to the stream's end, checked)."""
+        d, total, src = self._d, self.total, self._src
+        if d is None:
+            raise RuntimeError("stream already finished")
+        last = until >= total
+        while self.done < until and not d.eof:
+            done, pos = self.done, self._in
+            feed = src[pos:] if last else src[pos:pos + ZLIB_FEED]
+            if not feed:
+                break
+            try:
+                # one byte more than the chunk holds at the end: an overflowing stream shows
+                piece = d.decompress(feed, total - done + 1 if last else until - done)
+            except zlib.error as e:
+                raise CorruptDataError(f"cannot decompress {self._name} chunk: {e}") from e
+            if done + len(piece) > total:
+                raise zlib_overflow_error(d, done + len(piece), total, f"{self._name} stream")
+            self._out[done:done + len(piece)] = np.frombuffer(piece, "B")
+            self.done, self._in = done + len(piece), pos + len(feed) - len(d.unconsumed_tail)
+        if self.done < until or (last and not d.eof):
             raise CorruptDataError(f"truncated {self._name} stream: {self.done} of {total} "
                                    "bytes decoded")
+
+    def finish(self) -> bool:
+        try:
+            self.run(self.total)
+        finally:
+            self._d = self._src = None
         return True
-
-    def close(self) -> None:
-        self._d = self._tail = None
-
-
-def _zstd_lib():
-    """``(ffi, lib)`` of the cffi module that ships with ``zstandard``; None without it."""
-    global _lib
-    if _lib is None:
-        try:
-            from zstandard import _cffi
-        except ImportError:  # optional speed-up: chunks are then decoded whole
-            _lib = False
-        else:
-            _lib = (_cffi.ffi, _cffi.lib)
-    return _lib or None
-
-
-_lib = None
-#: Decoder contexts not in use (list.pop/append are atomic): a new one allocates 96 KiB that
-#: the kernel zero-fills on first touch.
-_idle: list = []
-_MAX_IDLE = 64
-
-
-def _take_dctx():
-    if _idle:
-        try:
-            return _idle.pop()
-        except IndexError:  # another thread took the last one
-            pass
-    ffi, lib = _zstd_lib()
-    dctx = lib.ZSTD_createDCtx()
-    if dctx == ffi.NULL:
-        raise MemoryError("cannot allocate a zstd decoder")
-    # freed when dropped: a prefix whose rest is never decoded leaks nothing
-    return ffi.gc(dctx, lib.ZSTD_freeDCtx, size=lib.ZSTD_sizeof_DCtx(dctx))
-
-
-def _give_dctx(dctx) -> None:
-    if len(_idle) < _MAX_IDLE:
-        _idle.append(dctx)
