@@ -195,7 +195,7 @@ def _zstd_decompress(data, target: np.ndarray) -> int | None:
     reading one byte past ``target`` to see the frame end there — the frame is verified to
     its end, and one that holds more raises "too small" (a bomb) having written no further.
     """
-    decompressor = _zstd_decompressor()
+    decompressor = zstd_decompressor()
     if decompressor is None:
         # numcodecs' module function, which its codec's decode calls after argument checks
         _numcodecs_zstd().decompress(data, target)
@@ -230,7 +230,7 @@ _zstd_module = None
 _per_thread = threading.local()
 
 
-def _zstd_decompressor():
+def zstd_decompressor():
     """This thread's ``zstandard`` decompressor (None without zstandard)."""
     found = getattr(_per_thread, "unzstd", None)
     if found is None:

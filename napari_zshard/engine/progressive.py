@@ -57,6 +57,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,9 +67,9 @@ from .codecs import (
     Crc32cCodec,
     ZlibCodec,
     ZstdCodec,
-    _zstd_decompressor,
     declared_size_error,
     zlib_overflow_error,
+    zstd_decompressor,
     zstd_frame_content_size,
 )
 
@@ -94,7 +95,7 @@ def progressive_codecs(codecs: ChunkCodecs, dtype: np.dtype) -> ChunkCodecs | No
         chain = chain[:-1]
     if len(chain) != 1 or not isinstance(chain[0], ZstdCodec | ZlibCodec):
         return None
-    if isinstance(chain[0], ZstdCodec) and _zstd_decompressor() is None:
+    if isinstance(chain[0], ZstdCodec) and zstd_decompressor() is None:
         return None
     return codecs
 
@@ -179,9 +180,9 @@ def _zstd_prefix(payload: memoryview, out: np.ndarray, want: int) -> int:
     declared = zstd_frame_content_size(payload)  # raises on a bad magic number
     if declared is not None and declared != out.nbytes:
         raise declared_size_error("zstd frame", declared, out.nbytes)
-    view, done = memoryview(out), 0
+    view, done = out.data, 0
     try:
-        with _zstd_decompressor().stream_reader(payload, read_across_frames=True) as reader:
+        with zstd_decompressor().stream_reader(payload, read_across_frames=True) as reader:
             while done < want:
                 n = reader.readinto(view[done:want])
                 if not n:
@@ -202,14 +203,15 @@ class _ZlibStream:
     """
 
     def __init__(self, src: memoryview, out: np.ndarray, codec: ZlibCodec):
-        self._d = zlib.decompressobj(31 if codec.gzip else 15)
-        self._src, self._in, self._out, self._name = src, 0, out, codec.name
+        self._d: Any = zlib.decompressobj(31 if codec.gzip else 15)  # None once finished
+        self._src: memoryview | None = src
+        self._in, self._out, self._name = 0, out, codec.name
         self.total, self.done = out.nbytes, 0
 
     def run(self, until: int) -> None:
         """Decode until ``until`` bytes are out (all of them: to the stream's end, checked)."""
         d, total, src = self._d, self.total, self._src
-        if d is None:
+        if d is None or src is None:
             raise RuntimeError("stream already finished")
         last = until >= total
         while self.done < until and not d.eof:
