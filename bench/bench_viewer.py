@@ -71,6 +71,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-mb", type=int, default=512,
                    help="napari-zshard engine cache budget, MiB (default 512, its default)")
     p.add_argument("--contenders", default="memory,zshard,ome-zarr")
+    p.add_argument("--writer", choices=("zshard", "zarr-python"), default="zshard",
+                   help="who writes the levels' arrays: napari-zshard (C-order inner chunks, "
+                        "zstd 3) or zarr-python with its defaults (its inner-chunk order, "
+                        "zstd 0), as ome-zarr-py leaves them")
     p.add_argument("--transports", default="http,local")
     p.add_argument("--jumps", type=int, default=10, help="random jumps (default 10)")
     p.add_argument("--seed", type=int, default=3, help="seed of the random jumps")
@@ -312,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "bench/README.md)", file=sys.stderr)
         return 2
     shape = tuple(args.shape) if args.shape else (SMALL_SHAPE if args.small else FULL_SHAPE)
-    spec = PyramidSpec(shape)  # type: ignore[arg-type]
+    spec = PyramidSpec(shape, writer=args.writer)  # type: ignore[arg-type]
     jump_cap = args.jump_cap if args.jump_cap is not None else (20.0 if args.small else 60.0)
     width, height = (int(v) for v in args.canvas.lower().split("x"))
     t_start = time.perf_counter()

@@ -1,4 +1,7 @@
-"""The viewer benchmark's volume: a sharded OME-Zarr 0.5 pyramid written by napari-zshard's writer.
+"""The viewer benchmark's volume: a sharded OME-Zarr 0.5 pyramid, written by napari-zshard's writer
+or (``--writer zarr-python``) with every level's array rewritten by zarr-python with its own
+defaults — its inner-chunk order and its zstd level 0 with crc32c — as ome-zarr-py and most
+converters leave it, under the same OME metadata.
 
 The voxels come from the read benchmark's ``StructuredField`` (cells on a dim, noisy background,
 compressing about as much as real fluorescence data). Level 0 is generated block by block, each
@@ -33,10 +36,12 @@ class PyramidSpec:
     shard: int = 256  # shard edge (one object)
     min_edge: int = 128  # stop downsampling once y and x are at most this
     seed: int = 20240601
+    writer: str = "zshard"  # or "zarr-python"
 
     @property
     def name(self) -> str:
-        return "viewer-{}.zarr".format("x".join(map(str, self.shape)))
+        suffix = "" if self.writer == "zshard" else f"-{self.writer}"
+        return "viewer-{}{}.zarr".format("x".join(map(str, self.shape)), suffix)
 
     def level_shapes(self) -> list[tuple[int, int, int]]:
         shapes = [self.shape]
@@ -45,7 +50,10 @@ class PyramidSpec:
         return shapes
 
     def marker(self) -> dict:
-        return {**asdict(self), "shape": list(self.shape), "generator": GENERATOR_VERSION}
+        fields = asdict(self)
+        if self.writer == "zshard":  # markers written before there was a choice still match
+            del fields["writer"]
+        return {**fields, "shape": list(self.shape), "generator": GENERATOR_VERSION}
 
 
 def downsample_mean(a: np.ndarray) -> np.ndarray:
@@ -111,6 +119,8 @@ def ensure_pyramid(data_dir: Path, spec: PyramidSpec, log=print) -> Path:
              "rdefs": {"model": "greyscale"}}
     write_image_pyramid(open_store(path), levels, name="cells", extra_attrs={"omero": omero},
                         chunks=(spec.chunk,) * 3, shards=(spec.shard,) * 3)
+    if spec.writer == "zarr-python":
+        rewrite_with_zarr_python(path, levels, spec)
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     raw = sum(a.nbytes for a in levels)
     log(f"  wrote {nbytes / 2**20:.0f} MiB for {raw / 2**20:.0f} MiB of voxels "
@@ -179,3 +189,21 @@ def decode_floor(frames: list[memoryview], chunk_nbytes: int, repeats: int = 5) 
             if i:  # the first run warms the pool and the codec
                 times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def rewrite_with_zarr_python(path: Path, levels: list[np.ndarray], spec: PyramidSpec) -> None:
+    """Each level's array written again by zarr-python with its default codecs, keeping the
+    group's OME metadata (the datasets' paths are read from it)."""
+    import zarr
+
+    group = json.loads((path / "zarr.json").read_text())
+    datasets = group["attributes"]["ome"]["multiscales"][0]["datasets"]
+    for dataset, level in zip(datasets, levels, strict=True):
+        old = json.loads((path / dataset["path"] / "zarr.json").read_text())
+        shutil.rmtree(path / dataset["path"])
+        shard = tuple(min(spec.shard, -(-n // spec.chunk) * spec.chunk) for n in level.shape)
+        arr = zarr.create_array(str(path / dataset["path"]), shape=level.shape,
+                                dtype=level.dtype, chunks=(spec.chunk,) * 3, shards=shard,
+                                dimension_names=old.get("dimension_names"),
+                                fill_value=0, zarr_format=3)
+        arr[...] = level

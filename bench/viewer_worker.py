@@ -202,10 +202,13 @@ class Session:
 def warm_up(session: Session, cfg: dict, server_url: str | None) -> None:
     """One-time costs of the process, paid before anything is timed (see the module docstring)."""
     import dask.array  # noqa: F401  (imports scipy.fft: ~2 s the first time)
-    import napari_ome_zarr._reader  # noqa: F401
+    import napari_ome_zarr  # noqa: F401
     import zarr  # noqa: F401
 
-    import napari_zshard.plugin.reader  # noqa: F401
+    try:
+        import napari_zshard.plugin.reader
+    except ImportError:  # a revision before the adapters moved into plugin/ (before/after runs)
+        import napari_zshard._reader  # noqa: F401
 
     viewer = session.viewer
     rng = np.random.default_rng(0)

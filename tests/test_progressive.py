@@ -429,9 +429,9 @@ def test_without_zstandard_zstd_chunks_are_decoded_whole_and_read_back(tmp_path,
     monkeypatch.undo()
     assert found["zstd"] is None and found["gzip"] is chains["gzip"]
     arr = found["array"]
-    assert arr._reader._progressive is None
+    assert arr._reader.decoder.progressive is None
     np.testing.assert_array_equal(arr[0], data[0])
-    assert len(arr._reader.cache.partials) == 0  # decoded whole before the read returned
+    assert arr._reader.cache.chunks.in_flight() == 0  # decoded whole before the read returned
     assert arr.counters["chunks_decoded"] == ROW
 
 
