@@ -134,9 +134,11 @@ class Meter:
 def drain_engine_pool() -> None:
     """Wait until the engine's decode pool is idle (read-ahead and the rest of chunks decoded
     front to back outlive the read call)."""
-    if "napari_zshard.engine.pools" not in sys.modules:
+    pools = (sys.modules.get("napari_zshard.engine.pools")
+             or sys.modules.get("napari_zshard.store.pool"))  # a revision before the move
+    if pools is None:
         return
-    from napari_zshard.engine.pools import decode_pool, readahead_pool
+    decode_pool, readahead_pool = pools.decode_pool, pools.readahead_pool
 
     readahead_pool().wait_idle(60)  # read-ahead fetched after the read, in other shards
     decode_pool().wait_idle(60)

@@ -146,19 +146,23 @@ def load_levels(path: Path) -> list[np.ndarray]:
 
 def describe(spec: PyramidSpec) -> str:
     shapes = " > ".join("x".join(map(str, s)) for s in spec.level_shapes())
+    codecs = ("zstd 3 + crc32c, C-order inner chunks" if spec.writer == "zshard" else
+              "zarr-python's defaults: zstd 0, no inner crc32c, its inner-chunk order")
     return (f"{shapes} uint16, {spec.chunk}^3 chunks in {spec.shard}^3 shards (edge levels "
-            f"clipped), zstd+crc32c, {math.prod(spec.shape) * 2 / 2**20:.0f} MiB at level 0")
+            f"clipped), {codecs}, {math.prod(spec.shape) * 2 / 2**20:.0f} MiB at level 0")
 
 
 def row_chunk_bytes(path: Path, spec: PyramidSpec, z: int) -> list[memoryview]:
     """The stored zstd frames (crc32c stripped) of every level-0 inner chunk holding plane ``z``.
 
     Read straight from the shard files: each ends with its index, ``(offset, nbytes)`` as
-    little-endian uint64 per inner chunk in C order, then a 4-byte crc32c.
+    little-endian uint64 per inner chunk in C order, then a 4-byte crc32c. napari-zshard's
+    inner chunks end with a crc32c of their own, zarr-python's do not.
     """
     c, s = spec.chunk, spec.shard
     per = tuple(min(s, n) // c for n in spec.shape)  # inner chunks per shard along each axis
     n_index = math.prod(per) * 16
+    crc = 4 if spec.writer == "zshard" else 0
     frames = []
     for sy in range(-(-spec.shape[1] // s)):
         for sx in range(-(-spec.shape[2] // s)):
@@ -166,7 +170,7 @@ def row_chunk_bytes(path: Path, spec: PyramidSpec, z: int) -> list[memoryview]:
             index = np.frombuffer(data[len(data) - n_index - 4:len(data) - 4],
                                   dtype="<u8").reshape((*per, 2))
             for offset, nbytes in index[(z % s) // c].reshape(-1, 2):
-                frames.append(memoryview(data)[int(offset):int(offset + nbytes) - 4])
+                frames.append(memoryview(data)[int(offset):int(offset + nbytes) - crc])
     return frames
 
 

@@ -9,7 +9,6 @@ unsharded array is the degenerate layout of one chunk per object.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -42,11 +41,6 @@ class ShardLayout:
     def chunk_grid(self) -> Coords:
         """Number of chunks along each axis (the last ones may be partial)."""
         return tuple(-(-s // c) for s, c in zip(self.shape, self.chunk_shape, strict=True))
-
-    @property
-    def slots(self) -> int:
-        """Chunks per shard (entries of a shard index)."""
-        return math.prod(self.chunks_per_shard)
 
     def chunk_ranges(self, region: Sequence[slice]) -> list[range]:
         """Per axis, the chunk coordinates the (clipped, non-empty) ``region`` touches."""
@@ -90,8 +84,3 @@ class ShardLayout:
         """The voxels of ``shard``, clipped to the array."""
         return tuple(slice(i * s, min((i + 1) * s, n))
                      for i, s, n in zip(shard, self.shard_shape, self.shape, strict=True))
-
-    def chunk_region(self, chunk: Coords) -> tuple[slice, ...]:
-        """The voxels of ``chunk``, clipped to the array."""
-        return tuple(slice(i * c, min((i + 1) * c, n))
-                     for i, c, n in zip(chunk, self.chunk_shape, self.shape, strict=True))

@@ -179,16 +179,6 @@ class RegionReader:
                 continue
             out[dst] = fill if value is FILL else value[src]
 
-    def _region_need(self, region: tuple[slice, ...], axes: list[range]) -> int:
-        """Bytes of a chunk (C order) that hold every chunk's part of ``region``: up to the
-        end of the deepest (y, x) plane it reaches in any of them."""
-        k = len(region) - 2
-        shape = self.meta.chunk_shape
-        last = [(max(min(s.stop - g * c, c) for g in rng) - 1) * stride for s, c, rng, stride
-                in zip(region[:k], shape[:k], axes[:k], self._strides[:k], strict=True)]
-        return self._need((*last, *((c - 1) * stride for c, stride in
-                                    zip(shape[k:], self._strides[k:], strict=True))))
-
     def _need(self, last: tuple[int, ...]) -> int:
         """Bytes of an inner chunk (C order) up to the element whose per-axis offsets (times
         the axis strides) are ``last``: how much of it a read needs decoded."""
