@@ -193,9 +193,51 @@ def test_a_cache_too_small_for_the_row_still_reads_ahead_within_the_shard(http_s
     http_server.reset_log()
 
     assert np.array_equal(arr[2, 40:48, 0:10], data[2, 40:48, 0:10])  # one inner chunk
+    drain_pools()  # the read-ahead is fetched after the read, not inside its request
 
-    assert http_server.count("/c/") == 2 and http_server.count("/c/0/1/0") == 2
-    assert arr.counters["chunks_decoded"] == 4  # the shard's 2 x 2 chunks of that plane row
+    # index, the chunk, then the rest of the shard's 2 x 2 chunks of that plane row at once
+    assert http_server.count("/c/") == 3 and http_server.count("/c/0/1/0") == 3
+    assert arr.counters["chunks_decoded"] == 4
+
+
+def drain_pools() -> None:
+    from napari_zshard.engine.pools import decode_pool, readahead_pool
+
+    readahead_pool().wait_idle(30)
+    decode_pool().wait_idle(30)
+
+
+def test_read_ahead_never_adds_bytes_to_what_a_cold_tile_waits_for(http_server, tmp_path):
+    """The rest of a tile's chunk rows lies in the shards it reads, but not inside the bytes it
+    needs: fetched after it returned (a 512² tile of 32³ chunks in 512³ shards fetched 3.9x
+    tensorstore's bytes before returning when the rows rode along in its requests)."""
+    data = volume()
+    write_with_tensorstore(tmp_path / "vol.zarr", data)
+    arr = napari_zshard.open_array(f"{http_server.url}/vol.zarr", cache=EngineCache())
+    arr._reader.shard_indexes([(0, 1, 0)])  # indexes read: only data requests logged below
+    gate = threading.Event()
+    real_fetch = reader_module().RegionReader._fetch_in_background
+    reader_module().RegionReader._fetch_in_background = (
+        lambda self, *a: (gate.wait(30), real_fetch(self, *a)))
+    try:
+        http_server.reset_log()
+        tile = arr[2, 40:48, 0:10]  # one inner chunk of a shard holding 2 x 2 of that row
+        before = http_server.bytes_sent("/c/0/1/0")
+        decoded = arr.counters["chunks_decoded"]
+    finally:
+        gate.set()
+        reader_module().RegionReader._fetch_in_background = real_fetch
+    drain_pools()
+    assert np.array_equal(tile, data[2, 40:48, 0:10])
+    assert decoded == 1 and http_server.count("/c/0/1/0") == 2
+    assert before < http_server.bytes_sent("/c/0/1/0") / 3  # 1 of the 4 chunks' bytes
+    assert np.array_equal(arr[2], data[2])
+
+
+def reader_module():
+    from napari_zshard.engine import reader
+
+    return reader
 
 
 def test_warm_engine_rereads_nothing(served, http_server):

@@ -5,12 +5,15 @@ chunk copy use it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import CorruptDataError, CorruptShardError, ShortReadError, StoreError
-from ..store import FullRequest, RangeRequest, Store, SuffixRequest
+from ..store import ByteRequest, FullRequest, RangeRequest, Store, SuffixRequest
 from .cache import ABSENT, EngineCache
 from .cache_keys import CacheToken, IndexKey
 from .coalesce import CoalescePolicy, coalesce_ranges
@@ -22,6 +25,18 @@ from .shard_index import ShardIndex, decode_index
 Coords = tuple[int, ...]
 
 _MISSING_SHARD = "missing-shard"
+
+
+@dataclass
+class FetchPlan:
+    """The chunks that read as fill value; the byte requests, and per request the
+    ``((coords, index entry), offset, nbytes)`` of each chunk inside it (nbytes None: the whole
+    object), in offset order; read-ahead chunks left for a later fetch."""
+
+    fills: list[Coords]
+    requests: list[ByteRequest]
+    parts: list[list[tuple[Any, int, int | None]]]  # the tag: (coords, index entry)
+    left: list[Coords] = field(default_factory=list)
 
 
 class FetchPlanner:
@@ -38,45 +53,62 @@ class FetchPlanner:
         self.index_max_age = index_max_age
         self.validated: set[Coords] = set()  # shards checked since the open (validate())
 
-    def plan(self, chunks: list[Coords], optional: AbstractSet[Coords] = frozenset()):
-        """What to fetch for ``chunks``: the chunks that read as fill value, the byte requests
-        (coalesced per shard), and per request the ``((coords, index entry), offset, nbytes)``
-        of each chunk inside it (nbytes None: the whole object).
+    def plan(self, chunks: list[Coords], optional: AbstractSet[Coords] = frozenset(), *,
+             ride_along: AbstractSet[Coords] = frozenset()) -> FetchPlan:
+        """What to fetch for ``chunks`` (:class:`FetchPlan`): the chunks that read as fill
+        value, and the byte requests, coalesced per shard.
 
         ``optional`` chunks are read-ahead: when their shard's index is corrupt they are left
         out (their claims failed) instead of failing the chunks that were asked for.
+        ``ride_along`` chunks (read-ahead too) are fetched only when their bytes lie inside a
+        request made for the others anyway; the rest is left for later (``FetchPlan.left``),
+        so that read-ahead never adds bytes to what a read waits for: a cold 512² tile of 32³
+        chunks in 512³ shards fetched 35.7 MiB before returning with the rest of its shards'
+        rows riding along, tensorstore 9.2 MiB.
         """
         meta = self.meta
         if meta.sharding is None:
             keys = [meta.object_key(c) for c in chunks]
-            return [], [FullRequest(k) for k in keys], [[((c, -1), 0, None)] for c in chunks]
+            return FetchPlan([], [FullRequest(k) for k in keys],
+                             [[((c, -1), 0, None)] for c in chunks])
         locate = meta.layout.locate
         by_shard: dict[Coords, list[tuple[Coords, int]]] = defaultdict(list)
         for c in chunks:
             shard, slot = locate(c)
             by_shard[shard].append((c, slot))
+        plan = FetchPlan([], [], [])
+        for shard in [s for s, members in by_shard.items()
+                      if all(c in ride_along for c, _ in members)]:
+            plan.left.extend(c for c, _ in by_shard.pop(shard))  # no request to ride along
         optional_shards = {shard for shard, members in by_shard.items()
                            if all(c in optional for c, _ in members)}
         indexes, errors = self._read_indexes(list(by_shard), optional_shards)
         for shard, error in errors.items():
             self.cache.chunks.fail([(self.token, c) for c, _ in by_shard.pop(shard)], error)
-        fills: list[Coords] = []
-        requests: list[RangeRequest] = []
-        request_parts = []
         for shard, members in by_shard.items():
             index = indexes[shard]
             key = meta.object_key(shard)
-            ranges = []
+            ranges: list[tuple[tuple[Coords, int], int, int]] = []
+            riders: list[tuple[tuple[Coords, int], int, int]] = []
             for c, flat in members:
                 sl = None if index is None else index.chunk_slice(flat)
                 if sl is None:
-                    fills.append(c)
+                    plan.fills.append(c)
                 else:
-                    ranges.append(((c, flat), sl[0], sl[1]))
-            for rng in coalesce_ranges(ranges, self.coalesce):
-                requests.append(RangeRequest(key, rng.start, rng.length))
-                request_parts.append(rng.parts)
-        return fills, requests, request_parts
+                    (riders if c in ride_along else ranges).append(((c, flat), sl[0], sl[1]))
+            spans = coalesce_ranges(ranges, self.coalesce)
+            starts = [span.start for span in spans]
+            for tag, offset, nbytes in riders:
+                i = bisect.bisect_right(starts, offset) - 1
+                if i >= 0 and offset + nbytes <= spans[i].end:
+                    spans[i].parts.append((tag, offset - spans[i].start, nbytes))
+                else:
+                    plan.left.append(tag[0])
+            for span in spans:
+                span.parts.sort(key=lambda part: part[1])  # decoded as the bytes arrive
+                plan.requests.append(RangeRequest(key, span.start, span.length))
+                plan.parts.append(list(span.parts))
+        return plan
 
     def shard_indexes(self, shards: list[Coords]) -> dict[Coords, ShardIndex | None]:
         """Validated indexes of ``shards`` (None for a missing shard), fetching misses at once."""
@@ -87,8 +119,9 @@ class FetchPlanner:
         """The stored, still encoded bytes of ``chunks`` with the key of the object holding
         each (None: not stored, reads as fill value), fetched in one coalesced batch; for
         copying chunks whose codecs do not change without decoding and re-encoding them."""
-        fills, requests, request_parts = self.plan(chunks)
-        out: dict[Coords, tuple[str, memoryview] | None] = dict.fromkeys(fills)
+        plan = self.plan(chunks)
+        requests, request_parts = plan.requests, plan.parts
+        out: dict[Coords, tuple[str, memoryview] | None] = dict.fromkeys(plan.fills)
         try:
             results = self.store.read_many(requests)
         except ShortReadError as e:

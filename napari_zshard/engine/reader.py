@@ -208,18 +208,18 @@ class RegionReader:
     def _fetch(self, unit: InFlight[ChunkKey], claimed: list[Coords],
                needs: dict[Coords, int]) -> None:
         """Fetch and decode the ``claimed`` chunks (``needs``: bytes of each the read needs)
-        and read ahead the rest of their chunk rows: in the same requests within the shards
-        fetched anyway, in the background after this read for other shards — it never delays
+        and read ahead the rest of their chunk rows: inside the byte ranges fetched anyway
+        when they lie there, in the background after this read otherwise — it never delays
         the read (a zoomed-in view of a big plane, a tile) nor shares its bandwidth."""
         extra = self._readahead(unit, claimed) if self.readahead else []
         near, far = self._split_readahead(claimed, extra)
         try:
-            self._fetch_and_decode(unit, claimed, near, needs)
+            left = self._fetch_and_decode(unit, claimed, near, needs, ride_along=True)
         except BaseException as e:
-            self.decoder.fail(far, e)
+            self.decoder.fail(near + far, e)  # those not fetched yet: released
             raise
-        if far:
-            readahead_pool().post(self._fetch_in_background, unit, far)
+        if far or left:
+            readahead_pool().post(self._fetch_in_background, unit, left + far)
 
     def _readahead(self, unit: InFlight[ChunkKey], claimed: list[Coords]) -> list[Coords]:
         """The rest of each claimed chunk's row (same leading coords, every (y, x) chunk),
@@ -286,22 +286,27 @@ class RegionReader:
             log.debug("read-ahead of %d chunks of %s failed: %s", len(chunks), self.store.url, e)
 
     def _fetch_and_decode(self, unit: InFlight[ChunkKey], claimed: list[Coords],
-                          extra: list[Coords], needs: dict[Coords, int]) -> None:
+                          extra: list[Coords], needs: dict[Coords, int], *,
+                          ride_along: bool = False) -> list[Coords]:
         """Fetch every chunk of ``claimed`` and ``extra`` (read-ahead) in one concurrent batch;
         each chunk's decode starts as soon as its bytes arrive (pipelined with the rest of the
         batch), the chunks a read waits for (``needs``) before the read-ahead, and only the
-        prefix they need first when that pays (engine/progressive.py)."""
+        prefix they need first when that pays (engine/progressive.py). ``ride_along``: the
+        read-ahead only where its bytes lie inside the requests made anyway; returns the
+        read-ahead chunks left for a later fetch."""
         decoder = self.decoder
         everything = claimed + extra
         try:
-            fills, requests, request_parts = self.planner.plan(everything, optional=set(extra))
+            plan = self.planner.plan(everything, optional=set(extra),
+                                     ride_along=set(extra) if ride_along else frozenset())
         except BaseException as e:
             decoder.fail(everything, e)
             raise
-        for coords in fills:
+        requests, request_parts = plan.requests, plan.parts
+        for coords in plan.fills:
             decoder.fill(unit, coords)
         if not requests:
-            return
+            return plan.left
         pending = [c for parts in request_parts for (c, _), _, _ in parts]
         # a chunk row's chunks decoded into one array (engine/slab.py); not when the cache
         # could not hold it, nor when caching is off (each chunk is dropped once read)
@@ -356,3 +361,4 @@ class RegionReader:
             raise
         finally:
             self.counters.add(data_requests=len(requests))
+        return plan.left

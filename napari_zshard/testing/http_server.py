@@ -187,6 +187,12 @@ class RangeHTTPServer:
             return sum(1 for r in self.log
                        if r.method == method and (contains is None or contains in r.path))
 
+    def bytes_sent(self, contains: str | None = None) -> int:
+        """Body bytes sent for logged GET requests whose path contains ``contains``."""
+        with self._lock:
+            return sum(r.nbytes for r in self.log
+                       if r.method == "GET" and (contains is None or contains in r.path))
+
     def reset_log(self) -> None:
         with self._lock:
             self.log.clear()
