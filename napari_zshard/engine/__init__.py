@@ -22,7 +22,8 @@ chunks in 256³ shards (zstd + crc32c), nothing cached:
 5. :meth:`.fetch_plan.FetchPlanner.plan` maps each chunk to its shard and slot
    (:meth:`.layout.ShardLayout.locate`), looks the slot up in the shard's index, and coalesces
    the byte ranges per shard (:mod:`.coalesce`): a few requests, sent in one concurrent batch
-   by the store (``Store.read_many``).
+   by the store (``Store.read_many``). Read-ahead rides along only where its bytes lie inside
+   those requests; the rest is fetched after the read returns.
 6. :mod:`.slab` gives each chunk row one buffer (:mod:`.buffers`), so a plane is later copied
    out of it in a few strided copies; the unit knows the slabs it fills.
 7. As each request's bytes arrive (even before the whole range has), the
@@ -38,8 +39,8 @@ chunks in 256³ shards (zstd + crc32c), nothing cached:
 9. The next plane, ``arr[301]``, finds the row's slab (in the cache, or still in its unit with
    enough of each slot decoded) and is one copy per row of chunks: no planning, no requests.
 
-Chunks a read does not need go to the read-ahead pool after the read's own decodes are done,
-so they never delay it. Arrays whose codecs the engine does not implement are read through
+Read-ahead outside the read's own byte ranges goes to the read-ahead pool, which starts once
+the read's own decodes are done: it never delays the read. Arrays whose codecs the engine does not implement are read through
 zarr-python (:mod:`.fallback`).
 """
 
