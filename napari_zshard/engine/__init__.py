@@ -40,8 +40,8 @@ chunks in 256³ shards (zstd + crc32c), nothing cached:
    enough of each slot decoded) and is one copy per row of chunks: no planning, no requests.
 
 Read-ahead outside the read's own byte ranges goes to the read-ahead pool, which starts once
-the read's own decodes are done: it never delays the read. Arrays whose codecs the engine does not implement are read through
-zarr-python (:mod:`.fallback`).
+the read's own decodes are done: it never delays the read. Arrays whose codecs the engine does
+not implement are read through zarr-python (:mod:`.fallback`).
 """
 
 from .array import ShardedArray, open_array, open_arrays, read_array_meta
