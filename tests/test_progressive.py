@@ -46,9 +46,9 @@ CHAINS = {
 def wait_until_decoded(arr, timeout=20.0) -> None:
     cache = arr._reader.cache
     deadline = time.monotonic() + timeout
-    while cache.chunks.in_flight() and time.monotonic() < deadline:
+    while cache.chunks.inflight_count() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert cache.chunks.in_flight() == 0, "background decodes never finished"
+    assert cache.chunks.inflight_count() == 0, "background decodes never finished"
 
 
 @pytest.mark.parametrize("chain", CHAINS)
@@ -179,7 +179,7 @@ def test_progressive_false_decodes_every_chunk_whole_before_returning(tmp_path):
     np.testing.assert_array_equal(arr[0], data[0])
 
     cache = arr._reader.cache
-    assert cache.chunks.in_flight() == 0  # nothing left to finish in the background
+    assert cache.chunks.inflight_count() == 0  # nothing left to finish in the background
     assert len(cache.chunks._data) == ROW  # the row's chunks are in the cache, whole
     assert arr.counters["chunks_decoded"] == ROW
     np.testing.assert_array_equal(arr[31], data[31])
@@ -431,7 +431,7 @@ def test_without_zstandard_zstd_chunks_are_decoded_whole_and_read_back(tmp_path,
     arr = found["array"]
     assert arr._reader.decoder.progressive is None
     np.testing.assert_array_equal(arr[0], data[0])
-    assert arr._reader.cache.chunks.in_flight() == 0  # decoded whole before the read returned
+    assert arr._reader.cache.chunks.inflight_count() == 0  # decoded whole before the read returned
     assert arr.counters["chunks_decoded"] == ROW
 
 

@@ -156,7 +156,7 @@ class ClaimingLRU(Generic[K]):
         """The unit ``key`` is being fetched in, if any."""
         return self._inflight.get(key)
 
-    def in_flight(self) -> int:
+    def inflight_count(self) -> int:
         """How many keys are being fetched (0: nothing is left to decode in the background)."""
         return len(self._inflight)
 

@@ -86,7 +86,7 @@ class RegionReader:
             return out
         axes = self.layout.chunk_ranges(region)
         self.planner.validate(axes)
-        # 1. every chunk row decoded in one slab (cached, or far enough along): a few copies
+        # 1. every chunk row decoded whole in one cached slab: a few copies
         if self._copy_from_slabs(region, axes, out):
             return out
         token = self.token
