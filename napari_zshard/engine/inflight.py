@@ -107,9 +107,6 @@ class InFlight(Generic[K]):
         """Keys published (in part or whole) or failed so far."""
         return len(self._done.keys() | self._errors.keys())
 
-    def __bool__(self) -> bool:  # a unit is a unit even before anything was published
-        return True
-
     def __repr__(self) -> str:
         whole = sum(d == COMPLETE for d in self._done.values())
         return (f"<InFlight {whole} whole, {len(self._done) - whole} partly, "

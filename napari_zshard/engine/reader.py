@@ -105,7 +105,7 @@ class RegionReader:
         if claimed:
             self._fetch(unit, [k[1] for k in claimed], {k[1]: needs[k] for k in claimed})
         # 4. copy out what is at hand, then the rest as it is decoded
-        values = [hits[key] if key in hits else (waits.get(key) or unit).get(key, needs[key])
+        values = [hits[key] if key in hits else waits.get(key, unit).get(key, needs[key])
                   for key in keys]
         self._copy_out(region, axes, values, out, places)
         fill = meta.fill_value
