@@ -48,6 +48,18 @@ def _at_least(minimum: int):
     return parse
 
 
+def _source_and_destination(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="source array or image (path or URL)")
+    parser.add_argument("dst", metavar="DST", help="destination (path or URL)")
+
+
+def _destination_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dst-option", dest="dst_options", action="append",
+                        type=_storage_option, default=[], metavar="NAME=VALUE",
+                        help="transport option for DST (-o applies to SRC)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _codec_arguments(parser: argparse.ArgumentParser) -> None:
     """The codec options every command that writes shards takes."""
     parser.add_argument("--codec", choices=["zstd", "blosc", "gzip", "none"], default="zstd")
@@ -102,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", parents=[common], help="write a store as sharded OME-Zarr 0.5",
         description="Convert a Zarr v2/v3 array or an OME-Zarr 0.4/0.5 image (with its labels) "
         "into a sharded OME-Zarr 0.5 image. The source is not modified.")
-    convert.add_argument("src", metavar="SRC", help="source array or image (path or URL)")
-    convert.add_argument("dst", metavar="DST", help="destination (path or URL)")
+    _source_and_destination(convert)
     convert.add_argument("--chunks", help="inner chunk shape, e.g. 64,64,64 (default: auto)")
     convert.add_argument("--shards", help="shard shape, e.g. 256,256,256 (default: auto)")
     _codec_arguments(convert)
@@ -113,10 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--rebuild-pyramid", action="store_true",
                          help="build a new pyramid from level 0 down to a 3D-viewable level")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    convert.add_argument("--dst-option", dest="dst_options", action="append",
-                         type=_storage_option, default=[], metavar="NAME=VALUE",
-                         help="transport option for DST (-o applies to SRC)")
-    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _destination_options(convert)
     convert.set_defaults(run=cmd_convert)
     reshard = commands.add_parser(
         "reshard", parents=[common], help="rewrite a store with new chunk and shard shapes",
@@ -128,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "modified.",
         epilog="exit codes: 0 done, 1 shards skipped (corrupt source) or verification failed, "
         "2 usage error or the job cannot run, 130 interrupted (rerun to resume)")
-    reshard.add_argument("src", metavar="SRC", help="source array or image (path or URL)")
-    reshard.add_argument("dst", metavar="DST", help="destination (path or URL)")
+    _source_and_destination(reshard)
     reshard.add_argument("--chunks", help="inner chunk shape, e.g. 32,32,32 (default: suggested)")
     reshard.add_argument("--shards", help="shard shape, e.g. 512,512,512 (default: suggested)")
     _codec_arguments(reshard)
@@ -150,10 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--workers", type=_at_least(1), help="threads (default: one per core)")
     reshard.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the shard tasks on this dask.distributed scheduler")
-    reshard.add_argument("--dst-option", dest="dst_options", action="append",
-                         type=_storage_option, default=[], metavar="NAME=VALUE",
-                         help="transport option for DST (-o applies to SRC)")
-    reshard.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _destination_options(reshard)
     reshard.set_defaults(run=cmd_reshard)
     view = commands.add_parser(
         "view", parents=[common], help="open napari on a store (default: the sample volume)",
