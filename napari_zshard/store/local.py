@@ -7,10 +7,8 @@ import contextlib
 import errno
 import os
 import stat
-import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,16 @@ from .base import (
     Store,
     process_key_locks,
 )
-from .local_files import TEMP_MIN_AGE, FileWriter, abandoned_files, commit_temp, fsync_dir, new_temp
+from .local_files import (
+    IO_THREADS,
+    TEMP_MIN_AGE,
+    FileWriter,
+    abandoned_files,
+    commit_temp,
+    fsync_dir,
+    io_pool,
+    new_temp,
+)
 from .requests import ByteRequest, ByteResult, FullRequest, RangeRequest, SuffixRequest
 
 try:
@@ -431,29 +438,3 @@ class LocalStore(Store):
                 except OSError:  # a dangling symbolic link: listed, its read will say why
                     size = 0
                 yield full.relative_to(self.root).as_posix(), size
-
-
-#: Threads reading local files at once: pread releases the GIL, and a cluster file system has
-#: latency worth overlapping.
-IO_THREADS = max(8, 4 * (os.cpu_count() or 1))
-_io_pool: ThreadPoolExecutor | None = None
-_io_lock = threading.Lock()
-
-
-def io_pool() -> ThreadPoolExecutor:
-    """The process's local-file reading threads (made anew in a forked child)."""
-    global _io_pool
-    if _io_pool is None:
-        with _io_lock:
-            if _io_pool is None:
-                _io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="zshard-io")
-    return _io_pool
-
-
-def _forget_pool_after_fork() -> None:
-    global _io_pool, _io_lock
-    _io_pool, _io_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)

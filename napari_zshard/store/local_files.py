@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import StoreError
@@ -178,3 +180,29 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Threads reading local files at once: pread releases the GIL, and a cluster file system has
+#: latency worth overlapping.
+IO_THREADS = max(8, 4 * (os.cpu_count() or 1))
+_io_pool: ThreadPoolExecutor | None = None
+_io_lock = threading.Lock()
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """The process's local-file reading threads (made anew in a forked child)."""
+    global _io_pool
+    if _io_pool is None:
+        with _io_lock:
+            if _io_pool is None:
+                _io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="zshard-io")
+    return _io_pool
+
+
+def _forget_pool_after_fork() -> None:
+    global _io_pool, _io_lock
+    _io_pool, _io_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
